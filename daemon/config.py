@@ -1,0 +1,352 @@
+"""The daemon's TOML configuration: pydantic models, defaults and a loader that
+reports every problem with its key path and line.
+
+The file is the base configuration of a terminal. Every section is optional; an
+empty file (or none, for ``scanfleet run --demo``) is a valid configuration.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from scanfleet.daemon.errors import ConfigError, ConfigProblem
+from scanfleet.daemon.model import NAME_PATTERN, Operation
+
+DEFAULT_CONFIG_PATH = Path("/etc/scanfleet/scanfleet.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/scanfleet")
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(_Section):
+    """Who this terminal is. ``device`` is generated at first start when left out."""
+
+    site: Annotated[str, Field(pattern=NAME_PATTERN)] = "default"
+    device: Annotated[str | None, Field(pattern=NAME_PATTERN)] = None
+
+
+class PathsConfig(_Section):
+    """Where the daemon keeps its state (journal, generated device id, remote config)."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+
+
+class BrokerConfig(_Section):
+    """The one MQTT broker the daemon talks to (it makes no other connection)."""
+
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/\s:]+(:\d{1,5})?/?$")] = (
+        "mqtt://localhost:1883"
+    )
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """True for ``mqtts://`` URLs or when a CA file is configured."""
+        return self.url.startswith("mqtts://") or self.ca_file is not None
+
+    @property
+    def host(self) -> str:
+        """Host part of ``url``."""
+        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        """Port part of ``url``; 1883, or 8883 for TLS, when left out."""
+        hostport = self.url.split("://", 1)[1].rstrip("/")
+        if ":" in hostport:
+            return int(hostport.rsplit(":", 1)[1])
+        return 8883 if self.tls else 1883
+
+
+class JournalConfig(_Section):
+    """Size budget and retention of the local journal."""
+
+    max_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
+    retention_days: Annotated[int, Field(ge=1)] = 100
+
+
+class StationConfig(_Section):
+    """Default station context attached to every scan."""
+
+    name: str | None = None
+    operation: Operation = Operation.RETAIL_SALE
+    operator: str | None = None
+
+
+class ClassifyConfig(_Section):
+    """How raw reads are normalised before classification."""
+
+    fnc1_substitute: Annotated[str | None, Field(min_length=1, max_length=1)] = None
+    """A printable character the scanners are set to send instead of GS (0x1D) for FNC1."""
+
+    @field_validator("fnc1_substitute")
+    @classmethod
+    def _printable_ascii(cls, value: str | None) -> str | None:
+        if value is not None and not (0x21 <= ord(value) <= 0x7E):
+            raise ValueError("must be one printable ASCII character such as '|' or '~'")
+        return value
+
+
+class _DeviceBase(_Section):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    operation: Operation | None = None
+    """Overrides the station's operation for scans from this device."""
+
+
+class VirtualDeviceConfig(_DeviceBase):
+    """A scanner that exists only in software (tests, demos, replayed traces)."""
+
+    driver: Literal["virtual"]
+    channel: str = "default"
+
+
+class SerialDeviceConfig(_DeviceBase):
+    """A serial scanner: RS-232, USB-COM (cdc_acm) or a USB-serial bridge."""
+
+    driver: Literal["serial"]
+    port: str | None = None
+    """Device path; prefer a stable one under /dev/serial/by-id/ or /dev/serial/by-path/."""
+    usb: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")] = None
+    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["none", "even", "odd"] = "none"
+    stopbits: Literal[1, 2] = 1
+    framing: Literal["cr", "lf", "crlf", "stx_etx", "honeywell_packet", "ssi", "suffix", "idle"] = (
+        "cr"
+    )
+    suffix_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
+    """Terminator bytes for ``framing = "suffix"``."""
+    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 50
+    """Inter-byte silence that ends a frame (``framing = "idle"``, and a safety net otherwise)."""
+    aim_prefix: bool = False
+    max_frame: Annotated[int, Field(ge=16, le=4096)] = 4096
+    feedback: Literal["none", "honeywell", "ssi", "custom"] = "none"
+    good_read_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
+    bad_read_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
+    silence_scanner_beep: bool = True
+    """At bind time send the preset's command that turns the scanner's own decode beep off."""
+
+    @field_validator("usb")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> SerialDeviceConfig:
+        if (self.port is None) == (self.usb is None):
+            raise ValueError("give exactly one of 'port' or 'usb'")
+        if self.framing == "suffix" and not self.suffix_hex:
+            raise ValueError("framing 'suffix' needs 'suffix_hex'")
+        if self.feedback == "custom" and not (self.good_read_hex or self.bad_read_hex):
+            raise ValueError("feedback 'custom' needs 'good_read_hex' and/or 'bad_read_hex'")
+        return self
+
+
+DeviceConfig = Annotated[VirtualDeviceConfig | SerialDeviceConfig, Field(discriminator="driver")]
+
+
+class Config(_Section):
+    """The whole daemon configuration (``/etc/scanfleet/scanfleet.toml``)."""
+
+    identity: IdentityConfig = IdentityConfig()
+    paths: PathsConfig = PathsConfig()
+    broker: BrokerConfig = BrokerConfig()
+    journal: JournalConfig = JournalConfig()
+    station: StationConfig = StationConfig()
+    classify: ClassifyConfig = ClassifyConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_names(cls, value: list[DeviceConfig]) -> list[DeviceConfig]:
+        seen: set[str] = set()
+        for dev in value:
+            if dev.name in seen:
+                raise ValueError(f"device name {dev.name!r} is used twice")
+            seen.add(dev.name)
+        return value
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [ConfigProblem("", f"not UTF-8 text: {err}")]) from err
+    except OSError as err:
+        raise ConfigError(str(path), [ConfigProblem("", err.strerror or str(err))]) from err
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate TOML *text* as a :class:`Config`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(err))
+        line = int(match.group(1)) if match else None
+        raise ConfigError(source, [ConfigProblem("", f"TOML syntax: {err}", line)]) from err
+    return validate_config(data, source=source, text=text)
+
+
+def validate_config(data: Mapping[str, Any], source: str, text: str | None = None) -> Config:
+    """Validate an already parsed document; *text*, when given, supplies line numbers."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        lines = locate_keys(text) if text is not None else {}
+        raise ConfigError(source, _problems(err, lines)) from err
+
+
+def _problems(
+    err: ValidationError, lines: Mapping[tuple[str | int, ...], int]
+) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for item in err.errors(include_url=False):
+        loc = _strip_union_tags(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(ConfigProblem(_dotted(loc), message, _line_for(loc, lines)))
+    return problems
+
+
+def _strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
+    # A discriminated union inserts the tag ("serial") after the list index.
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if i > 0 and isinstance(loc[i - 1], int) and part in ("serial", "virtual"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _line_for(loc: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+_KEY = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+_TABLE_RE = re.compile(rf"^\s*\[\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*\]\s*(?:#.*)?$")
+_ARRAY_RE = re.compile(rf"^\s*\[\[\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*\]\]\s*(?:#.*)?$")
+_ASSIGN_RE = re.compile(rf"^\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*=")
+
+
+def _split_key(dotted: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in re.findall(_KEY, dotted)]
+
+
+def locate_keys(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map key paths (``("devices", 0, "baudrate")``) to the 1-based line that sets them.
+
+    Only lines that start a table or an assignment are read; the contents of
+    multi-line strings and arrays are skipped.
+    """
+    found: dict[tuple[str | int, ...], int] = {}
+    counts: dict[tuple[str | int, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    for lineno, line in _logical_lines(text):
+        if m := _ARRAY_RE.match(line):
+            base = _resolve(_split_key(m.group(1)), counts, last_array=True)
+            index = counts.get(base, -1) + 1
+            counts[base] = index
+            table = (*base, index)
+            found.setdefault(base, lineno)
+            found[table] = lineno
+        elif m := _TABLE_RE.match(line):
+            table = _resolve(_split_key(m.group(1)), counts, last_array=False)
+            found.setdefault(table, lineno)
+        elif m := _ASSIGN_RE.match(line):
+            found[(*table, *_split_key(m.group(1)))] = lineno
+    return found
+
+
+def _resolve(
+    parts: list[str], counts: Mapping[tuple[str | int, ...], int], *, last_array: bool
+) -> tuple[str | int, ...]:
+    # "[devices.options]" after "[[devices]]" belongs to the newest devices element.
+    path: tuple[str | int, ...] = ()
+    for i, part in enumerate(parts):
+        path = (*path, part)
+        is_last = i == len(parts) - 1
+        if path in counts and not (is_last and last_array):
+            path = (*path, counts[path])
+    return path
+
+
+def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line) for lines that begin outside a string or array value."""
+    depth = 0
+    in_multiline: str | None = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        starts_clean = depth == 0 and in_multiline is None
+        i = 0
+        while i < len(line):
+            if in_multiline:
+                end = line.find(in_multiline, i)
+                if end < 0:
+                    break
+                i = end + 3
+                in_multiline = None
+                continue
+            ch = line[i]
+            if line.startswith(('"""', "'''"), i):
+                in_multiline = line[i : i + 3]
+                i += 3
+                continue
+            if ch in "\"'":
+                end = line.find(ch, i + 1)
+                while ch == '"' and end > 0 and line[end - 1] == "\\":
+                    end = line.find(ch, end + 1)
+                i = len(line) if end < 0 else end + 1
+                continue
+            if ch == "#":
+                break
+            if ch in "[{" and not (depth == 0 and starts_clean and _is_header(line)):
+                depth += 1
+            elif ch in "]}" and depth > 0:
+                depth -= 1
+            i += 1
+        if starts_clean:
+            yield lineno, line
+
+
+def _is_header(line: str) -> bool:
+    return bool(_TABLE_RE.match(line) or _ARRAY_RE.match(line))
+
+
+def example_config() -> str:
+    """A commented example configuration (``scanfleet config example``)."""
+    return (Path(__file__).with_name("scanfleet.example.toml")).read_text(encoding="utf-8")

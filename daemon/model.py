@@ -1,0 +1,169 @@
+"""The records scanfleet produces: classification results and journal scan records.
+
+These pydantic models are the contract backend teams build against. Their JSON
+Schemas are generated into ``docs/schema/`` (``scanfleet schema --write``) and a
+test fails when the committed files are stale.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCAN_SCHEMA = "scanfleet.scan/1"
+"""Schema tag carried by every scan record."""
+
+GENESIS_HASH = "0" * 64
+"""``prev_hash`` of a device's first journal record."""
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Site and device ids: safe as an MQTT topic level and a certificate CN."""
+
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def valid_name(value: str) -> bool:
+    """True when *value* may be used as a site or device id."""
+    return bool(_NAME_RE.match(value))
+
+
+class Kind(StrEnum):
+    """What a read is, decided by its shape (see README, "Code kinds")."""
+
+    GS1 = "gs1"
+    TRACE20 = "trace20"
+    EAN13 = "ean13"
+    DRUG_STANDARD_CODE = "drug_standard_code"
+    MA = "ma"
+    URL = "url"
+    TRACE_OTHER = "trace_other"
+    UNKNOWN = "unknown"
+
+
+class Operation(StrEnum):
+    """The business step a scan belongs to.
+
+    The mapping to 码上放心 bill types is documented in ``docs/operations.md``.
+    """
+
+    RECEIVING = "receiving"
+    SALE_RETURN_IN = "sale_return_in"
+    TRANSFER_IN = "transfer_in"
+    DISPATCH = "dispatch"
+    PURCHASE_RETURN_OUT = "purchase_return_out"
+    TRANSFER_OUT = "transfer_out"
+    RETAIL_SALE = "retail_sale"
+    DISPENSE = "dispense"
+    VACCINATION = "vaccination"
+    RECALL = "recall"
+    DESTRUCTION = "destruction"
+    STOCKTAKE = "stocktake"
+    OTHER = "other"
+
+
+class Verdict(StrEnum):
+    """Whether the station accepted a read."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+
+
+class ClockSync(StrEnum):
+    """Whether the wall clock was known to be synchronised when a record was made."""
+
+    SYNCED = "synced"
+    UNSYNCED = "unsynced"
+    UNKNOWN = "unknown"
+
+
+class ParseResult(BaseModel):
+    """What classification makes of one raw read (the ``scanfleet parse`` output line)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Kind
+    value: str = Field(description="The data with AIM prefix and terminators removed.")
+    aim: str | None = Field(
+        description="AIM symbology identifier such as ']C0', or null when none was sent."
+    )
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="Parsed fields; which ones depends on the kind."
+    )
+    raw: str = Field(
+        description=(
+            "The read exactly as received: printable ASCII as is, a backslash as '\\\\', "
+            "every other byte as '\\xNN'."
+        )
+    )
+    problems: list[str] = Field(default_factory=list)
+
+
+class Source(BaseModel):
+    """Where a read came from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    driver: str
+    device: str = Field(description="Configured device name.")
+    port: str | None = None
+    vid_pid: Annotated[str | None, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{4}$")] = None
+
+
+HashHex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Scan(BaseModel):
+    """One journal record of a decoded read, accepted or refused.
+
+    ``hash`` is SHA-256 over the RFC 8785 canonical JSON of the record without
+    ``hash`` (``prev_hash`` included); ``id`` is the consumers' idempotency key.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
+    )
+
+    schema_: Literal["scanfleet.scan/1"] = Field(default="scanfleet.scan/1", alias="schema")
+    type: Literal["scan"] = "scan"
+    device: Annotated[str, Field(pattern=NAME_PATTERN)]
+    seq: Annotated[int, Field(ge=1)]
+    id: str = Field(description="'{device}:{seq}', unique per record; the idempotency key.")
+    time: datetime = Field(description="Wall-clock time (UTC) of the read.")
+    clock: ClockSync = ClockSync.UNKNOWN
+    t_mono: float = Field(description="CLOCK_MONOTONIC seconds of the read, for ordering.")
+    boot_id: str | None = Field(default=None, description="Kernel boot id t_mono belongs to.")
+    source: Source
+    raw: str
+    aim: str | None
+    kind: Kind
+    value: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+    verdict: Verdict = Verdict.ACCEPTED
+    reason: str | None = None
+    operation: Operation
+    station: str | None = None
+    bill: str | None = None
+    operator: str | None = None
+    identity_ref: str | None = Field(
+        default=None, description="id of the identity_read record this scan is paired with."
+    )
+    prev_hash: HashHex
+    hash: HashHex
+
+    @field_validator("time")
+    @classmethod
+    def _time_is_aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("time must carry a timezone")
+        return value
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> Scan:
+        if self.id != f"{self.device}:{self.seq}":
+            raise ValueError(f"id must be '{self.device}:{self.seq}', not {self.id!r}")
+        return self

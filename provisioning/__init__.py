@@ -1,0 +1,1 @@
+"""Fleet-side tooling: certificate authority, enrollment, broker configuration, fleet CLI."""

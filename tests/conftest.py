@@ -1,0 +1,34 @@
+"""Fixtures shared by every test: real brokers, real files, no mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from support.broker import MOSQUITTO_DIRS, Mosquitto
+from support.prereq import require_executable
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """Make and start real mosquitto brokers; every one is stopped after the test."""
+    executable = require_executable("mosquitto", *MOSQUITTO_DIRS)
+    started: list[Mosquitto] = []
+
+    def make(**kwargs: object) -> Mosquitto:
+        broker = Mosquitto(executable, tmp_path / f"broker{len(started)}", **kwargs)  # type: ignore[arg-type]
+        started.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    """A started mosquitto with persistence on, anonymous access, on a free loopback port."""
+    return mosquitto_factory()
