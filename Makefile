@@ -39,7 +39,7 @@ lint: $(STAMP) ## ruff + mypy --strict on daemon/ and provisioning/
 typecheck: lint
 
 bench: $(STAMP) ## benchmarks; one JSON line per benchmark on stdout
-	$(BIN)/python -m tests.bench
+	$(BIN)/python tests/bench/run.py $(BENCH)
 
 schema: $(STAMP) ## regenerate the committed JSON Schemas in docs/schema/
 	$(BIN)/scanfleet schema --write docs/schema
