@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -230,15 +230,24 @@ def _problems(
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+        elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "driver")
+            message = f"unknown or missing driver; known drivers: {', '.join(_driver_tags())}"
         problems.append(ConfigProblem(_dotted(loc), message, _line_for(loc, lines)))
     return problems
 
 
+def _driver_tags() -> list[str]:
+    union = get_args(DeviceConfig)[0]
+    return [get_args(m.model_fields["driver"].annotation)[0] for m in get_args(union)]
+
+
 def _strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
     # A discriminated union inserts the tag ("serial") after the list index.
+    tags = set(_driver_tags())
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if i > 0 and isinstance(loc[i - 1], int) and part in ("serial", "virtual"):
+        if i > 0 and isinstance(loc[i - 1], int) and part in tags:
             continue
         out.append(part)
     return tuple(out)
