@@ -90,3 +90,12 @@ class JournalSchemaError(JournalError):
 
 class JournalCorruptError(JournalError):
     """The journal failed its integrity check or its hash chain does not verify."""
+
+
+class BrokerConnectionError(ScanfleetError, ConnectionError):
+    """The MQTT broker refused or dropped the connection; ``reason`` says how."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(f"broker connection: {reason}" + (f" (code {code})" if code else ""))
