@@ -13,6 +13,7 @@ from scanfleet.daemon.logs import LEVELS, setup_logging
 COMMAND_MODULES = (
     "scanfleet.daemon.commands.config",
     "scanfleet.daemon.commands.schema",
+    "scanfleet.daemon.commands.parse",
 )
 
 
