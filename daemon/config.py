@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
-from scanfleet.daemon.model import NAME_PATTERN, Operation
+from scanfleet.daemon.model import NAME_PATTERN, Kind, Operation
 
 DEFAULT_CONFIG_PATH = Path("/etc/scanfleet/scanfleet.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/scanfleet")
@@ -87,12 +87,19 @@ class JournalConfig(_Section):
     retention_days: Annotated[int, Field(ge=1)] = 100
 
 
+DEFAULT_ACCEPT_KINDS = (Kind.TRACE20, Kind.GS1, Kind.TRACE_OTHER, Kind.MA)
+
+
 class StationConfig(_Section):
-    """Default station context attached to every scan."""
+    """Default station context attached to every scan, and what the station accepts."""
 
     name: str | None = None
     operation: Operation = Operation.RETAIL_SALE
     operator: str | None = None
+    accept_kinds: list[Kind] = Field(default_factory=lambda: list(DEFAULT_ACCEPT_KINDS))
+    """Kinds of code that count as a trace-code scan. Anything else (an EAN-13 product
+    barcode, a 本位码, a leaflet URL) is journaled as refused with a bad-read signal, so
+    the operator knows to scan the trace code instead."""
 
 
 class ClassifyConfig(_Section):

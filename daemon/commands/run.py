@@ -1,0 +1,122 @@
+"""``scanfleet run``: the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from scanfleet.daemon.commands.config import print_config_error
+from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
+from scanfleet.daemon.errors import ConfigError, ScanfleetError
+
+log = logging.getLogger(__name__)
+
+EX_CONFIG = 78
+"""sysexits.h EX_CONFIG: the configuration is wrong; restarting will not help."""
+
+DEMO_STATE_DIR = Path("state/demo")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run`` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run",
+        help="run the daemon: bind scanners, journal every scan, publish to the broker",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run the scanfleet daemon with a config file, or with --demo on a simulated\n"
+            "serial scanner (no file, no hardware, no broker needed).\n\n"
+            "Signals: SIGTERM/SIGINT stop after flushing; SIGHUP reloads the config file\n"
+            "(an invalid new file is refused and the running config kept).\n"
+            f"Exit codes: 0 stopped cleanly, {EX_CONFIG} invalid configuration, 1 other failure."
+        ),
+    )
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="simulated serial scanner on a pseudo-terminal; journal under ./state/demo; "
+        "publishes to mqtt://localhost:1883 when a broker is there, buffers otherwise",
+    )
+    parser.add_argument("--state-dir", type=Path, help="override [paths] state_dir")
+    parser.add_argument("--broker", metavar="URL", help="override [broker] url")
+    parser.add_argument(
+        "--view",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="live terminal view (auto: when stdout is a terminal)",
+    )
+    parser.add_argument(
+        "--demo-rate", type=float, default=0.5, metavar="PER_S", help="demo scans per second"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    if args.demo:
+        config = Config.model_validate({"identity": {"site": "demo"}})
+        path = None
+    else:
+        config = load_config(args.config)
+        path = args.config
+    paths = config.paths
+    if args.state_dir or args.demo:
+        paths = paths.model_copy(update={"state_dir": args.state_dir or DEMO_STATE_DIR})
+    broker = config.broker
+    if args.broker:
+        broker = broker.model_validate({**broker.model_dump(), "url": args.broker})
+    return config.model_copy(update={"paths": paths, "broker": broker}), path
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config, path = _load(args)
+    except ConfigError as err:
+        print_config_error(err)
+        print("scanfleet run: invalid configuration, not started", file=sys.stderr)
+        return EX_CONFIG
+    from scanfleet.daemon.runner import Daemon  # the daemon's imports only when running it
+
+    simulator = None
+    if args.demo:
+        from scanfleet.daemon.demo import start_demo_scanner
+
+        simulator, config = start_demo_scanner(config, rate=args.demo_rate)
+    try:
+        daemon = Daemon(config, config_path=path)
+    except ScanfleetError as err:
+        log.error("cannot start: %s", err)  # noqa: TRY400 - the message says what is wrong
+        if simulator is not None:
+            simulator.stop()
+        return 1
+    view_on = args.view == "on" or (args.view == "auto" and sys.stdout.isatty())
+    tick = None
+    if view_on:
+        from scanfleet.daemon.liveview import LiveView
+        from scanfleet.daemon.logs import log_to_file
+
+        log_to_file(config.paths.state_dir / "scanfleet.log")
+        tick = LiveView(daemon).draw
+    elif args.demo:
+        daemon.pipeline.add_listener(_log_record)
+    try:
+        return daemon.serve(tick=tick)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+
+def _log_record(record: dict[str, Any]) -> None:
+    log.info(
+        "scan seq=%s kind=%s verdict=%s value=%s%s",
+        record["seq"],
+        record["kind"],
+        record["verdict"],
+        record["value"],
+        f" reason={record['reason']}" if record.get("reason") else "",
+    )

@@ -1,0 +1,188 @@
+"""The scan pipeline: read → classify → station context → journal → feedback.
+
+One thread takes frames from the device workers' bounded queue. A good-read
+signal is sent only after the journal has durably committed the record; a read
+that cannot be recorded (journal full or failing) gets a bad-read signal, so the
+operator knows to rescan. The publisher only reads from the journal; the
+pipeline merely wakes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.classify import classify
+from scanfleet.daemon.clock import ClockState, boot_id
+from scanfleet.daemon.config import Config, DeviceConfig
+from scanfleet.daemon.devices import Incoming
+from scanfleet.daemon.errors import JournalError, JournalFullError
+from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
+from scanfleet.drivers.base import Signal
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+
+
+@dataclass
+class PipelineCounters:
+    """What the pipeline has done since start (for status, health and the watchdog)."""
+
+    accepted: int = 0
+    refused: int = 0
+    unrecorded: int = 0
+    feedback_missed: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    """Turns device reads into journal records and operator feedback."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        config: Config,
+        alarms: AlarmSet,
+        *,
+        wake_publisher: Callable[[], None] = lambda: None,
+        clock: ClockState | None = None,
+    ) -> None:
+        self.journal = journal
+        self.queue: queue.Queue[Incoming] = queue.Queue(QUEUE_SIZE)
+        self.counters = PipelineCounters()
+        self._config = config
+        self._alarms = alarms
+        self._wake_publisher = wake_publisher
+        self._clock = clock or ClockState()
+        self._boot_id = boot_id()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+
+    def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call *listener* with every committed record (live view)."""
+        self._listeners.append(listener)
+
+    def update_config(self, config: Config) -> None:
+        """Use a reloaded configuration for the next reads."""
+        self._config = config
+
+    def start(self) -> None:
+        """Start the pipeline thread."""
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the pipeline thread is alive."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the reads already queued (within *timeout*), then stop."""
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("pipeline did not finish within %.1f s", timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                incoming = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                self.counters.last_progress = time.monotonic()
+                if self._stop.is_set():
+                    return
+                continue
+            self.handle(incoming)
+            self.counters.last_progress = time.monotonic()
+
+    def handle(self, incoming: Incoming) -> dict[str, Any] | None:
+        """Classify, journal and acknowledge one read; returns the record, or None."""
+        read = incoming.read
+        device = incoming.worker.config
+        result = classify(
+            read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
+        )
+        verdict, reason = self._decide(result)
+        body = self._body(incoming, device, result, verdict, reason)
+        try:
+            record = self.journal.append(body)
+        except JournalFullError as err:
+            self.counters.unrecorded += 1
+            log.error("read from %s not recorded: %s", device.name, err)  # noqa: TRY400 - alarm raised by the journal
+            self._feedback(incoming, Signal.BAD_READ)
+            return None
+        except JournalError as err:
+            self.counters.unrecorded += 1
+            log.exception("read from %s not recorded", device.name)
+            self._alarms.raise_("journal_error", f"journal append failed: {err}")
+            self._feedback(incoming, Signal.BAD_READ)
+            return None
+        self._alarms.clear("journal_error")
+        if verdict is Verdict.ACCEPTED:
+            self.counters.accepted += 1
+            self._feedback(incoming, Signal.GOOD_READ)
+        else:
+            self.counters.refused += 1
+            self._feedback(incoming, Signal.BAD_READ)
+        self._wake_publisher()
+        for listener in self._listeners:
+            listener(record)
+        return record
+
+    def _decide(self, result: ParseResult) -> tuple[Verdict, str | None]:
+        if result.kind not in self._config.station.accept_kinds:
+            if result.kind is Kind.UNKNOWN:
+                detail = "; ".join(result.problems) or "unrecognised code"
+                return Verdict.REFUSED, f"not a trace code: {detail}"
+            return Verdict.REFUSED, f"not a trace code ({result.kind}); scan the trace code"
+        return Verdict.ACCEPTED, None
+
+    def _body(
+        self,
+        incoming: Incoming,
+        device: DeviceConfig,
+        result: ParseResult,
+        verdict: Verdict,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        read = incoming.read
+        station = self._config.station
+        return {
+            "schema": SCAN_SCHEMA,
+            "type": "scan",
+            "time": read.time.isoformat(),
+            "clock": str(self._clock.sync_state()),
+            "t_mono": read.t_mono,
+            "boot_id": self._boot_id,
+            "source": {
+                "driver": device.driver,
+                "device": device.name,
+                "port": read.port,
+                "vid_pid": read.vid_pid,
+            },
+            "raw": result.raw,
+            "aim": result.aim,
+            "kind": str(result.kind),
+            "value": result.value,
+            "fields": result.fields,
+            "problems": result.problems,
+            "verdict": str(verdict),
+            "reason": reason,
+            "operation": str(device.operation or station.operation),
+            "station": station.name,
+            "bill": None,
+            "operator": station.operator,
+            "identity_ref": None,
+        }
+
+    def _feedback(self, incoming: Incoming, signal: Signal) -> None:
+        if not incoming.worker.signal(signal):
+            self.counters.feedback_missed += 1

@@ -1,0 +1,216 @@
+"""``scanfleet run``: the daemon's supervisor.
+
+It wires the parts together (journal, publisher, pipeline, one worker per device),
+turns signals into control flow (SIGTERM/SIGINT stop, SIGHUP reloads), and shuts
+down in a bounded time: stop reading, finish queued reads, let the publisher flush,
+close the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from scanfleet.daemon import __version__
+from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.config import Config, DeviceConfig, load_config
+from scanfleet.daemon.devices import DeviceState, DeviceWorker
+from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.identity import Identity, resolve_identity
+from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.pipeline import Pipeline
+from scanfleet.daemon.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.sqlite3"
+READY_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT."""
+
+
+class _Reload(Exception):
+    """Raised in the main thread by SIGHUP."""
+
+
+def journal_path(config: Config) -> Path:
+    """Where the journal of *config* lives."""
+    return config.paths.state_dir / JOURNAL_FILE
+
+
+class Daemon:
+    """One running scanfleet daemon."""
+
+    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.alarms = AlarmSet()
+        self.identity: Identity = resolve_identity(config)
+        self.journal = Journal(
+            journal_path(config),
+            self.identity.device,
+            max_bytes=config.journal.max_bytes,
+            retention_days=config.journal.retention_days,
+            alarms=self.alarms,
+        )
+        self.publisher = Publisher(
+            self.journal,
+            config.broker,
+            self.identity,
+            self.alarms,
+            version=__version__,
+            state_extra=self._state_extra,
+        )
+        self.pipeline = Pipeline(
+            self.journal, config, self.alarms, wake_publisher=self.publisher.wake
+        )
+        self.workers: dict[str, DeviceWorker] = {}
+        self.ready = threading.Event()
+        self._on_ready: list[Callable[[], None]] = []
+
+    def on_ready(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once journal, devices and publisher are set up."""
+        self._on_ready.append(callback)
+
+    def _state_extra(self) -> dict[str, Any]:
+        return {
+            "devices": {name: str(w.state) for name, w in self.workers.items()},
+        }
+
+    def _start_worker(self, device: DeviceConfig) -> None:
+        worker = DeviceWorker(device, self.pipeline.queue, self.alarms)
+        self.workers[device.name] = worker
+        worker.start()
+
+    def start(self) -> None:
+        """Start publisher, pipeline and device workers; readiness follows."""
+        log.info(
+            "scanfleet %s starting: site %s, device %s, journal %s (last seq %d)",
+            __version__,
+            self.identity.site,
+            self.identity.device,
+            journal_path(self.config),
+            self.journal.last_seq,
+        )
+        self.pipeline.start()
+        self.publisher.start()
+        for device in self.config.devices:
+            self._start_worker(device)
+        if not self.config.devices:
+            log.warning("no devices configured: nothing will be scanned")
+        threading.Thread(target=self._wait_ready, name="readiness", daemon=True).start()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        for worker in list(self.workers.values()):
+            worker.bound_once.wait(max(0.0, deadline - time.monotonic()))
+        self.ready.set()
+        states = ", ".join(f"{n}={w.state}" for n, w in self.workers.items()) or "no devices"
+        log.info("ready: %s; broker %s", states, self.publisher.broker_state)
+        for callback in self._on_ready:
+            callback()
+
+    def reload(self) -> bool:
+        """Re-read the config file; keep the old config (and say why) when the new one is bad."""
+        if self.config_path is None:
+            log.info("SIGHUP: no config file to reload (demo or built-in config)")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            log.error("reload refused, keeping the running config: %s", err)  # noqa: TRY400 - message says all
+            return False
+        unchangeable = [
+            section
+            for section in ("identity", "paths", "broker", "journal")
+            if getattr(new, section) != getattr(self.config, section)
+        ]
+        if unchangeable:
+            log.warning(
+                "reload: changes to [%s] take effect at the next restart", ", ".join(unchangeable)
+            )
+        old_devices = {d.name: d for d in self.config.devices}
+        new_devices = {d.name: d for d in new.devices}
+        for name, device in old_devices.items():
+            if new_devices.get(name) != device:
+                log.info("reload: unbinding %s", name)
+                self.workers.pop(name).stop()
+        self.config = new.model_copy(update={s: getattr(self.config, s) for s in unchangeable})
+        self.pipeline.update_config(self.config)
+        for name, device in new_devices.items():
+            if name not in self.workers:
+                log.info("reload: binding %s", name)
+                self._start_worker(device)
+        log.info("reload: configuration from %s applied", self.config_path)
+        return True
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Stop reading, finish queued reads, flush the publisher, close the journal."""
+        deadline = time.monotonic() + timeout
+        log.info("stopping")
+        for worker in self.workers.values():
+            worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        self.pipeline.stop(timeout=max(0.1, min(3.0, deadline - time.monotonic())))
+        self.publisher.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
+        self.journal.close()
+        log.info("stopped")
+
+    def device_states(self) -> dict[str, DeviceState]:
+        """Configured device name → its current state."""
+        return {name: worker.state for name, worker in self.workers.items()}
+
+    def serve(self, *, tick: Callable[[], None] | None = None) -> int:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+
+        def raise_stop(signum: int, frame: FrameType | None) -> None:
+            raise _Stop
+
+        def raise_reload(signum: int, frame: FrameType | None) -> None:
+            raise _Reload
+
+        previous = {
+            sig: signal.signal(sig, handler)
+            for sig, handler in (
+                (signal.SIGTERM, raise_stop),
+                (signal.SIGINT, raise_stop),
+                (signal.SIGHUP, raise_reload),
+            )
+        }
+        stop = threading.Event()
+        reload_pending = False
+        try:
+            self.start()
+            while True:
+                try:
+                    if reload_pending:
+                        reload_pending = False
+                        # A SIGHUP during a reload waits for it, then reloads again.
+                        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+                        try:
+                            self.reload()
+                        finally:
+                            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+                    while not stop.wait(0.5):
+                        if tick is not None:
+                            tick()
+                except _Reload:
+                    reload_pending = True
+        except _Stop:
+            pass
+        finally:
+            # A second signal during shutdown must not interrupt the flush.
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
