@@ -47,11 +47,7 @@ class LiveView:
             f"  broker {d.publisher.broker_state} ({d.config.broker.url})",
             f"journal: last seq {stats.last_seq}, delivered {stats.delivered_seq}, "
             f"waiting {stats.depth}"
-            + (
-                "  (buffering until the broker is reachable)"
-                if stats.depth and not d.publisher.connected
-                else ""
-            ),
+            + ("  (buffering until the broker is reachable)" if buffering else ""),
             "devices: "
             + (", ".join(f"{n} {s}" for n, s in d.device_states().items()) or "none configured"),
             "",
