@@ -1,0 +1,488 @@
+"""The durable journal: every read becomes a hash-chained record before "good read".
+
+One SQLite file (WAL, ``synchronous=FULL``) per device, one writer process (``flock``).
+``append`` returns only after the record's transaction is committed and fsynced;
+appends that arrive while a commit is in flight are group-committed together in the
+next transaction. The publisher reads with :meth:`Journal.read_after` from its own
+thread and moves the delivered watermark with :meth:`Journal.mark_delivered`.
+
+Space policy (issue 3, item 2): the budget counts the database pages in use
+(``(page_count - freelist_count) * page_size``); the WAL is bounded separately by
+checkpoints and ``journal_size_limit``. Delivered records older than
+``retention_days`` are pruned (and the file shrunk by incremental vacuum); under size
+pressure the oldest delivered records are pruned even inside retention (alarm
+``journal_pruned_under_pressure``); only when undelivered records fill the budget is an
+append refused with :class:`JournalFullError` (alarm ``journal_full``). Pruning keeps the
+(seq, hash) of the last pruned record as the anchor the chain is verified from.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from scanfleet.daemon.alarms import AlarmSet, Severity
+from scanfleet.daemon.errors import JournalError, JournalFullError
+from scanfleet.daemon.journal_codec import (
+    Codec,
+    RecordError,
+    prepare_body,
+    seal,
+    to_micros,
+    train_dictionary,
+)
+from scanfleet.daemon.journal_reader import (
+    JournalReader,
+    JournalStats,
+    Record,
+    VerifyResult,
+    open_readonly,
+)
+from scanfleet.daemon.journal_store import WriterLock, open_writer
+
+__all__ = [
+    "Journal",
+    "JournalReader",
+    "JournalStats",
+    "Record",
+    "RecordError",
+    "VerifyResult",
+]
+
+log = logging.getLogger(__name__)
+
+ALARM_FULL = "journal_full"
+ALARM_PRUNED = "journal_pruned_under_pressure"
+ALARM_QUARANTINED = "journal_quarantined"
+
+TRAIN_AFTER = 256
+"""Records after which a dictionary is trained on this journal's own records."""
+TRAIN_SAMPLE = 32
+ROW_OVERHEAD = 24
+"""Bytes a row costs beyond its payload (cell header, pointer, time and dict columns)."""
+RETENTION_PRUNE_INTERVAL = 60.0
+PRUNE_CHUNK = 5000
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Pending:
+    body: dict[str, Any]
+    time_us: int
+    record: dict[str, Any] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class Journal:
+    """The device's append-only, hash-chained journal (the single writer)."""
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        *,
+        max_bytes: int = 256 << 20,
+        retention_days: int = 100,
+        alarms: AlarmSet | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.max_bytes = max_bytes
+        self.retention = timedelta(days=retention_days)
+        self.alarms = alarms if alarms is not None else AlarmSet()
+        self._clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.path)
+        try:
+            opened = open_writer(self.path, device, max_bytes, retention_days, clock())
+        except BaseException:
+            self._lock.release()
+            raise
+        self._conn = opened.conn
+        if opened.quarantined is not None:
+            self.alarms.raise_(
+                ALARM_QUARANTINED,
+                f"corrupt journal set aside as {opened.quarantined.name}; a new one was started",
+                Severity.CRITICAL,
+                file=str(opened.quarantined),
+                continued_from_seq=opened.meta.get("pruned_through_seq", "0"),
+            )
+        meta = opened.meta
+        self._last_seq = int(meta["head_seq"])
+        self._last_hash = meta["head_hash"]
+        self._delivered = int(meta["delivered_seq"])
+        self._pruned_through = int(meta["pruned_through_seq"])
+        self._dict_id = int(meta["dict_current"])
+        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._codec = Codec()
+        for dict_id, data in self._conn.execute("SELECT id, data FROM dictionaries"):
+            self._codec.add(int(dict_id), bytes(data))
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=TRAIN_SAMPLE)
+        self._reader = JournalReader(self.path)
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leader = False
+        self._closed = False
+        self._next_retention_prune = 0.0
+        self.prune()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @staticmethod
+    def open_readonly(path: Path) -> JournalReader:
+        """A reader for other processes: never takes the writer lock, never writes."""
+        return open_readonly(path)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish the commit in flight, checkpoint the WAL, release the file (idempotent)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._leader:
+                self._cond.wait()
+            self._cond.notify_all()
+        with self._write_lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                log.warning("journal %s: checkpoint at close failed: %s", self.path, err)
+            self._conn.close()
+        self._reader.close()
+        self._lock.release()
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    # -- properties ------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """Highest committed seq (0 when nothing was ever appended)."""
+        return self._last_seq
+
+    @property
+    def delivered_seq(self) -> int:
+        """The delivered watermark."""
+        return self._delivered
+
+    # -- appending -------------------------------------------------------------------
+
+    def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Journal one record; returns it complete once it is committed and fsynced.
+
+        Raises :class:`JournalFullError` when undelivered records fill the budget and
+        :class:`RecordError` (a ValueError) for a body that cannot be a record.
+        """
+        prepared, time_us = prepare_body(body, self._clock())
+        pending = _Pending(prepared, time_us)
+        with self._cond:
+            if self._closed:
+                raise JournalError("journal is closed")
+            self._queue.append(pending)
+            while not pending.done:
+                if self._is_closed():
+                    self._queue.remove(pending)
+                    raise JournalError("journal closed before the record was committed")
+                if self._leader:
+                    self._cond.wait()
+                    continue
+                # No commit in flight: this thread commits everything queued so far.
+                self._leader = True
+                batch, self._queue = self._queue, []
+                self._cond.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._cond.acquire()
+                    self._leader = False
+                    for item in batch:
+                        item.done = True
+                    self._cond.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        if pending.record is None:  # every path sets record or error; guard the invariant
+            raise JournalError("append finished without a record")
+        return pending.record
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        after: list[Callable[[], None]] = []
+        try:
+            with self._write_lock:
+                self._commit_locked(batch, after)
+        except BaseException as err:
+            for item in batch:
+                if item.record is None and item.error is None:
+                    item.error = err
+                item.record = None if item.error is not None else item.record
+            if not isinstance(err, (sqlite3.Error, JournalError)):
+                raise
+        for action in after:
+            action()
+
+    def _commit_locked(self, batch: list[_Pending], after: list[Callable[[], None]]) -> None:
+        conn = self._conn
+        seq, prev = self._last_seq, self._last_hash
+        pruned_before = self._pruned_through
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._dict_id == 1 and seq >= TRAIN_AFTER and len(self._recent) >= TRAIN_SAMPLE:
+                self._train_dictionary()
+            committed: list[tuple[_Pending, dict[str, Any], bytes]] = []
+            for item in batch:
+                try:
+                    record, payload = seal(item.body, self.device, seq + 1, prev)
+                except RecordError as err:
+                    item.error = err
+                    continue
+                blob = self._codec.compress(self._dict_id, payload)
+                if not self._make_room(len(blob) + ROW_OVERHEAD, after):
+                    item.error = JournalFullError(self.max_bytes, self._used_bytes())
+                    continue
+                seq += 1
+                prev = record["hash"]
+                conn.execute(
+                    "INSERT INTO records (seq, time_us, dict, payload) VALUES (?, ?, ?, ?)",
+                    (seq, item.time_us, self._dict_id, blob),
+                )
+                committed.append((item, record, payload))
+            if committed:
+                conn.executemany(
+                    "UPDATE meta SET value = ? WHERE key = ?",
+                    ((str(seq), "head_seq"), (prev, "head_hash")),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._pruned_through = pruned_before
+            raise
+        self._last_seq, self._last_hash = seq, prev
+        for item, record, payload in committed:
+            item.record = record
+            self._recent.append(payload)
+        if committed and ALARM_FULL in self.alarms:
+            after.append(lambda: self.alarms.clear(ALARM_FULL))
+        if any(isinstance(item.error, JournalFullError) for item in batch):
+            used = self._used_bytes()
+            after.append(
+                lambda: self.alarms.raise_(
+                    ALARM_FULL,
+                    "journal full of undelivered records: new reads are refused",
+                    Severity.CRITICAL,
+                    budget_bytes=self.max_bytes,
+                    used_bytes=used,
+                    delivered_seq=self._delivered,
+                )
+            )
+
+    def _train_dictionary(self) -> None:
+        data = train_dictionary(self._recent)
+        new_id = self._dict_id + 1
+        self._conn.execute("INSERT INTO dictionaries (id, data) VALUES (?, ?)", (new_id, data))
+        self._conn.execute("UPDATE meta SET value = ? WHERE key = 'dict_current'", (str(new_id),))
+        self._codec.add(new_id, data)
+        self._dict_id = new_id
+        log.info("journal %s: trained compression dictionary %d", self.path, new_id)
+
+    # -- space -----------------------------------------------------------------------
+
+    def _used_bytes(self) -> int:
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages - free) * self._page_size
+
+    def _make_room(self, need: int, after: list[Callable[[], None]]) -> bool:
+        """Inside the write transaction: prune delivered history until *need* fits."""
+        used = self._used_bytes()
+        if used + need <= self.max_bytes:
+            return True
+        # Free a slice of the budget at once so pruning does not run on every append.
+        target = self.max_bytes - need - max(self.max_bytes // 32, 4 * self._page_size)
+        start = self._pruned_through
+        while used + need > self.max_bytes and self._pruned_through < self._delivered:
+            rows = max(1, self._delivered - self._pruned_through)
+            per_row = max(1, used // max(1, self._last_seq - self._pruned_through))
+            step = max(1, -(-(used + need - target) // per_row))
+            self._prune_through(min(self._pruned_through + min(step, rows), self._delivered))
+            used = self._used_bytes()
+        if self._pruned_through > start:
+            self._note_pressure(start, self._pruned_through, after)
+        return used + need <= self.max_bytes
+
+    def _note_pressure(self, start: int, through: int, after: list[Callable[[], None]]) -> None:
+        row = self._conn.execute(
+            "SELECT time_us FROM records WHERE seq > ? ORDER BY seq LIMIT 1", (through,)
+        ).fetchone()
+        cutoff = to_micros(self._clock() - self.retention)
+        if row is None or row[0] > cutoff:
+            # History kept is now shorter than the retention target.
+            after.append(
+                lambda: self.alarms.raise_(
+                    ALARM_PRUNED,
+                    "journal budget forced pruning of delivered records inside retention",
+                    Severity.WARNING,
+                    pruned_through_seq=through,
+                    budget_bytes=self.max_bytes,
+                )
+            )
+        log.info(
+            "journal %s: pruned delivered records %d..%d for space", self.path, start + 1, through
+        )
+
+    def _prune_through(self, through: int) -> None:
+        """Delete records up to *through* (all delivered) and move the anchor there."""
+        row = self._conn.execute(
+            "SELECT dict, payload FROM records WHERE seq = ?", (through,)
+        ).fetchone()
+        if row is not None:
+            anchor_hash = self._record_hash(through, int(row[0]), bytes(row[1]))
+        elif through == self._last_seq:
+            anchor_hash = self._last_hash
+        else:
+            raise JournalError(f"cannot prune through {through}: record missing")
+        self._conn.execute(
+            "DELETE FROM records WHERE seq > ? AND seq <= ?", (self._pruned_through, through)
+        )
+        self._conn.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            ((str(through), "pruned_through_seq"), (anchor_hash, "pruned_hash")),
+        )
+        self._pruned_through = through
+
+    def _record_hash(self, seq: int, dict_id: int, blob: bytes) -> str:
+        record = json.loads(self._codec.decompress(dict_id, blob))
+        if record.get("seq") != seq:
+            raise JournalError(f"record {seq} holds seq {record.get('seq')}")
+        return str(record["hash"])
+
+    def prune(self) -> int:
+        """Prune delivered records older than the retention target; returns how many.
+
+        Runs at open and (at most once a minute) after :meth:`mark_delivered`; the
+        daemon may also call it from its housekeeping.
+        """
+        pruned = 0
+        cutoff = to_micros(self._clock() - self.retention)
+        while True:
+            with self._write_lock:
+                if self._conn is None or self._pruned_through >= self._delivered:
+                    break
+                limit = min(self._delivered, self._pruned_through + PRUNE_CHUNK)
+                row = self._conn.execute(
+                    "SELECT seq FROM records WHERE seq > ? AND seq <= ? AND time_us >= ? "
+                    "ORDER BY seq LIMIT 1",
+                    (self._pruned_through, limit, cutoff),
+                ).fetchone()
+                through = (int(row[0]) - 1) if row else limit
+                if through <= self._pruned_through:
+                    break
+                before = self._pruned_through
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._prune_through(through)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    self._pruned_through = before
+                    raise
+                pruned += through - before
+                if row is not None:
+                    break
+        if pruned:
+            with self._write_lock:
+                # Retention pruning gives the space back to the filesystem.
+                self._conn.execute("PRAGMA incremental_vacuum")
+            log.info("journal %s: pruned %d delivered records past retention", self.path, pruned)
+        self._maybe_clear_pressure(cutoff)
+        return pruned
+
+    def _maybe_clear_pressure(self, cutoff_us: int) -> None:
+        if ALARM_PRUNED not in self.alarms:
+            return
+        with self._write_lock:
+            row = self._conn.execute("SELECT time_us FROM records ORDER BY seq LIMIT 1").fetchone()
+        if row is not None and row[0] <= cutoff_us:
+            self.alarms.clear(ALARM_PRUNED)
+
+    # -- delivery --------------------------------------------------------------------
+
+    def mark_delivered(self, through_seq: int) -> None:
+        """Move the delivered watermark up to *through_seq* (lower values are ignored)."""
+        with self._write_lock:
+            if through_seq <= self._delivered:
+                return
+            if through_seq > self._last_seq:
+                raise ValueError(
+                    f"cannot mark seq {through_seq} delivered: last seq is {self._last_seq}"
+                )
+            # A watermark lost to power failure only causes re-delivery, which the
+            # idempotency key resolves: skip the fsync, the next append's commit syncs it.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                self._conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'delivered_seq'", (str(through_seq),)
+                )
+            finally:
+                self._conn.execute("PRAGMA synchronous = FULL")
+            self._delivered = through_seq
+        now = time.monotonic()
+        if now >= self._next_retention_prune:
+            self._next_retention_prune = now + RETENTION_PRUNE_INTERVAL
+            self.prune()
+
+    def wait_for_records(self, after_seq: int, timeout: float) -> bool:
+        """Block until a record with seq > *after_seq* exists (True) or *timeout* passes."""
+        with self._cond:
+            return (
+                self._cond.wait_for(lambda: self._last_seq > after_seq or self._closed, timeout)
+                and self._last_seq > after_seq
+            )
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read_after(self, after_seq: int, *, limit: int, max_bytes: int) -> list[Record]:
+        """Records with seq > *after_seq* (see :meth:`JournalReader.read_after`)."""
+        return self._reader.read_after(after_seq, limit=limit, max_bytes=max_bytes)
+
+    def stats(self) -> JournalStats:
+        """Depth, watermark and space."""
+        with self._reader._lock:
+            meta = self._reader._meta()
+            meta["budget_bytes"] = str(self.max_bytes)
+            return self._reader._stats(self._last_seq, self._delivered, meta)
+
+    def verify(self, *, full: bool = False) -> VerifyResult:
+        """Recompute the hash chain from the pruning anchor (see JournalReader.verify)."""
+        return self._reader.verify(full=full)
+
+    @property
+    def reader(self) -> JournalReader:
+        """The journal's own read connection (export, status inside the daemon)."""
+        return self._reader

@@ -1,0 +1,309 @@
+"""The journal's SQLite file: opening, versioned schema, integrity check, quarantine.
+
+Schema versions follow zigpy's appdb: ``schema_sql/schema_vN.sql`` files loaded with
+importlib.resources, ``PRAGMA user_version`` names the version, every migration of an
+open runs in ONE transaction (all succeed or the file is untouched), and a database
+newer than this code is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from urllib.parse import quote
+
+from scanfleet.daemon.errors import JournalCorruptError, JournalError, JournalSchemaError
+from scanfleet.daemon.journal_codec import builtin_dictionary
+from scanfleet.daemon.model import GENESIS_HASH
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""The schema this code writes; older files are migrated, newer ones refused."""
+
+WAL_LIMIT_BYTES = 4 << 20
+"""journal_size_limit: the WAL is truncated back to this after checkpoints."""
+
+SIDE_FILES = ("-wal", "-shm")
+
+
+def schema_sql(version: int) -> str:
+    """Text of ``schema_v{version}.sql``."""
+    package = resources.files("scanfleet.daemon.schema_sql")
+    return package.joinpath(f"schema_v{version}.sql").read_text(encoding="utf-8")
+
+
+# Migration steps: version N-1 -> N. Empty while there is only version 1.
+MIGRATIONS: dict[int, str] = {}
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``<journal>.lock``: one daemon per journal file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            os.close(self._fd)
+            self._fd = None
+            raise JournalError(f"{path} is in use by another process (lock {self.path})") from err
+
+    def release(self) -> None:
+        """Drop the lock (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def connect_writer(path: Path) -> sqlite3.Connection:
+    """A read-write connection in autocommit mode (transactions are explicit)."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """A connection that never writes the database (``mode=ro``)."""
+    if not path.exists():
+        raise JournalError(f"no journal at {path}")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """``PRAGMA user_version``; raises sqlite3.DatabaseError on a non-database file."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def quick_check(conn: sqlite3.Connection, *, full: bool = False) -> list[str]:
+    """Problems found by ``quick_check`` (or ``integrity_check`` when *full*); [] when ok."""
+    pragma = "integrity_check" if full else "quick_check"
+    rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    return [] if rows == ["ok"] else rows
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; JournalSchemaError when newer than this code."""
+    version = user_version(conn)
+    if version > SCHEMA_VERSION:
+        raise JournalSchemaError(
+            f"{path} has journal schema version {version}, this scanfleet knows only up to "
+            f"{SCHEMA_VERSION}: refusing to open a journal written by a newer release"
+        )
+    return version
+
+
+def configure(conn: sqlite3.Connection) -> None:
+    """Pragmas of the writer connection; auto_vacuum only takes effect on a new file."""
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise JournalError(f"cannot switch the journal to WAL mode (got {mode!r})")
+    # FULL: the WAL is fsynced at every commit, so a returned append survives power loss.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+
+
+def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION` in one transaction."""
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 0:
+            _require_empty(conn, path)
+            _run_script(conn, schema_sql(SCHEMA_VERSION))
+        else:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                _run_script(conn, MIGRATIONS[target])
+                log.info("journal %s migrated to schema version %d", path, target)
+        conn.execute("COMMIT")
+    except BaseException:
+        # All migrations succeed or the file is untouched.
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _require_empty(conn: sqlite3.Connection, path: Path) -> None:
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if tables:
+        raise JournalSchemaError(f"{path} has tables but no schema version: not a journal")
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT our transaction first; run statement by statement.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip() and not statement.strip().startswith("--"):
+        raise JournalSchemaError(f"incomplete SQL statement in schema: {statement!r}")
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What could still be read from a corrupt journal before it was set aside."""
+
+    head_seq: int
+    head_hash: str
+    delivered_seq: int
+
+
+def salvage(path: Path) -> Salvage | None:
+    """Read the chain head of a damaged file, so a fresh journal continues its seq."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return Salvage(
+            int(meta["head_seq"]), str(meta["head_hash"]), int(meta.get("delivered_seq", 0))
+        )
+    except (sqlite3.Error, KeyError, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def quarantine(path: Path, now: datetime) -> Path:
+    """Rename a corrupt journal and its -wal/-shm aside (never delete); return the new name."""
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    for suffix in SIDE_FILES:
+        side = Path(str(path) + suffix)
+        if side.exists():
+            side.rename(Path(str(target) + suffix))
+    path.rename(target)
+    _fsync_dir(path.parent)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_readable(conn: sqlite3.Connection, path: Path) -> int:
+    """Schema version of a reader connection; corrupt or foreign files raise."""
+    try:
+        version = check_version(conn, path)
+    except sqlite3.DatabaseError as err:
+        raise JournalCorruptError(f"{path} is not a readable journal: {err}") from err
+    if version != SCHEMA_VERSION:
+        raise JournalSchemaError(
+            f"{path} has schema version {version}; open it once with the daemon to migrate"
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A writer connection on a checked, migrated journal."""
+
+    conn: sqlite3.Connection
+    meta: dict[str, str]
+    quarantined: Path | None
+    """Where a corrupt file found at open was moved, if one was."""
+
+
+def open_writer(
+    path: Path, device: str, budget_bytes: int, retention_days: int, now: datetime
+) -> Opened:
+    """Open (or create) the journal: version check, quick_check, quarantine, migrate."""
+    conn = connect_writer(path)
+    quarantined: Path | None = None
+    saved: Salvage | None = None
+    try:
+        version = check_version(conn, path)
+        _require_intact(conn, path)
+        configure(conn)
+    except (sqlite3.DatabaseError, JournalCorruptError) as err:
+        conn.close()
+        log.error("journal %s is corrupt (%s): setting it aside", path, err)  # noqa: TRY400 - the cause is in the message; a traceback adds nothing
+        saved = salvage(path)
+        quarantined = quarantine(path, now)
+        conn = connect_writer(path)
+        version = 0
+        configure(conn)
+    except BaseException:
+        conn.close()
+        raise
+    try:
+        migrate(conn, path, version)
+        meta = _init_meta(conn, path, device, budget_bytes, retention_days, now, saved)
+    except BaseException:
+        conn.close()
+        raise
+    return Opened(conn, meta, quarantined)
+
+
+def _init_meta(
+    conn: sqlite3.Connection,
+    path: Path,
+    device: str,
+    budget_bytes: int,
+    retention_days: int,
+    now: datetime,
+    saved: Salvage | None,
+) -> dict[str, str]:
+    # A journal rebuilt after quarantine continues the old chain's seq and hash, so
+    # ids stay unique for the backend; what was lost is in the quarantined file.
+    head_seq = str(saved.head_seq) if saved else "0"
+    head_hash = saved.head_hash if saved else GENESIS_HASH
+    defaults = {
+        "device": device,
+        "created": now.isoformat(),
+        "delivered_seq": str(saved.delivered_seq) if saved else "0",
+        "pruned_through_seq": head_seq,
+        "pruned_hash": head_hash,
+        "head_seq": head_seq,
+        "head_hash": head_hash,
+        "dict_current": "1",
+    }
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", defaults.items())
+        conn.execute(
+            "INSERT OR IGNORE INTO dictionaries (id, data) VALUES (1, ?)",
+            (builtin_dictionary(device),),
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (("budget_bytes", str(budget_bytes)), ("retention_days", str(retention_days))),
+        )
+        meta = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        _require_device(meta, path, device)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return meta
+
+
+def _require_intact(conn: sqlite3.Connection, path: Path) -> None:
+    problems = quick_check(conn)
+    if problems:
+        raise JournalCorruptError(f"{path}: quick_check: {'; '.join(problems[:5])}")
+
+
+def _require_device(meta: Mapping[str, str], path: Path, device: str) -> None:
+    if meta["device"] != device:
+        raise JournalError(f"{path} is the journal of device {meta['device']!r}, not {device!r}")
