@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.model import ParseResult, Scan
 
 SCHEMA_BASE_ID = "https://scanfleet.invalid/schema/"
@@ -22,6 +23,8 @@ def message_models() -> dict[str, type[BaseModel]]:
     return {
         "parse-result": ParseResult,
         "scan": Scan,
+        "scan-batch": ScanBatch,
+        "state": DeviceState,
     }
 
 

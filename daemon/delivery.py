@@ -1,0 +1,159 @@
+"""Which journal records are delivered: batches in flight, acks, the contiguous prefix.
+
+Kept apart from the MQTT plumbing so the rules can be read (and tested) alone:
+a batch is delivered only by a PUBACK below 0x80; acks may arrive in any order;
+the watermark moves only over a gapless run of delivered batches from the last
+watermark, so a refused or lost batch holds back everything after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from scanfleet.daemon.envelope import batch_overhead, build_batch
+from scanfleet.daemon.errors import JournalError
+
+FAILURE_THRESHOLD = 0x80
+"""PUBACK reason codes from here up mean the broker did not accept the message."""
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+class StoredRecord(Protocol):
+    """What the publisher needs of a journal record."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+class RecordSource(Protocol):
+    """The part of the journal a batch is cut from."""
+
+    def read_after(
+        self, after_seq: int, *, limit: int, max_bytes: int
+    ) -> Sequence[StoredRecord]: ...
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One envelope: records ``first_seq`` … ``last_seq``, ``payload`` ready to publish."""
+
+    first_seq: int
+    last_seq: int
+    payload: bytes
+
+    @property
+    def count(self) -> int:
+        """Number of records carried."""
+        return self.last_seq - self.first_seq + 1
+
+
+class BatchCutter:
+    """Cuts contiguous batches from the journal, bounded in records and bytes."""
+
+    def __init__(self, device: str, *, max_scans: int, max_bytes: int) -> None:
+        if max_scans < 1:
+            raise ValueError("max_scans must be at least 1")
+        self.device = device
+        self.max_scans = max_scans
+        self.max_bytes = max_bytes
+        # Room for the records once the envelope (with the widest seq) is accounted for.
+        self.record_budget = max(1, max_bytes - batch_overhead(device, 10**15, max_scans))
+
+    def cut(self, source: RecordSource, next_seq: int) -> Batch | None:
+        """The batch starting at *next_seq*, or None when the journal has nothing there."""
+        records = source.read_after(
+            next_seq - 1, limit=self.max_scans, max_bytes=self.record_budget
+        )
+        if not records:
+            return None
+        if records[0].seq != next_seq or records[-1].seq != next_seq + len(records) - 1:
+            raise JournalError(
+                f"journal returned seq {records[0].seq}..{records[-1].seq} for a batch "
+                f"due to start at {next_seq}"
+            )
+        payload = build_batch(self.device, next_seq, [r.payload for r in records])
+        return Batch(next_seq, records[-1].seq, payload)
+
+
+class Ack(StrEnum):
+    """What a PUBACK meant for the batch it answered."""
+
+    DELIVERED = "delivered"
+    NO_SUBSCRIBERS = "no_subscribers"
+    """Delivered to the broker, which knows of no subscriber (0x10)."""
+    REFUSED = "refused"
+    UNKNOWN = "unknown"
+    """Not a batch of this connection (a state message, or already settled)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A batch the broker refused, with its reason code."""
+
+    first_seq: int
+    last_seq: int
+    code: int
+    reason: str
+
+
+class DeliveryTracker:
+    """Batches in flight by message id, and the contiguous delivered prefix."""
+
+    def __init__(self, delivered_seq: int) -> None:
+        self.delivered_seq = delivered_seq
+        self.next_seq = delivered_seq + 1
+        self._inflight: dict[int, tuple[int, int]] = {}
+        self._acked_ahead: dict[int, int] = {}
+        self.refusals: list[Refusal] = []
+
+    def restart(self) -> None:
+        """A new connection: forget what was in flight, resend after the watermark.
+
+        Acks beyond the prefix are forgotten too; those records go out again and
+        consumers drop the duplicates by id.
+        """
+        self._inflight.clear()
+        self._acked_ahead.clear()
+        self.refusals.clear()
+        self.next_seq = self.delivered_seq + 1
+
+    @property
+    def inflight(self) -> int:
+        """Batches handed to paho and not yet answered."""
+        return len(self._inflight)
+
+    def sent(self, mid: int, batch: Batch) -> None:
+        """*batch* was handed to paho as message *mid*; the next batch follows it."""
+        if batch.first_seq != self.next_seq:
+            raise ValueError(f"batch starts at {batch.first_seq}, expected {self.next_seq}")
+        self._inflight[mid] = (batch.first_seq, batch.last_seq)
+        self.next_seq = batch.last_seq + 1
+
+    def acked(self, mid: int, code: int, reason: str = "") -> Ack:
+        """Record the PUBACK of *mid* with reason *code*."""
+        span = self._inflight.pop(mid, None)
+        if span is None:
+            return Ack.UNKNOWN
+        if code >= FAILURE_THRESHOLD:
+            self.refusals.append(Refusal(span[0], span[1], code, reason))
+            return Ack.REFUSED
+        self._acked_ahead[span[0]] = span[1]
+        return Ack.NO_SUBSCRIBERS if code == NO_MATCHING_SUBSCRIBERS else Ack.DELIVERED
+
+    def span(self, mid: int) -> tuple[int, int] | None:
+        """(first_seq, last_seq) of the batch in flight as *mid*."""
+        return self._inflight.get(mid)
+
+    def advance(self) -> bool:
+        """Move the watermark over acked batches that follow it; True when it moved."""
+        moved = False
+        while (last := self._acked_ahead.pop(self.delivered_seq + 1, None)) is not None:
+            self.delivered_seq = last
+            moved = True
+        return moved

@@ -1,0 +1,224 @@
+"""The paho-mqtt adapter: one MQTT 5 connection driven from the caller's thread, and backoff.
+
+paho runs no thread of its own here and never reconnects by itself
+(``reconnect_on_failure=False``): the publisher's loop owns the socket through
+``select`` and decides when and how often to reconnect (anchors-style §4).
+A fresh :class:`Connection` is made for every attempt, so nothing paho keeps in
+memory outlives a connection; the journal is what gets resent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from scanfleet.daemon.config import BrokerConfig
+from scanfleet.daemon.errors import BrokerConnectionError
+
+log = logging.getLogger(__name__)
+
+AckCallback = Callable[[int, int, str], None]
+"""``(mid, reason code value, reason name)``, called from inside :meth:`Connection.pump`."""
+
+
+class Backoff:
+    """Capped exponential backoff with jitter.
+
+    Attempt *n* (from 0) waits a random time in ``[d/2, d]`` where
+    ``d = min(maximum, initial * factor**n)``: never zero (no hot loop against a
+    dead broker), never above the cap, and spread so a fleet that lost the same
+    broker does not come back in lock step.
+    """
+
+    def __init__(
+        self,
+        initial: float = 0.5,
+        maximum: float = 60.0,
+        factor: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError("need 0 < initial <= maximum")
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.attempts = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def next(self) -> float:
+        """The delay before the next attempt (and count the attempt)."""
+        ceiling = min(self.maximum, self.initial * self.factor ** min(self.attempts, 64))
+        self.attempts += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (after a connection that worked)."""
+        self.attempts = 0
+
+
+class Connection:
+    """One MQTT 5 connection, QoS 1 publishes, acks reported through *on_ack*.
+
+    Not thread-safe: every method is called from the publisher's thread, and the
+    callbacks run inside :meth:`pump` on that same thread.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        client_id: str,
+        *,
+        inflight: int,
+        will: tuple[str, bytes],
+        on_ack: AckCallback,
+    ) -> None:
+        self.broker = broker
+        self._on_ack = on_ack
+        self._connack: ReasonCode | None = None
+        self._lost: str | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        # Must precede connect(); it also keeps paho from queueing behind our window.
+        client.max_inflight_messages_set(inflight)
+        client.will_set(will[0], will[1], qos=1, retain=True)
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            client.tls_set(
+                ca_certs=str(broker.ca_file) if broker.ca_file else None,
+                certfile=str(broker.cert_file) if broker.cert_file else None,
+                keyfile=str(broker.key_file) if broker.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        self._client = client
+
+    # -- paho callbacks -------------------------------------------------------------------
+
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        self._connack = rc
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        self._lost = str(rc)
+
+    def _handle_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        self._on_ack(mid, rc.value, rc.getName())
+
+    # -- the connection -------------------------------------------------------------------
+
+    def open(self, timeout: float) -> None:
+        """Connect (clean start) and wait for a successful CONNACK; raise otherwise."""
+        self._client.connect(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.broker.keepalive,
+            clean_start=True,
+        )
+        deadline = time.monotonic() + timeout
+        while self._connack is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.abort()
+                raise BrokerConnectionError("no CONNACK in time")
+            self.pump(min(remaining, 0.5))
+        if self._connack.is_failure:
+            self.abort()
+            raise BrokerConnectionError(
+                f"connection refused: {self._connack.getName()}", self._connack.value
+            )
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the loss of the connection."""
+        return self._lost is None and self._client.is_connected()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Hand one QoS 1 message to paho; return its message id."""
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost = self._lost or mqtt.error_string(info.rc)
+            raise BrokerConnectionError(f"publish failed: {mqtt.error_string(info.rc)}", info.rc)
+        return info.mid
+
+    def pump(self, timeout: float, wake_fd: socket.socket | None = None) -> None:
+        """Wait up to *timeout* for socket activity (or *wake_fd*) and process it."""
+        sock = self._client.socket()
+        if sock is None or self._lost is not None:
+            raise BrokerConnectionError(f"connection lost: {self._lost or 'socket closed'}")
+        # TLS may hold decrypted bytes that select() cannot see.
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+        rlist: list[Any] = [sock] if wake_fd is None else [sock, wake_fd]
+        wlist: list[Any] = [sock] if self._client.want_write() else []
+        readable, writable, _ = select.select(rlist, wlist, [], 0 if pending else timeout)
+        if wake_fd is not None and wake_fd in readable:
+            drain_wake(wake_fd)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        if sock in readable or pending:
+            rc = self._client.loop_read()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (sock in writable or self._client.want_write()):
+            rc = self._client.loop_write()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = self._client.loop_misc()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost = self._lost or mqtt.error_string(rc)
+        if self._lost is not None:
+            raise BrokerConnectionError(f"connection lost: {self._lost}")
+
+    def disconnect(self, timeout: float = 2.0) -> None:
+        """Clean DISCONNECT (the broker discards the will), then close the socket."""
+        if self._client.socket() is not None and self._lost is None:
+            self._client.disconnect()
+            deadline = time.monotonic() + timeout
+            while self._client.want_write() and time.monotonic() < deadline:
+                try:
+                    self.pump(0.05)
+                except BrokerConnectionError:
+                    break
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the socket without a DISCONNECT (the broker will publish the will)."""
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError as err:
+                log.debug("closing the MQTT socket: %s", err)
+        self._lost = self._lost or "closed"
+
+
+def drain_wake(wake_fd: socket.socket) -> None:
+    """Empty a non-blocking wake-up socket."""
+    try:
+        while wake_fd.recv(4096):
+            pass
+    except BlockingIOError:
+        pass

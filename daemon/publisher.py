@@ -1,0 +1,519 @@
+"""The publisher: journal records to the broker in seq order, at least once.
+
+One thread runs the daemon's own reconnect loop (capped exponential backoff with
+jitter, :class:`~scanfleet.daemon.mqtt.Backoff`) and, while connected, cuts
+batches from the journal in seq order and hands at most ``window`` of them to
+paho at a time. A batch is delivered only when its PUBACK arrives with a reason
+code below 0x80; the journal's watermark advances over the contiguous prefix of
+delivered batches. Every new connection resends everything after the watermark:
+the journal is the truth, paho and the broker hold nothing we rely on.
+
+Session choice: the device connects with ``clean_start=True`` and no session
+expiry. It subscribes to nothing here and publishes QoS 1 only, so a broker-side
+session would hold nothing the journal does not already resend; a clean start
+also means no stale in-flight state can collide with new message ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scanfleet.daemon import __version__
+from scanfleet.daemon.alarms import AlarmSet, Severity
+from scanfleet.daemon.config import BrokerConfig
+from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
+from scanfleet.daemon.envelope import (
+    AlarmInfo,
+    DeviceState,
+    JournalSummary,
+    scans_topic,
+    state_payload,
+    state_topic,
+)
+from scanfleet.daemon.errors import BrokerConnectionError
+from scanfleet.daemon.identity import Identity
+from scanfleet.daemon.mqtt import Backoff, Connection, drain_wake
+from scanfleet.daemon.status import StatusFile
+
+if TYPE_CHECKING:
+    from scanfleet.daemon.journal import Journal
+
+log = logging.getLogger(__name__)
+
+ALARM_REFUSED = "publish_refused"
+ALARM_UNREACHABLE = "broker_unreachable"
+
+
+class BrokerState(StrEnum):
+    """Where the publisher's connection loop is."""
+
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+
+
+@dataclass
+class PublisherCounters:
+    """Running totals since the publisher started."""
+
+    batches_published: int = 0
+    batches_acked: int = 0
+    batches_refused: int = 0
+    scans_published: int = 0
+    scans_acked: int = 0
+    acked_no_subscribers: int = 0
+    connects: int = 0
+    connection_failures: int = 0
+
+
+def read_boot_id() -> str | None:
+    """The kernel's boot id, or None where there is none (not Linux)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+class Publisher:
+    """Publishes a device's journal to ``scanfleet/v1/{site}/{device}/scans``.
+
+    Args:
+        journal: the device's open journal (the only source of what is sent).
+        broker: where to connect (TLS, credentials, keepalive).
+        identity: site and device; the client id is ``broker.client_id`` or the device id.
+        alarms: raises ``publish_refused`` and ``broker_unreachable``; its changes are
+            republished in the retained state.
+        max_batch_scans: most records in one batch.
+        max_batch_bytes: most bytes of one batch payload (a single larger record still
+            goes out alone).
+        window: most batches awaiting their PUBACK at once (paho issue #377: never let
+            paho hold anywhere near 65 535 messages).
+        version: software version for the state message.
+        state_extra: extra figures for the state message, under ``extra``.
+        state_interval: seconds between periodic state messages.
+        status_path: where to keep ``status.json`` for ``scanfleet status``.
+        backoff: reconnect policy (tests pass a short one).
+        connect_timeout: seconds to wait for TCP connect plus CONNACK.
+        unreachable_after: seconds without a broker before ``broker_unreachable``.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        broker: BrokerConfig,
+        identity: Identity,
+        alarms: AlarmSet,
+        *,
+        max_batch_scans: int = 500,
+        max_batch_bytes: int = 256 * 1024,
+        window: int = 8,
+        version: str = __version__,
+        state_extra: Callable[[], dict[str, Any]] | None = None,
+        state_interval: float = 60.0,
+        status_path: Path | None = None,
+        backoff: Backoff | None = None,
+        connect_timeout: float = 10.0,
+        unreachable_after: float = 300.0,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.journal = journal
+        self.broker = broker
+        self.identity = identity
+        self.alarms = alarms
+        self.window = window
+        self.version = version
+        self.state_extra = state_extra
+        self.state_interval = state_interval
+        self.connect_timeout = connect_timeout
+        self.unreachable_after = unreachable_after
+        self.counters = PublisherCounters()
+        self.boot_id = read_boot_id()
+        self._cutter = BatchCutter(
+            identity.device, max_scans=max_batch_scans, max_bytes=max_batch_bytes
+        )
+        self._tracker = DeliveryTracker(journal.delivered_seq)
+        self._backoff = backoff or Backoff()
+        self._status = StatusFile(status_path) if status_path is not None else None
+        self._scans_topic = scans_topic(identity.site, identity.device)
+        self._state_topic = state_topic(identity.site, identity.device)
+        self._client_id = broker.client_id or identity.device
+
+        self._state = BrokerState.STOPPED
+        self._state_since = datetime.now(UTC)
+        self._stop_deadline = 0.0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._delivered_cond = threading.Condition()
+
+        # Per connection (reset in _session): the paho adapter and state-message ids.
+        self._conn: Connection | None = None
+        self._state_mids: set[int] = set()
+        self._state_dirty = True
+        self._last_state_sent = 0.0
+        self._warned_no_subscribers = False
+        self._healthy = False
+        self._reached_broker = False
+        alarms.add_listener(self._on_alarms_changed)
+
+    # -- public interface -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the publishing thread (and the one that wakes it on appends)."""
+        if self._thread is not None:
+            raise RuntimeError("publisher already started")
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="publisher-watch", daemon=True)
+        self._thread.start()
+        self._watcher.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop cutting batches, wait up to *timeout* for outstanding PUBACKs, go offline.
+
+        Publishes ``online: false`` and disconnects cleanly when connected. Idempotent.
+        """
+        if self._thread is None:
+            self._close_wake()
+            return
+        self._stop_deadline = time.monotonic() + timeout
+        self._stopped.set()
+        self.wake()
+        self._thread.join(timeout + self.connect_timeout + 5.0)
+        if self._watcher is not None:
+            self._watcher.join(5.0)
+        if self._thread.is_alive():
+            log.error("publisher thread did not stop in time")
+            return
+        self._close_wake()
+
+    def wake(self) -> None:
+        """Look at the journal now (a live scan was appended). Thread-safe, never blocks."""
+        # BlockingIOError: a wake-up is already pending; OSError: closed during stop().
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to the broker."""
+        return self._state is BrokerState.CONNECTED
+
+    @property
+    def broker_state(self) -> BrokerState:
+        """Where the connection loop is."""
+        return self._state
+
+    @property
+    def delivered_seq(self) -> int:
+        """Every seq up to this one is acknowledged by the broker."""
+        return self._tracker.delivered_seq
+
+    def wait_delivered(self, seq: int, timeout: float) -> bool:
+        """Block until *seq* is delivered (True) or *timeout* passes (False)."""
+        with self._delivered_cond:
+            return self._delivered_cond.wait_for(
+                lambda: self._tracker.delivered_seq >= seq, timeout
+            )
+
+    # -- the reconnect loop -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        disconnected_since = time.monotonic()
+        try:
+            while not self._stopped.is_set():
+                self._set_state(BrokerState.CONNECTING)
+                self._healthy = False
+                try:
+                    self._session()
+                except (OSError, BrokerConnectionError) as err:
+                    # OSError covers refused/unreachable TCP, TLS failures and timeouts.
+                    self.counters.connection_failures += 1
+                    log.warning("broker %s: %s", self.broker.url, err)
+                finally:
+                    if self._conn is not None:
+                        self._conn.abort()
+                        self._conn = None
+                if self._healthy:
+                    self._backoff.reset()
+                if self._reached_broker:
+                    disconnected_since = time.monotonic()
+                if self._stopped.is_set():
+                    break
+                offline_s = time.monotonic() - disconnected_since
+                if offline_s >= self.unreachable_after:
+                    self.alarms.raise_(
+                        ALARM_UNREACHABLE,
+                        f"no broker connection to {self.broker.url}",
+                        Severity.WARNING,
+                    )
+                delay = self._backoff.next()
+                self._set_state(BrokerState.BACKOFF)
+                log.info("reconnecting to %s in %.1f s", self.broker.url, delay)
+                self._wait_backoff(delay)
+        finally:
+            self._set_state(BrokerState.STOPPED)
+
+    def _wait_backoff(self, delay: float) -> None:
+        # Wake-ups for live scans must not cut the backoff short; only stop() does.
+        deadline = time.monotonic() + delay
+        while not self._stopped.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):
+            self._write_status()
+            if time.monotonic() >= deadline:
+                return
+
+    # -- one connection ---------------------------------------------------------------------
+
+    def _session(self) -> None:
+        """One connection, until it is lost, refuses a batch or the publisher stops."""
+        self._reached_broker = False
+        self._tracker.restart()
+        self._state_mids.clear()
+        self._warned_no_subscribers = False
+        conn = Connection(
+            self.broker,
+            self._client_id,
+            inflight=self.window + 4,
+            will=(self._state_topic, state_payload(self._compose_state(online=False))),
+            on_ack=self._on_ack,
+        )
+        self._conn = conn
+        conn.open(self.connect_timeout)
+        self._reached_broker = True
+        connected_at = time.monotonic()
+        delivered_at_connect = self._tracker.delivered_seq
+        self.counters.connects += 1
+        self._set_state(BrokerState.CONNECTED)
+        self.alarms.clear(ALARM_UNREACHABLE)
+        log.info("connected to %s as %s", self.broker.url, self._client_id)
+        self._publish_state()
+        while True:
+            if self._stopped.is_set():
+                if self._tracker.inflight == 0 or time.monotonic() >= self._stop_deadline:
+                    self._go_offline(conn)
+                    return
+            else:
+                self._fill_window(conn)
+                if self._state_dirty or (
+                    time.monotonic() - self._last_state_sent >= self.state_interval
+                ):
+                    self._publish_state()
+            conn.pump(0.5, self._wake_r)
+            self._settle()
+            if self._tracker.refusals:
+                self._handle_refusals(conn)
+                return
+            self._write_status()
+            if (
+                self._tracker.delivered_seq > delivered_at_connect
+                or time.monotonic() - connected_at > 30.0
+            ):
+                # A working connection: the backoff after it starts small again. A broker
+                # that accepts the connection but refuses every batch never gets here.
+                self._healthy = True
+
+    def _fill_window(self, conn: Connection) -> None:
+        tracker = self._tracker
+        while tracker.inflight < self.window and self.journal.last_seq >= tracker.next_seq:
+            batch = self._cutter.cut(self.journal, tracker.next_seq)
+            if batch is None:
+                return
+            mid = conn.publish(self._scans_topic, batch.payload)
+            tracker.sent(mid, batch)
+            self.counters.batches_published += 1
+            self.counters.scans_published += batch.count
+            log.debug(
+                "published seq %d..%d (%d bytes) as mid %d",
+                batch.first_seq,
+                batch.last_seq,
+                len(batch.payload),
+                mid,
+            )
+
+    def _on_ack(self, mid: int, code: int, reason: str) -> None:
+        # Runs inside Connection.pump(), on this thread, with paho's locks held: record only.
+        if mid in self._state_mids:
+            self._state_mids.discard(mid)
+            if code >= 0x80:
+                log.warning("state message refused by the broker: %s (%d)", reason, code)
+            return
+        span = self._tracker.span(mid)
+        outcome = self._tracker.acked(mid, code, reason)
+        if span is None or outcome is Ack.UNKNOWN:
+            return
+        if outcome is Ack.REFUSED:
+            self.counters.batches_refused += 1
+            return
+        self.counters.batches_acked += 1
+        self.counters.scans_acked += span[1] - span[0] + 1
+        if outcome is Ack.NO_SUBSCRIBERS:
+            self.counters.acked_no_subscribers += 1
+            if not self._warned_no_subscribers:
+                self._warned_no_subscribers = True
+                log.warning(
+                    "broker knows no subscriber of %s (seq %d..%d delivered to the broker "
+                    "all the same): is a backend listening with a persistent session?",
+                    self._scans_topic,
+                    span[0],
+                    span[1],
+                )
+
+    def _settle(self) -> None:
+        if not self._tracker.advance():
+            return
+        self.journal.mark_delivered(self._tracker.delivered_seq)
+        if ALARM_REFUSED in self.alarms:
+            self.alarms.clear(ALARM_REFUSED)
+        with self._delivered_cond:
+            self._delivered_cond.notify_all()
+
+    def _handle_refusals(self, conn: Connection) -> None:
+        first = self._tracker.refusals[0]
+        log.error(
+            "broker refused seq %d..%d on %s: %s (0x%02x); keeping them, backing off",
+            first.first_seq,
+            first.last_seq,
+            self._scans_topic,
+            first.reason,
+            first.code,
+        )
+        self.alarms.raise_(
+            ALARM_REFUSED,
+            f"broker refuses publishes on {self._scans_topic}: {first.reason}",
+            Severity.ERROR,
+            reason_code=first.code,
+            reason=first.reason,
+            first_seq=first.first_seq,
+        )
+        # Let the state (now carrying the alarm) reach the broker before backing off.
+        # mosquitto 2.0.11 closes the connection right after a 0x87 PUBACK, so this
+        # often fails; the birth message of the next connection carries the alarm too.
+        try:
+            self._publish_state()
+            self._await_state_acks(conn, 2.0)
+        except BrokerConnectionError as err:
+            log.debug("state after a refusal not sent: %s", err)
+        conn.disconnect()
+
+    def _go_offline(self, conn: Connection) -> None:
+        self._set_state(BrokerState.STOPPING)
+        self._publish_state(online=False)
+        self._await_state_acks(conn, 2.0)
+        conn.disconnect()
+        log.info(
+            "disconnected from %s, delivered through seq %d",
+            self.broker.url,
+            self._tracker.delivered_seq,
+        )
+
+    def _await_state_acks(self, conn: Connection, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._state_mids and time.monotonic() < deadline:
+            conn.pump(0.1)
+            self._settle()
+
+    # -- state and status -------------------------------------------------------------------
+
+    def _on_alarms_changed(self) -> None:
+        # Called from whichever thread changed an alarm: only flag and wake.
+        self._state_dirty = True
+        self.wake()
+
+    def _publish_state(self, *, online: bool = True) -> None:
+        if self._conn is None:
+            return
+        self._state_dirty = False
+        self._last_state_sent = time.monotonic()
+        payload = state_payload(self._compose_state(online=online))
+        self._state_mids.add(self._conn.publish(self._state_topic, payload, retain=True))
+        self._write_status(force=True)
+
+    def _compose_state(self, *, online: bool) -> DeviceState:
+        now = datetime.now(UTC)
+        summary = None
+        if online:
+            stats = self.journal.stats()
+            oldest = stats.oldest_undelivered_time
+            summary = JournalSummary(
+                depth=stats.depth,
+                last_seq=stats.last_seq,
+                delivered_seq=stats.delivered_seq,
+                oldest_undelivered_age_s=(
+                    round((now - oldest).total_seconds(), 3) if oldest is not None else None
+                ),
+            )
+        return DeviceState(
+            device=self.identity.device,
+            site=self.identity.site,
+            online=online,
+            version=self.version,
+            boot_id=self.boot_id,
+            journal=summary,
+            alarms=(
+                [AlarmInfo.model_validate(a.as_json()) for a in self.alarms.active()]
+                if online
+                else []
+            ),
+            time=now,
+            extra=self.state_extra() if (online and self.state_extra) else None,
+        )
+
+    def _set_state(self, state: BrokerState) -> None:
+        if state is not self._state:
+            self._state = state
+            self._state_since = datetime.now(UTC)
+            self._write_status(force=True)
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``status.json`` holds (journal figures come from the journal itself)."""
+        return {
+            "pid": os.getpid(),
+            "boot_id": self.boot_id,
+            "device": self.identity.device,
+            "site": self.identity.site,
+            "version": self.version,
+            "broker": {
+                "url": self.broker.url,
+                "state": str(self._state),
+                "since": self._state_since.isoformat(),
+            },
+            "delivered_seq": self._tracker.delivered_seq,
+            "inflight_batches": self._tracker.inflight,
+            "counters": asdict(self.counters),
+            "alarms": [a.as_json() for a in self.alarms.active()],
+        }
+
+    def _write_status(self, *, force: bool = False) -> None:
+        if self._status is not None:
+            self._status.update(self.status_snapshot(), force=force)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        # Turns the journal's append notifications into wake-ups of the select() loop,
+        # so live scans go out even when the caller never calls wake().
+        seen = self.journal.last_seq
+        while not self._stopped.is_set():
+            if self.journal.wait_for_records(seen, 1.0):
+                seen = self.journal.last_seq
+                self.wake()
+
+    def _close_wake(self) -> None:
+        drain_wake(self._wake_r)
+        self._wake_r.close()
+        self._wake_w.close()
