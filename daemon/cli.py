@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.config",
     "scanfleet.daemon.commands.schema",
     "scanfleet.daemon.commands.parse",
+    "scanfleet.daemon.commands.status",
 )
 
 
