@@ -43,7 +43,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _KIND_WIDTH = 18
 _VALUE_WIDTH = 34
 _AIM_WIDTH = 4
-_FIELDS_WIDTH = 60
+_FIELDS_WIDTH = 64
 
 
 def register(subparsers: Any) -> None:
@@ -185,7 +185,8 @@ def _table_row(result: ParseResult) -> str:
             _cell(str(result.kind), _KIND_WIDTH),
             _cell(_printable(result.value), _VALUE_WIDTH),
             _cell(result.aim or "-", _AIM_WIDTH),
-            _cell(_printable(fields), _FIELDS_WIDTH),
+            # Fields are what a person looks for: padded for alignment, never cut.
+            _printable(fields).ljust(_FIELDS_WIDTH),
             "; ".join(_printable(p) for p in result.problems),
         )
     )
