@@ -140,6 +140,8 @@ class Journal:
         self._leader = False
         self._closed = False
         self._next_retention_prune = 0.0
+        self.commits = 0
+        """Append transactions committed since open (group commit makes it < appends)."""
         self.prune()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -250,7 +252,7 @@ class Journal:
     def _commit_locked(self, batch: list[_Pending], after: list[Callable[[], None]]) -> None:
         conn = self._conn
         seq, prev = self._last_seq, self._last_hash
-        pruned_before = self._pruned_through
+        pruned_before, dict_before = self._pruned_through, self._dict_id
         conn.execute("BEGIN IMMEDIATE")
         try:
             if self._dict_id == 1 and seq >= TRAIN_AFTER and len(self._recent) >= TRAIN_SAMPLE:
@@ -281,8 +283,9 @@ class Journal:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            self._pruned_through = pruned_before
+            self._pruned_through, self._dict_id = pruned_before, dict_before
             raise
+        self.commits += 1
         self._last_seq, self._last_hash = seq, prev
         for item, record, payload in committed:
             item.record = record
@@ -418,7 +421,9 @@ class Journal:
         if pruned:
             with self._write_lock:
                 # Retention pruning gives the space back to the filesystem.
-                self._conn.execute("PRAGMA incremental_vacuum")
+                # execute() steps a statement once, which frees ONE page; executescript()
+                # runs the pragma to completion (we are outside any transaction here).
+                self._conn.executescript("PRAGMA incremental_vacuum;")
             log.info("journal %s: pruned %d delivered records past retention", self.path, pruned)
         self._maybe_clear_pressure(cutoff)
         return pruned
