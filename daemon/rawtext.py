@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import re
 
-_ESCAPES: tuple[str, ...] = tuple(
-    "\\\\" if b == 0x5C else chr(b) if 0x20 <= b <= 0x7E else f"\\x{b:02x}" for b in range(256)
-)
+# Latin-1 decoding maps byte N to code point N, so one str.translate escapes a read.
+_ESCAPES: dict[int, str] = {b: f"\\x{b:02x}" for b in range(256) if not 0x20 <= b <= 0x7E}
+_ESCAPES[0x5C] = "\\\\"
 
 # One token of the text form: an escape, or a run of printable ASCII without backslash.
 _TOKEN = re.compile(r"\\(?:\\|x([0-9a-f]{2}))|([\x20-\x5b\x5d-\x7e]+)")
 
-_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
-
 
 def escape_raw(data: bytes) -> str:
     """The text form of *data* (see the module docstring)."""
-    if _PLAIN.fullmatch(data):
-        # Most reads are plain ASCII: skip the per-byte table walk.
-        return data.decode("ascii")
-    return "".join(map(_ESCAPES.__getitem__, data))
+    return bytes(data).decode("latin-1").translate(_ESCAPES)
 
 
 def unescape_raw(text: str) -> bytes:
