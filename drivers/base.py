@@ -102,8 +102,8 @@ ProblemCallback = Callable[[DriverProblem], None]
 class ProblemReporter:
     """Report each incident once: repeats of the same code are counted, not re-reported.
 
-    An incident ends when a good frame arrives (:meth:`clear`); a long-running one is
-    reported again, with its repeat count, every *repeat_after* seconds.
+    Problems of one code within *repeat_after* seconds of its report belong to the same
+    incident; the next report after that says how many were suppressed.
     """
 
     def __init__(self, callback: ProblemCallback | None, repeat_after: float = 60.0) -> None:
@@ -129,7 +129,7 @@ class ProblemReporter:
         self._callback(problem)
 
     def clear(self) -> None:
-        """A good frame arrived: the next problem starts a new incident."""
+        """Forget every incident (the next problem of any code is reported)."""
         self._active.clear()
 
 
@@ -159,10 +159,7 @@ class Driver(ABC):
         """
         if self._closed:
             raise ValueError(f"{type(self).__name__} is closed")
-        frame = self._read(timeout)
-        if frame is not None:
-            self._problems.clear()
-        return frame
+        return self._read(timeout)
 
     @abstractmethod
     def _read(self, timeout: float | None) -> Read | None:

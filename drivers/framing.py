@@ -160,10 +160,11 @@ class DelimiterFramer(Framer):
         settled_end = len(buf) - k
         if settled_end > self._settled:
             fresh = buf[self._settled : settled_end]
-            self._settled = settled_end
-            if CR in fresh or LF in fresh:
-                self._wrong_terminator(events)
+            cut = max(fresh.rfind(b"\r"), fresh.rfind(b"\n"))
+            if cut >= 0:
+                self._wrong_terminator(events, self._settled + cut + 1)
                 return
+            self._settled = settled_end
         if len(buf) > self.max_frame + len(term):
             if not self._discarding:
                 events.append(
@@ -174,16 +175,21 @@ class DelimiterFramer(Framer):
             del buf[: len(buf) - k]
             self._settled = 0
 
-    def _wrong_terminator(self, events: list[Event]) -> None:
+    def _wrong_terminator(self, events: list[Event], end: int) -> None:
+        """``buf[:end]`` ended with a CR/LF that is not the terminator: drop and report it."""
         if not self._discarding:
             events.append(
                 problem(
                     "wrong_terminator",
                     f"CR/LF inside a frame whose terminator is {self.terminator.hex()}",
-                    self._buf,
+                    self._buf[:end],
                 )
             )
+        tail = bytes(self._buf[end:])
         self._reset()
+        # What followed the stray CR/LF (e.g. the next frame's first byte) starts anew.
+        for b in tail:
+            self._buf.append(b)
 
     def _complete(self, events: list[Event], now: float) -> None:
         frame = bytes(self._buf)

@@ -1,0 +1,269 @@
+"""Serial scanners (RS-232, USB-COM, USB-serial bridges) through pyserial.
+
+The port is bound by a stable path (``/dev/serial/by-id/…``) or by USB
+``vid:pid[:serial]``. Bytes go through a framer (:mod:`scanfleet.drivers.framing`,
+:mod:`scanfleet.drivers.ssi`); reads block in ``select`` and never spin. An unplugged
+device shows up as EIO/ENXIO, end of file or a vanished path, and becomes
+:class:`~scanfleet.daemon.errors.DeviceGoneError`; the daemon's device worker then
+closes the driver and reopens it with backoff.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import re
+import select
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
+from scanfleet.drivers import discovery, ssi
+from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
+from scanfleet.drivers.feedback import FeedbackPreset, preset_for
+from scanfleet.drivers.framing import Event, Frame, Framer, Reply, make_framer
+
+try:
+    import serial as pyserial
+except ImportError as _err:  # pragma: no cover - pyserial is a core dependency
+    raise DriverUnavailableError("serial", "pyserial", str(_err)) from _err
+
+log = logging.getLogger(__name__)
+
+GONE_ERRNOS = frozenset((errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EBADF))
+BIND_REPLY_WAIT = 0.5
+"""Seconds to collect a Honeywell menu reply after a bind command."""
+_HONEYWELL_MENU_REPLY = re.compile(rb"(?:\x16M\r)?[A-Z0-9]{3,}\d*([\x06\x05\x15])[.!]")
+_PARITY = {"none": "N", "even": "E", "odd": "O"}
+
+
+class SerialDriver(Driver):
+    """The driver for ``driver = "serial"`` devices (a SerialDeviceConfig)."""
+
+    driver_name = "serial"
+
+    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
+        port: str | None = config.port
+        if port is None:
+            port = discovery.resolve_usb(config.usb)
+            if port is None:
+                raise DeviceGoneError(f"no serial device with USB id {config.usb}")
+        if not os.path.exists(port):
+            raise DeviceGoneError(f"{port}: no such device")
+        self.port = port
+        try:
+            self._ser = pyserial.Serial(
+                port=port,
+                baudrate=config.baudrate,
+                bytesize=config.bytesize,
+                parity=_PARITY[config.parity],
+                stopbits=config.stopbits,
+                timeout=0,
+                exclusive=True,
+            )
+        except pyserial.SerialException as err:
+            code = getattr(err, "errno", None)
+            if code is None or code in GONE_ERRNOS:
+                raise DeviceGoneError(f"{port}: {err}") from err
+            raise DriverError(f"{port}: {err}") from err
+        self._fd: int = self._ser.fileno()
+        self.vid_pid = discovery.tty_usb_attributes(port).get("vid_pid")
+        self._framer: Framer = make_framer(
+            config.framing,
+            max_frame=config.max_frame,
+            idle_timeout=config.idle_timeout_ms / 1000,
+            suffix=bytes.fromhex(config.suffix_hex) if config.suffix_hex else None,
+        )
+        self._preset: FeedbackPreset = preset_for(config)
+        self._lock = threading.Lock()  # the framer: reader thread and signal() callers
+        self._wlock = threading.Lock()  # writes to the port
+        self._reads: collections.deque[Read] = collections.deque()
+        self._last_presence_check = 0.0
+        super().__init__(config, on_problem=on_problem)
+        try:
+            self._bind()
+        except BaseException:
+            self.close()
+            raise
+        log.info("bound serial device %s (%s, framing %s)", port, self.vid_pid, config.framing)
+
+    # -- bind ------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        framer = self._framer
+        if isinstance(framer, ssi.SsiFramer):
+            # Decode data must arrive in packets for ACK/NAK framing (the factory
+            # default on Zebra SSI hosts is raw).
+            commands = [ssi.param_send((ssi.PARAM_DECODE_DATA_FORMAT, 1))]
+            if self._preset.ssi_packets:
+                commands.extend(self._preset.bind)
+            for packet in commands:
+                with self._lock:
+                    out = framer.command(packet, time.monotonic())
+                if out:
+                    self._write(out)
+            if self._preset.bind and not self._preset.ssi_packets:
+                self._write_and_collect_reply(self._preset.bind)
+            return
+        if self._preset.ssi_packets:
+            log.warning(
+                "%s: SSI feedback without SSI framing: commands go unacknowledged", self.port
+            )
+            for packet in self._preset.bind:
+                self._write(packet)
+            return
+        if self._preset.bind:
+            self._write_and_collect_reply(self._preset.bind)
+
+    def _write_and_collect_reply(self, commands: tuple[bytes, ...]) -> None:
+        """Send Honeywell menu commands and keep their replies out of the scan stream."""
+        for command in commands:
+            self._write(command)
+        end = time.monotonic() + BIND_REPLY_WAIT
+        got = bytearray()
+        while (remaining := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._fd], [], [], remaining)
+            if not ready:
+                break
+            chunk = self._os_read()
+            got += chunk
+            if _HONEYWELL_MENU_REPLY.search(got):
+                break
+        match = _HONEYWELL_MENU_REPLY.search(got)
+        if match:
+            status = {0x06: "accepted", 0x05: "unknown command", 0x15: "invalid"}[match.group(1)[0]]
+            log.info("%s: scanner beep-off command %s", self.port, status)
+            del got[match.start() : match.end()]
+        else:
+            log.warning(
+                "%s: no reply to the beep-off command; the scanner may still beep", self.port
+            )
+        if got:
+            with self._lock:
+                events = self._framer.feed(bytes(got), time.monotonic())
+            self._handle(events)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _read(self, timeout: float | None) -> Read | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._reads:
+                return self._reads.popleft()
+            now = time.monotonic()
+            with self._lock:
+                events = self._framer.poll(now)
+                framer_deadline = self._framer.deadline()
+            self._handle(events)
+            if self._reads:
+                continue
+            if deadline is not None and now >= deadline:
+                return None
+            limits = [t - now for t in (deadline, framer_deadline) if t is not None]
+            wait = max(0.0, min(limits)) if limits else None
+            try:
+                ready, _, _ = select.select([self._fd], [], [], wait)
+            except (OSError, ValueError) as err:
+                self._gone(f"select failed: {err}", err)
+            if not ready:
+                self._check_present(now)
+                continue
+            data = self._os_read()
+            with self._lock:
+                events = self._framer.feed(data, time.monotonic())
+            self._handle(events)
+
+    def _os_read(self) -> bytes:
+        try:
+            data = os.read(self._fd, 4096)
+        except OSError as err:
+            if err.errno in GONE_ERRNOS:
+                self._gone(f"read failed: {err.strerror}", err)
+            raise DriverError(f"{self.port}: read failed: {err}") from err
+        if not data:
+            # A readable fd with nothing to read: the other end hung up.
+            self._gone("hung up")
+        return data
+
+    def _check_present(self, now: float) -> None:
+        if now - self._last_presence_check < 1.0:
+            return
+        self._last_presence_check = now
+        if not os.path.exists(self.port):
+            self._gone("device node disappeared")
+
+    def _gone(self, why: str, err: BaseException | None = None) -> None:
+        with self._lock:
+            problems = self._framer.flush()
+        for item in problems:
+            self.report(item)
+        raise DeviceGoneError(f"{self.port}: {why}") from err
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Frame):
+                self._reads.append(
+                    Read(
+                        event.data,
+                        event.t,
+                        datetime.now(UTC),
+                        aim=event.aim,
+                        port=self.port,
+                        vid_pid=self.vid_pid,
+                    )
+                )
+            elif isinstance(event, Reply):
+                self._write(event.data)
+            elif isinstance(event, DriverProblem):
+                self.report(event)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        with self._wlock:
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(self._fd, view)
+                except BlockingIOError:
+                    select.select([], [self._fd], [], 1.0)
+                    continue
+                except OSError as err:
+                    if err.errno in GONE_ERRNOS:
+                        raise DeviceGoneError(f"{self.port}: write failed: {err.strerror}") from err
+                    raise DriverError(f"{self.port}: write failed: {err}") from err
+                view = view[n:]
+
+    def _signal(self, signal: Signal) -> None:
+        command = self._preset.command(signal)
+        if command is None:
+            return
+        framer = self._framer
+        if self._preset.ssi_packets and isinstance(framer, ssi.SsiFramer):
+            with self._lock:
+                command = framer.command(command, time.monotonic())
+            if not command:
+                return  # queued behind a command in flight; sent when that one is ACKed
+        self._write(command)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _close(self) -> None:
+        try:
+            self._ser.close()
+        except (OSError, pyserial.SerialException) as err:
+            # Closing a port whose device is already gone fails; it is closed either way.
+            log.debug("%s: close: %s", self.port, err)
+
+    def fileno(self) -> int | None:
+        """The tty's file descriptor."""
+        return self._fd
+
+    @classmethod
+    def detect(cls) -> list[DeviceInfo]:
+        """USB-serial, USB-COM and UART ttys (see :mod:`scanfleet.drivers.discovery`)."""
+        return discovery.serial_devices()

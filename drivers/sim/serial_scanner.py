@@ -1,0 +1,527 @@
+"""A serial barcode scanner on a pseudo-terminal, speaking real bytes.
+
+:class:`SerialScannerSimulator` opens a pty (raw mode), optionally keeps a stable
+symlink to it (like ``/dev/serial/by-id/…``), and emits the realistic code mix of
+:mod:`scanfleet.drivers.sim.codes` in any framing preset: CR/LF/CRLF/suffix/STX-ETX
+lines, Honeywell packet mode, or Zebra SSI with the full ACK/NAK handshake
+(retransmission on NAK or silence, multipacket for long data). It can add noise,
+over-long frames and wrong terminators, and it can be unplugged and plugged back.
+
+Every byte the host sends is recorded with its time, and parsed into
+:class:`FeedbackEvent` objects (good-read and bad-read signals, ACKs, NAKs, the
+beep-off command), so tests can count good-read beeps. It only transmits while a host
+has the port open (a closed slave shows as POLLHUP on the master), like a scanner
+whose cable is plugged into a listening port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import select
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from scanfleet.drivers import ssi
+from scanfleet.drivers.feedback import (
+    HONEYWELL_BEEP,
+    HONEYWELL_MENU_PREFIX,
+    SSI_BAD_READ_BEEP,
+    SSI_GOOD_READ_BEEP,
+)
+from scanfleet.drivers.framing import TERMINATORS
+from scanfleet.drivers.sim.codes import CodeSample, generate_sample
+
+log = logging.getLogger(__name__)
+
+FRAMINGS = ("cr", "lf", "crlf", "suffix", "stx_etx", "idle", "honeywell_packet", "ssi")
+HONEYWELL_CODE_ID = {"]C0": b"j", "]C1": b"I", "]E0": b"d", "]E4": b"D", "]d1": b"w",
+                     "]d2": b"w", "]Q1": b"s", "]Q3": b"s", "]e0": b"y"}  # fmt: skip
+"""Honeywell code ids (enioka_scan SymbologyId) for the AIM ids the code mix uses."""
+
+
+@dataclass(frozen=True)
+class SentCode:
+    """One code the scanner transmitted."""
+
+    index: int
+    sample: CodeSample
+    frame: bytes
+    """What a correct driver delivers as ``Read.data`` for it."""
+    aim: str | None
+    """What a correct driver delivers as ``Read.aim`` (known from the transport)."""
+    clean: bool
+    """False when it was sent damaged on purpose (wrong terminator, over-long)."""
+    t: float
+    acked: bool = True
+    """SSI: the host acknowledged every packet (False when the scanner gave up)."""
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """Something the host sent, parsed: ``good_read``, ``bad_read``, ``beep_off``,
+    ``ack``, ``nak``, ``param``, ``menu``, ``beep`` or ``unknown``."""
+
+    t: float
+    kind: str
+    data: bytes
+
+
+@dataclass
+class _Anomalies:
+    noise_every: int = 0
+    overlong_every: int = 0
+    wrong_terminator_every: int = 0
+    corrupt_every: int = 0
+    overlong_length: int = 5000
+    noise_gap: float = 0.3
+
+
+class SerialScannerSimulator:
+    """A pty scanner. ``start()`` runs it in background threads; ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        *,
+        framing: str = "cr",
+        suffix: bytes = b"",
+        aim: bool = False,
+        rate: float = 10.0,
+        count: int | None = None,
+        seed: int = 0,
+        link: str | Path | None = None,
+        codes: list[bytes] | None = None,
+        noise_every: int = 0,
+        overlong_every: int = 0,
+        wrong_terminator_every: int = 0,
+        corrupt_every: int = 0,
+        overlong_length: int = 5000,
+        good_read: bytes | None = None,
+        bad_read: bytes | None = None,
+        ack_timeout: float = 1.0,
+        settle: float = 0.3,
+    ) -> None:
+        if framing not in FRAMINGS:
+            raise ValueError(f"unknown framing {framing!r}")
+        if framing == "suffix" and not suffix:
+            raise ValueError("framing 'suffix' needs suffix bytes")
+        self.framing = framing
+        self.suffix = suffix
+        self.aim = aim
+        self.rate = rate
+        self.count = count if codes is None else len(codes)
+        self.link = Path(link) if link else None
+        self.anomalies = _Anomalies(
+            noise_every, overlong_every, wrong_terminator_every, corrupt_every, overlong_length
+        )
+        self.good_read = good_read
+        self.bad_read = bad_read
+        self.ack_timeout = ack_timeout
+        self.settle = settle
+        self.sent: list[SentCode] = []
+        self.feedback: list[FeedbackEvent] = []
+        self.received: list[tuple[float, bytes]] = []
+        self.own_beep = True
+        """The scanner's own decode beep; the host turns it off at bind."""
+        self.naks_received = 0
+        self.retransmissions = 0
+        self._codes = list(codes) if codes is not None else None
+        self._rng = random.Random(seed)  # noqa: S311 - simulation, not cryptography
+        self._lock = threading.Condition()
+        self._wlock = threading.Lock()
+        self._acks: queue.Queue[str] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._rx = bytearray()
+        self._master = -1
+        self.path = ""
+        self._open_pty()
+
+    # -- pty -------------------------------------------------------------------------
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        name = os.ttyname(slave)
+        # Only the host keeps the slave open: POLLHUP on the master then means "no host".
+        os.close(slave)
+        os.set_blocking(master, False)
+        self._master = master
+        self.tty = name
+        if self.link is not None:
+            tmp = self.link.with_name(self.link.name + ".new")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(name)
+            tmp.replace(self.link)
+            self.path = str(self.link)
+        else:
+            self.path = name
+        log.info("simulated scanner on %s (%s)", self.path, self.framing)
+
+    def disconnect(self) -> None:
+        """Pull the cable: the pty disappears and the host's reads fail."""
+        with self._lock:
+            if self._master >= 0:
+                os.close(self._master)
+                self._master = -1
+            self._connected.clear()
+            self._lock.notify_all()
+
+    def reconnect(self) -> None:
+        """Plug it back in: a new pty; the ``link`` symlink (if any) follows it."""
+        with self._lock:
+            if self._master < 0:
+                self._open_pty()
+                self._rx.clear()
+            self._lock.notify_all()
+
+    def _host_present(self) -> bool:
+        fd = self._master
+        if fd < 0:
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        return not any(ev & select.POLLHUP for _, ev in poller.poll(0))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start transmitting (once a host opens the port) and listening."""
+        for target, name in ((self._emit_loop, "emit"), (self._rx_loop, "rx")):
+            thread = threading.Thread(target=target, name=f"sim-scanner-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop both threads and close the pty; removes the symlink."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(5.0)
+        self.disconnect()
+        if self.link is not None:
+            self.link.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def done(self) -> bool:
+        """True when ``count`` codes have been sent."""
+        return self.count is not None and len(self.sent) >= self.count
+
+    def wait_done(self, timeout: float) -> bool:
+        """Block until every code was sent (or *timeout*)."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            while not self.done:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(min(remaining, 0.2))
+        return True
+
+    def events(self, kind: str) -> list[FeedbackEvent]:
+        """Feedback events of one kind."""
+        with self._lock:
+            return [e for e in self.feedback if e.kind == kind]
+
+    # -- transmitting ----------------------------------------------------------------
+
+    def _samples(self) -> Iterator[CodeSample]:
+        if self._codes is not None:
+            from scanfleet.daemon.model import Kind
+
+            for data in self._codes:
+                yield CodeSample(data, "]C0", Kind.UNKNOWN, "given")
+            return
+        while True:
+            yield generate_sample(self._rng)
+
+    def _wait_host(self) -> bool:
+        """Wait until a host has the port open (and had time to flush its input)."""
+        while not self._stop.is_set():
+            if self._host_present():
+                if not self._connected.is_set():
+                    # pyserial flushes its input right after opening: let it.
+                    self._stop.wait(self.settle)
+                    if not self._host_present():
+                        continue
+                    self._connected.set()
+                return True
+            self._connected.clear()
+            self._stop.wait(0.05)
+        return False
+
+    def _emit_loop(self) -> None:
+        interval = 1.0 / self.rate if self.rate > 0 else 0.0
+        index = 0
+        for sample in self._samples():
+            if self.count is not None and index >= self.count:
+                return
+            if not self._wait_host():
+                return
+            index += 1
+            try:
+                self._emit(index, sample)
+            except OSError as err:
+                log.debug("simulated scanner: write failed (%s); waiting for the host", err)
+                continue
+            if interval:
+                self._stop.wait(interval)
+            if self._stop.is_set():
+                return
+
+    def _every(self, n: int, index: int) -> bool:
+        return n > 0 and index % n == 0
+
+    def _emit(self, index: int, sample: CodeSample) -> None:
+        a = self.anomalies
+        if self._every(a.noise_every, index):
+            noise = bytes(self._rng.randrange(0x80, 0x100) for _ in range(self._rng.randint(8, 32)))
+            self._write(noise)
+            # A burst of line noise, then quiet: the driver resyncs on the silence.
+            self._stop.wait(a.noise_gap)
+        if self.framing == "ssi":
+            self._emit_ssi(index, sample)
+            return
+        data = sample.raw(aim=self.aim)
+        clean = True
+        if self._every(a.overlong_every, index) and self.framing not in ("honeywell_packet",):
+            data = (b"9" * a.overlong_length)[: a.overlong_length]
+            clean = False
+        frame, aim = self._frame(data, sample)
+        if clean and self._every(a.wrong_terminator_every, index) and self.framing in TERMINATORS:
+            wrong = b"\n" if self.framing == "cr" else b"\r"
+            frame = frame[: -len(TERMINATORS[self.framing])] + wrong
+            clean = False
+        self._write(frame)
+        self._record(
+            SentCode(index, sample, self._expected(frame, data), aim, clean, time.monotonic())
+        )
+
+    def _frame(self, data: bytes, sample: CodeSample) -> tuple[bytes, str | None]:
+        if self.framing in TERMINATORS:
+            return data + TERMINATORS[self.framing], None
+        if self.framing == "suffix":
+            return data + self.suffix, None
+        if self.framing == "stx_etx":
+            return b"\x02" + data + b"\x03", None
+        if self.framing == "idle":
+            return data, None
+        # Honeywell packet mode carries the AIM id in the header, never in the data.
+        code_id = HONEYWELL_CODE_ID.get(sample.aim, b"j")
+        body = sample.data + b"\r"
+        payload = (
+            b"MSGGET" + b"%04d" % len(body) + code_id + sample.aim[1:3].encode() + b"\x1d" + body
+        )
+        header = b"\x16\xfe" + len(payload).to_bytes(4, "little") + b"\r"
+        return header + payload, sample.aim
+
+    def _expected(self, frame: bytes, data: bytes) -> bytes:
+        if self.framing == "honeywell_packet":
+            return frame[7 + 14 : -1]
+        return frame
+
+    def _emit_ssi(self, index: int, sample: CodeSample) -> None:
+        symbology = ssi.AIM_TO_SYMBOLOGY.get(sample.aim, 0x03)
+        data = sample.data
+        clean = True
+        if self._every(self.anomalies.overlong_every, index):
+            data = b"9" * self.anomalies.overlong_length
+            clean = False
+        acked = True
+        for number, packet in enumerate(ssi.decode_data_packets(data, symbology)):
+            corrupt = number == 0 and self._every(self.anomalies.corrupt_every, index)
+            acked = self._send_until_acked(packet, corrupt=corrupt) and acked
+            if not acked:
+                break
+        self._record(
+            SentCode(
+                index,
+                sample,
+                data,
+                ssi.SYMBOLOGY_AIM.get(symbology),
+                clean,
+                time.monotonic(),
+                acked,
+            )
+        )
+
+    def _send_until_acked(self, packet: bytes, *, corrupt: bool, tries: int = 3) -> bool:
+        for attempt in range(tries):
+            while not self._acks.empty():
+                self._acks.get_nowait()
+            out = ssi.with_retransmit_bit(packet) if attempt else packet
+            if corrupt and attempt == 0:
+                out = out[:-1] + bytes(((out[-1] + 1) & 0xFF,))
+            if attempt:
+                self.retransmissions += 1
+            self._write(out)
+            try:
+                answer = self._acks.get(timeout=self.ack_timeout)
+            except queue.Empty:
+                continue
+            if answer == "ack":
+                return True
+        return False
+
+    def _record(self, sent: SentCode) -> None:
+        with self._lock:
+            self.sent.append(sent)
+            self._lock.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        with self._wlock:
+            view = memoryview(data)
+            while view:
+                fd = self._master
+                if fd < 0 or self._stop.is_set():
+                    raise OSError("scanner disconnected")
+                try:
+                    n = os.write(fd, view)
+                except BlockingIOError:
+                    select.select([], [fd], [], 0.1)
+                    continue
+                view = view[n:]
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _rx_loop(self) -> None:
+        while not self._stop.is_set():
+            fd = self._master
+            if fd < 0:
+                self._stop.wait(0.05)
+                continue
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if not ready:
+                    continue
+                data = os.read(fd, 4096)
+            except OSError:
+                # EIO while no host has the port open, EBADF after a disconnect.
+                self._stop.wait(0.05)
+                continue
+            if not data:
+                continue
+            now = time.monotonic()
+            with self._lock:
+                self.received.append((now, data))
+                self._rx += data
+                self._parse(now)
+                self._lock.notify_all()
+
+    def _event(self, now: float, kind: str, data: bytes) -> None:
+        self.feedback.append(FeedbackEvent(now, kind, bytes(data)))
+
+    def _parse(self, now: float) -> None:
+        if self.framing == "ssi":
+            self._parse_ssi(now)
+        else:
+            self._parse_plain(now)
+
+    def _parse_ssi(self, now: float) -> None:
+        buf = self._rx
+        while buf:
+            length = buf[0]
+            if length < 4:
+                self._event(now, "unknown", buf[:1])
+                del buf[0]
+                continue
+            if len(buf) < length + 2:
+                return
+            packet = bytes(buf[: length + 2])
+            del buf[: length + 2]
+            if not ssi.checksum_ok(packet):
+                self._event(now, "unknown", packet)
+                self._reply(ssi.nak(source=ssi.SOURCE_DECODER))
+                continue
+            opcode, data = packet[1], packet[4:-2]
+            if opcode == ssi.CMD_ACK:
+                self._event(now, "ack", packet)
+                self._acks.put("ack")
+                continue
+            if opcode == ssi.CMD_NAK:
+                self._event(now, "nak", packet)
+                self.naks_received += 1
+                self._acks.put("nak")
+                continue
+            if opcode == ssi.BEEP and data:
+                kind = {SSI_GOOD_READ_BEEP: "good_read", SSI_BAD_READ_BEEP: "bad_read"}
+                self._event(now, kind.get(data[0], "beep"), packet)
+            elif opcode == ssi.PARAM_SEND:
+                pairs = dict(zip(data[1::2], data[2::2], strict=False))
+                if pairs.get(ssi.PARAM_BEEP_AFTER_GOOD_DECODE) == 0:
+                    self.own_beep = False
+                    self._event(now, "beep_off", packet)
+                else:
+                    self._event(now, "param", packet)
+            else:
+                self._event(now, "unknown", packet)
+            self._reply(ssi.ack(source=ssi.SOURCE_DECODER))
+
+    def _parse_plain(self, now: float) -> None:
+        buf = self._rx
+        patterns = [
+            (b, k) for b, k in ((self.good_read, "good_read"), (self.bad_read, "bad_read")) if b
+        ]
+        patterns.append((HONEYWELL_BEEP, "good_read"))
+        while buf:
+            matched = False
+            for pattern, kind in patterns:
+                if buf.startswith(pattern):
+                    self._event(now, kind, pattern)
+                    del buf[: len(pattern)]
+                    matched = True
+                    break
+                if pattern.startswith(bytes(buf)):
+                    return  # a prefix: wait for the rest
+            if matched:
+                continue
+            if buf.startswith(HONEYWELL_MENU_PREFIX) or HONEYWELL_MENU_PREFIX.startswith(
+                bytes(buf)
+            ):
+                end = min((i for i in (buf.find(b"!"), buf.find(b".")) if i >= 0), default=-1)
+                if end < 0:
+                    return
+                command = bytes(buf[len(HONEYWELL_MENU_PREFIX) : end])
+                del buf[: end + 1]
+                if command == b"BEPBEP0":
+                    self.own_beep = False
+                    self._event(now, "beep_off", command)
+                else:
+                    self._event(now, "menu", command)
+                # Honeywell replies with the command, ACK (06) and the terminator.
+                self._reply(command + b"\x06!")
+                continue
+            self._event(now, "unknown", buf[:1])
+            del buf[0]
+
+    def _reply(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except OSError as err:
+            log.debug("simulated scanner: reply failed: %s", err)
+
+
+@dataclass
+class SimSummary:
+    """Counts for ``scanfleet simulate serial`` output."""
+
+    sent: int = 0
+    good_reads: int = 0
+    bad_reads: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
