@@ -246,6 +246,10 @@ class Publisher:
                     self.counters.connection_failures += 1
                     log.warning("broker %s: %s", self.broker.url, err)
                 finally:
+                    # Acks and refusals that arrived before the connection broke still count
+                    # (mosquitto 2.0.11 drops the connection right after a 0x87 PUBACK).
+                    self._settle()
+                    self._raise_refused_alarm()
                     if self._conn is not None:
                         self._conn.abort()
                         self._conn = None
@@ -382,7 +386,9 @@ class Publisher:
         with self._delivered_cond:
             self._delivered_cond.notify_all()
 
-    def _handle_refusals(self, conn: Connection) -> None:
+    def _raise_refused_alarm(self) -> None:
+        if not self._tracker.refusals:
+            return
         first = self._tracker.refusals[0]
         log.error(
             "broker refused seq %d..%d on %s: %s (0x%02x); keeping them, backing off",
@@ -400,6 +406,10 @@ class Publisher:
             reason=first.reason,
             first_seq=first.first_seq,
         )
+        self._tracker.refusals.clear()
+
+    def _handle_refusals(self, conn: Connection) -> None:
+        self._raise_refused_alarm()
         # Let the state (now carrying the alarm) reach the broker before backing off.
         # mosquitto 2.0.11 closes the connection right after a 0x87 PUBACK, so this
         # often fails; the birth message of the next connection carries the alarm too.
@@ -514,6 +524,8 @@ class Publisher:
                 self.wake()
 
     def _close_wake(self) -> None:
+        if self._wake_r.fileno() < 0:
+            return  # already closed by an earlier stop()
         drain_wake(self._wake_r)
         self._wake_r.close()
         self._wake_w.close()
