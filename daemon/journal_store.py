@@ -73,7 +73,11 @@ def connect_reader(path: Path) -> sqlite3.Connection:
     """A connection that never writes the database (``mode=ro``)."""
     if not path.exists():
         raise JournalError(f"no journal at {path}")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    # A running daemon keeps the -wal file; without one the database is fully
+    # checkpointed and nobody writes it, so it is read as immutable: that creates no
+    # -wal/-shm files (which, made by root for `status`, would lock out the daemon user).
+    idle = not Path(str(path) + "-wal").exists()
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if idle else "")
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
 
