@@ -172,7 +172,62 @@ class SerialDeviceConfig(_DeviceBase):
         return self
 
 
-DeviceConfig = Annotated[VirtualDeviceConfig | SerialDeviceConfig, Field(discriminator="driver")]
+class IdCardDeviceConfig(_DeviceBase):
+    """A second-generation ID-card reader (SAM protocol) on serial or USB-HID."""
+
+    driver: Literal["idcard_serial", "idcard_usb"]
+    port: str | None = None
+    """Serial device path (``idcard_serial``); prefer /dev/serial/by-id/…."""
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")] = "10c4:0007"
+    """``vid:pid`` of the HID reader (``idcard_usb``)."""
+    poll_interval_ms: Annotated[int, Field(ge=300, le=5000)] = 500
+    """Pause between find-card polls; readers need at least 300 ms."""
+    command_timeout_ms: Annotated[int, Field(ge=50, le=5000)] = 500
+    """Reply timeout for find, select and SAM commands."""
+    read_timeout_ms: Annotated[int, Field(ge=500, le=10000)] = 3000
+    """Reply timeout for reading the card (text, photo, fingerprint)."""
+    read_fingerprint: bool = False
+    """Use ``30 10`` (text + photo + fingerprint) instead of ``30 01``."""
+
+    @model_validator(mode="after")
+    def _transport(self) -> IdCardDeviceConfig:
+        if self.driver == "idcard_serial" and self.port is None:
+            raise ValueError("driver 'idcard_serial' needs 'port'")
+        return self
+
+
+DeviceConfig = Annotated[
+    VirtualDeviceConfig | SerialDeviceConfig | IdCardDeviceConfig, Field(discriminator="driver")
+]
+
+
+class IdentityCheckConfig(_Section):
+    """Controlled drugs that need the patient's ID card, and how identity is protected."""
+
+    public_key: str | None = None
+    """Backend's X25519 public key (base64, ``scanfleet identity keygen``). ID-card reads
+    are refused while it is missing: identity is never stored unsealed."""
+    window_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    """How long after an ID-card read scans of listed drugs pair with it."""
+    drug_prefixes: list[Annotated[str, Field(pattern=r"^[0-9A-Za-z]{7}$")]] = Field(
+        default_factory=list
+    )
+    """7-character 药品标识码 (first 7 characters of a 20-character trace code) of drugs
+    that may only be dispensed after an ID-card read."""
+    publish_photo: bool = False
+    """Seal the WLT photo into identity records (off: the photo never leaves the reader)."""
+    publish_fingerprint: bool = False
+    """Seal the fingerprint block too (off: it never leaves the reader)."""
+
+    @field_validator("public_key")
+    @classmethod
+    def _x25519(cls, value: str | None) -> str | None:
+        from scanfleet.daemon.personal import valid_public_key
+
+        if value is not None and not valid_public_key(value):
+            raise ValueError("must be a base64 X25519 public key (scanfleet identity keygen)")
+        return value
 
 
 class Config(_Section):
@@ -184,6 +239,7 @@ class Config(_Section):
     journal: JournalConfig = JournalConfig()
     station: StationConfig = StationConfig()
     classify: ClassifyConfig = ClassifyConfig()
+    identity_check: IdentityCheckConfig = IdentityCheckConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @field_validator("devices")
@@ -246,7 +302,7 @@ def _problems(
 
 def _driver_tags() -> list[str]:
     union = get_args(DeviceConfig)[0]
-    return [get_args(m.model_fields["driver"].annotation)[0] for m in get_args(union)]
+    return [t for m in get_args(union) for t in get_args(m.model_fields["driver"].annotation)]
 
 
 def _strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
