@@ -1,0 +1,291 @@
+"""``scanfleet fleet …``: the IT staff's side: CA, claims, broker config, enrollment service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
+from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name
+from scanfleet.provisioning.claims import ClaimError, create_claim
+from scanfleet.provisioning.inventory import collect_states, inventory, render_table
+from scanfleet.provisioning.service import EnrollmentService, run_reload
+
+DEFAULT_FLEET_DIR = Path(os.environ.get("SCANFLEET_FLEET_DIR", "/var/lib/scanfleet-fleet"))
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fleet`` and its actions."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "fleet", help="fleet CA, claims, broker config, enrollment service, inventory"
+    )
+    parser.add_argument(
+        "--fleet-dir",
+        type=Path,
+        default=DEFAULT_FLEET_DIR,
+        help="CA, registry and identities (default: $SCANFLEET_FLEET_DIR or %(default)s)",
+    )
+    sub = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+    ca = sub.add_parser("ca", help="the fleet certificate authority")
+    ca_sub = ca.add_subparsers(title="ca actions", metavar="ACTION", required=True)
+    init = ca_sub.add_parser("init", help="create the CA key, certificate and an empty CRL")
+    init.add_argument("--name", default="scanfleet fleet CA")
+    init.set_defaults(func=_ca_init)
+
+    ident = sub.add_parser("identity", help="issue a backend or fleet-service client certificate")
+    ident.add_argument("--role", choices=[r.value for r in Role], required=True)
+    ident.add_argument("--name", required=True)
+    ident.add_argument("--days", type=int, default=365)
+    ident.set_defaults(func=_identity)
+
+    claim = sub.add_parser("claim", help="create or list enrollment claims")
+    claim_sub = claim.add_subparsers(title="claim actions", metavar="ACTION", required=True)
+    create = claim_sub.add_parser("create", help="a single-use claim for one site; prints it")
+    create.add_argument("--site", required=True)
+    create.add_argument(
+        "--enroll-url", required=True, help="mqtts://HOST:PORT of the enrollment listener"
+    )
+    create.add_argument("--ttl-hours", type=float, default=24.0)
+    create.add_argument("--device", help="bind to one device id (needed to re-enroll it)")
+    create.set_defaults(func=_claim_create)
+    claim_ls = claim_sub.add_parser("ls", help="list claims (never their secrets)")
+    claim_ls.set_defaults(func=_claim_ls)
+
+    revoke = sub.add_parser("revoke", help="revoke certificates; rewrites the CRL")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--device", metavar="SITE/DEVICE", help="every certificate of a device")
+    which.add_argument("--serial", help="one certificate, hex serial")
+    revoke.add_argument("--reason", default="unspecified")
+    revoke.add_argument("--reload-command", help="e.g. 'systemctl reload mosquitto'")
+    revoke.set_defaults(func=_revoke)
+
+    crl = sub.add_parser("crl", help="renew the CRL when due (run daily from a timer)")
+    crl.add_argument("--force", action="store_true", help="renew even when not due")
+    crl.add_argument("--reload-command", help="e.g. 'systemctl reload mosquitto'")
+    crl.set_defaults(func=_crl)
+
+    conf = sub.add_parser("broker-config", help="write mosquitto.conf and ACL files")
+    conf.add_argument("--out", type=Path, required=True, help="directory for the files")
+    conf.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="broker host name or address for its server certificate (repeatable); "
+        "the certificate is made when missing or when --host is given",
+    )
+    conf.add_argument("--device-port", type=int, default=8883)
+    conf.add_argument("--enroll-port", type=int, default=8884)
+    conf.add_argument("--bind", help="listen address (default: all)")
+    conf.add_argument("--persistence-dir", type=Path, default=Path("/var/lib/mosquitto"))
+    conf.add_argument("--max-queued-messages", type=int, default=1_000_000)
+    conf.add_argument("--log-file", type=Path, help="default: syslog")
+    conf.add_argument("--user", help="account mosquitto runs as (default: mosquitto)")
+    conf.set_defaults(func=_broker_config)
+
+    serve = sub.add_parser("serve", help="run the enrollment service")
+    _broker_args(serve)
+    serve.add_argument(
+        "--public-broker-url",
+        help="device listener URL given to devices (default: --broker)",
+    )
+    serve.add_argument("--reload-command", help="run after the CRL was renewed")
+    serve.set_defaults(func=_serve)
+
+    ls = sub.add_parser("ls", help="devices: online/offline, journal depth, certificate expiry")
+    _broker_args(ls)
+    ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    ls.set_defaults(func=_ls)
+
+
+def _broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", required=True, help="mqtts://HOST:PORT of the device listener")
+    parser.add_argument("--identity", required=True, help="fleet identity name (fleet.NAME)")
+
+
+def _ca(args: argparse.Namespace) -> FleetCA:
+    return FleetCA(args.fleet_dir)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts" or not parts.hostname or parts.port is None:
+        raise SystemExit(f"expected mqtts://HOST:PORT, got {url!r}")
+    return parts.hostname, parts.port
+
+
+def _fail(message: str) -> int:
+    print(f"scanfleet fleet: {message}", file=sys.stderr)
+    return 1
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    try:
+        ca = FleetCA.init(args.fleet_dir, name=args.name)
+    except CAError as err:
+        return _fail(str(err))
+    print(f"fleet CA created: {ca.paths.ca_cert} (ship this file to devices as broker.ca_file)")
+    return 0
+
+
+def _identity(args: argparse.Namespace) -> int:
+    try:
+        cert, key = _ca(args).issue_role(Role(args.role), args.name, days=args.days)
+    except CAError as err:
+        return _fail(str(err))
+    print(f"{role_common_name(Role(args.role), args.name)}: {cert} {key}")
+    print("regenerate the broker config (fleet broker-config) and reload the broker")
+    return 0
+
+
+def _claim_create(args: argparse.Namespace) -> int:
+    host, port = _host_port(args.enroll_url)
+    try:
+        claim_id, claim = create_claim(
+            _ca(args).registry,
+            args.site,
+            host,
+            port,
+            ttl=timedelta(hours=args.ttl_hours),
+            device=args.device,
+        )
+    except (CAError, ClaimError) as err:
+        return _fail(str(err))
+    print(
+        f"# claim {claim_id} for site {args.site}, valid {args.ttl_hours:g} h, single use",
+        file=sys.stderr,
+    )
+    print(claim.token)
+    return 0
+
+
+def _claim_ls(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    for c in _ca(args).registry.claims():
+        if c.used_at is not None:
+            status = f"used {c.used_at:%Y-%m-%d %H:%M} by {c.used_by}"
+        elif c.expires_at <= now:
+            status = "expired"
+        else:
+            status = f"open until {c.expires_at:%Y-%m-%d %H:%M}Z"
+        print(f"{c.id}  {c.site}  {c.device or '*'}  {status}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    ca = _ca(args)
+    if args.device:
+        serials = [c.serial for c in ca.registry.certs(cn=args.device) if c.revoked_at is None]
+        if not serials:
+            return _fail(f"no unrevoked certificate for {args.device}")
+    else:
+        serials = [int(args.serial, 16)]
+    try:
+        for serial in serials:
+            ca.registry.revoke(serial, args.reason)
+    except KeyError as err:
+        return _fail(str(err))
+    ca.write_crl()
+    print(f"revoked {len(serials)} certificate(s); CRL {ca.paths.crl}")
+    run_reload(args.reload_command)
+    return 0
+
+
+def _crl(args: argparse.Namespace) -> int:
+    ca = _ca(args)
+    if args.force:
+        ca.write_crl()
+    elif not ca.renew_crl_if_due():
+        print("CRL is current")
+        return 0
+    print(f"CRL renewed: {ca.paths.crl}")
+    run_reload(args.reload_command)
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    try:
+        ca = _ca(args)
+        if args.host or not ca.paths.server_cert.exists():
+            if not args.host:
+                return _fail("no broker server certificate yet: give --host NAME")
+            ca.issue_server(args.host)
+    except CAError as err:
+        return _fail(str(err))
+    layout = BrokerLayout(
+        device_port=args.device_port,
+        enroll_port=args.enroll_port,
+        bind_address=args.bind,
+        persistence_dir=args.persistence_dir,
+        max_queued_messages=args.max_queued_messages,
+        log_file=args.log_file,
+        user=args.user,
+    )
+    files = write_broker_config(ca, args.out, layout)
+    print(f"wrote {files.conf}, {files.device_acl}, {files.enroll_acl}")
+    return 0
+
+
+def _identity_files(ca: FleetCA, name: str) -> tuple[str, str]:
+    cn = name if name.startswith(f"{Role.FLEET.value}.") else role_common_name(Role.FLEET, name)
+    cert, key = ca.paths.identity(cn)
+    if not cert.exists():
+        raise CAError(f"no identity {cn} (fleet identity --role fleet --name …)")
+    return str(cert), str(key)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        ca = _ca(args)
+        cert, key = _identity_files(ca, args.identity)
+    except CAError as err:
+        return _fail(str(err))
+    host, port = _host_port(args.broker)
+    service = EnrollmentService(
+        ca,
+        host=host,
+        port=port,
+        cert_file=cert,
+        key_file=key,
+        broker_url=args.public_broker_url or args.broker,
+        reload_command=args.reload_command,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    service.run()
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    try:
+        ca = _ca(args)
+        cert, key = _identity_files(ca, args.identity)
+    except CAError as err:
+        return _fail(str(err))
+    host, port = _host_port(args.broker)
+    try:
+        states = collect_states(
+            host, port, ca_file=str(ca.paths.ca_cert), cert_file=cert, key_file=key
+        )
+    except (OSError, ConnectionError) as err:
+        return _fail(f"broker {args.broker}: {err}")
+    rows = inventory(ca, states)
+    if args.json:
+        for row in rows:
+            print(json.dumps(asdict(row), default=str, sort_keys=True))
+    else:
+        print(render_table(rows))
+    return 0

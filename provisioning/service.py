@@ -1,0 +1,238 @@
+"""``scanfleet fleet serve``: the enrollment service.
+
+It connects to the broker's device listener with its ``fleet.*`` certificate
+(authenticated: the enrollment listener authenticates no one), subscribes to
+``scanfleet/v1/enroll/+/request`` — the requests devices publish on the enrollment
+listener of the same broker — and answers each on ``…/{client}/response``:
+
+* ``enroll``: the claim must be known, for this site, unused and unexpired (it is
+  consumed atomically); a device id that already holds a valid certificate can only
+  be re-enrolled with a claim bound to it, and its older certificates are revoked;
+* ``renew``: the current certificate must be from this CA, current and unrevoked,
+  name the same site and device, and have signed the new CSR (proof of possession);
+  the old certificate is revoked once the new one is issued.
+
+The service also keeps the CRL fresh: it rewrites it well before ``nextUpdate`` and
+runs ``--reload-command`` (e.g. ``systemctl reload mosquitto``) so the broker loads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import ssl
+import subprocess
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from pydantic import ValidationError
+
+from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
+from scanfleet.daemon.mqtt import Backoff
+from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
+from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
+
+log = logging.getLogger(__name__)
+
+REQUEST_FILTER = "scanfleet/v1/enroll/+/request"
+CRL_CHECK_INTERVAL = 3600.0
+
+
+class Refused(Exception):
+    """An enrollment request is refused; the message goes back to the device."""
+
+
+def handle_request(
+    ca: FleetCA, payload: bytes | bytearray, broker_url: str, now: datetime | None = None
+) -> EnrollResponse | None:
+    """Answer one request payload; None when it is too malformed to answer (no nonce)."""
+    now = now or datetime.now(UTC)
+    try:
+        request = EnrollRequest.model_validate_json(payload)
+    except ValidationError as err:
+        log.warning("malformed enrollment request: %d problem(s)", err.error_count())
+        return None
+    try:
+        csr = x509.load_pem_x509_csr(request.csr.encode())
+        if request.kind == "enroll":
+            cert = _enroll(ca, request, csr, now)
+        else:
+            cert = _renew(ca, request, csr, now)
+    except (Refused, ClaimError, CAError) as err:
+        log.warning("refused %s of %s/%s: %s", request.kind, request.site, request.device, err)
+        return EnrollResponse(nonce=request.nonce, ok=False, error=str(err))
+    except ValueError as err:
+        log.warning("refused %s of %s/%s: bad CSR", request.kind, request.site, request.device)
+        return EnrollResponse(nonce=request.nonce, ok=False, error=f"bad CSR: {err}")
+    return EnrollResponse(
+        nonce=request.nonce,
+        ok=True,
+        cert=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        ca=ca.cert.public_bytes(serialization.Encoding.PEM).decode(),
+        broker_url=broker_url,
+    )
+
+
+def _enroll(
+    ca: FleetCA, request: EnrollRequest, csr: x509.CertificateSigningRequest, now: datetime
+) -> x509.Certificate:
+    if request.claim is None:
+        raise Refused("enroll needs a claim")
+    if not csr.is_signature_valid:
+        # Checked before the claim is consumed: a broken request must not burn the claim.
+        raise Refused("the CSR signature does not verify")
+    cn = device_common_name(request.site, request.device)
+    previous = ca.registry.active_certs(cn, now=now)
+    claim = Claim(request.site, request.claim, "-", 0)
+    redeem_claim(ca.registry, claim, request.device, existing_device=bool(previous), now=now)
+    cert = ca.sign_device_csr(csr, request.site, request.device)
+    for old in previous:
+        ca.registry.revoke(old.serial, "superseded")
+    if previous:
+        ca.write_crl()
+    return cert
+
+
+def _renew(
+    ca: FleetCA, request: EnrollRequest, csr: x509.CertificateSigningRequest, now: datetime
+) -> x509.Certificate:
+    if request.cert is None or request.proof is None:
+        raise Refused("renew needs the current certificate and a proof")
+    current = x509.load_pem_x509_certificate(request.cert.encode())
+    ca.verify_issued(current, now=now)
+    cn = device_common_name(request.site, request.device)
+    names = current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if not names or names[0].value != cn:
+        raise Refused("the current certificate is for another device")
+    public_key = current.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise Refused("the current certificate has no EC key")
+    try:
+        public_key.verify(
+            base64.b64decode(request.proof, validate=True),
+            csr.public_bytes(serialization.Encoding.DER),
+            ec.ECDSA(hashes.SHA256()),
+        )
+    except (InvalidSignature, ValueError) as err:
+        raise Refused("the proof does not verify with the current certificate's key") from err
+    cert = ca.sign_device_csr(csr, request.site, request.device)
+    ca.revoke(current.serial_number, "superseded")
+    return cert
+
+
+class EnrollmentService:
+    """The MQTT side of the service; :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        ca: FleetCA,
+        *,
+        host: str,
+        port: int,
+        cert_file: str,
+        key_file: str,
+        broker_url: str,
+        reload_command: str | None = None,
+        client_id: str = "scanfleet-fleet-service",
+    ) -> None:
+        self.ca = ca
+        self.host = host
+        self.port = port
+        self.broker_url = broker_url
+        self.reload_command = reload_command
+        self._stopping = False
+        self.answered = 0
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.tls_set(
+            ca_certs=str(ca.paths.ca_cert),
+            certfile=cert_file,
+            keyfile=key_file,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        self._client = client
+        self.connected = False
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        if rc.is_failure:
+            log.error("broker refused the fleet service: %s", rc)
+            return
+        self.connected = True
+        client.subscribe(REQUEST_FILTER, qos=1)
+        log.info("enrollment service connected to %s:%d", self.host, self.port)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        levels = msg.topic.split("/")
+        if len(levels) != 5 or levels[4] != "request":
+            return
+        response = handle_request(self.ca, msg.payload, self.broker_url)
+        if response is None:
+            return
+        topic = "/".join([*levels[:4], "response"])
+        client.publish(topic, response.model_dump_json(by_alias=True).encode(), qos=1)
+        self.answered += 1
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`, reconnecting with backoff; keep the CRL fresh."""
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        next_crl_check = 0.0
+        while not self._stopping:
+            if time.monotonic() >= next_crl_check:
+                self.check_crl()
+                next_crl_check = time.monotonic() + CRL_CHECK_INTERVAL
+            if not self._client.is_connected():
+                self.connected = False
+                try:
+                    self._client.connect(self.host, self.port, keepalive=30)
+                except (OSError, ssl.SSLError) as err:
+                    delay = backoff.next()
+                    log.warning(
+                        "broker %s:%d: %s; retry in %.1fs", self.host, self.port, err, delay
+                    )
+                    time.sleep(delay)
+                    continue
+            rc = self._client.loop(timeout=0.5)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if self.connected:
+                    backoff.reset()
+            else:
+                delay = backoff.next()
+                log.warning("broker connection: %s; retry in %.1fs", mqtt.error_string(rc), delay)
+                time.sleep(delay)
+        if self._client.is_connected():
+            self._client.disconnect()
+
+    def check_crl(self) -> None:
+        """Renew the CRL when due and have the broker reload it."""
+        if self.ca.renew_crl_if_due():
+            run_reload(self.reload_command)
+
+
+def run_reload(command: str | None) -> None:
+    """Run the broker reload command (after a new CRL or ACL), if one is configured."""
+    if not command:
+        log.warning("the CRL/ACL changed: reload the broker (no --reload-command given)")
+        return
+    result = subprocess.run(shlex.split(command), check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        log.error("reload command %r failed (%d): %s", command, result.returncode, result.stderr)
