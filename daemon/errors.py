@@ -99,3 +99,7 @@ class BrokerConnectionError(ScanfleetError, ConnectionError):
         self.reason = reason
         self.code = code
         super().__init__(f"broker connection: {reason}" + (f" (code {code})" if code else ""))
+
+
+class EnrollmentError(ScanfleetError):
+    """The device could not enroll or renew its certificate with the fleet service."""
