@@ -165,7 +165,7 @@ class DelimiterFramer(Framer):
                 self._wrong_terminator(events, self._settled + cut + 1)
                 return
             self._settled = settled_end
-        if len(buf) > self.max_frame + len(term):
+        if settled_end > self.max_frame + (1 if self.start is not None else 0):
             if not self._discarding:
                 events.append(
                     problem("over_long", f"frame longer than max_frame={self.max_frame}", buf)

@@ -247,6 +247,8 @@ class SsiFramer(Framer):
                 events.append(problem("checksum", "SSI packet with a bad checksum", packet))
                 events.append(Reply(nak(NAK_RESEND)))
                 self.naks_sent += 1
+                # The resend answers this NAK; it is not a copy of the last accepted packet.
+                self._last_accepted = None
                 del buf[: length + 2]
                 continue
             del buf[: length + 2]
@@ -281,7 +283,7 @@ class SsiFramer(Framer):
         # Everything else from the decoder is ACKed once it verified.
         events.append(Reply(ack()))
         self.acks_sent += 1
-        identity = packet[:3] + packet[4:]
+        identity = packet[:3] + packet[4:-2]
         if status & STATUS_RETRANSMIT and identity == self._last_accepted:
             return  # our ACK was lost; the decoder sent the same packet again
         self._last_accepted = identity

@@ -107,6 +107,7 @@ class SerialScannerSimulator:
         bad_read: bytes | None = None,
         ack_timeout: float = 1.0,
         settle: float = 0.3,
+        auto: bool = True,
     ) -> None:
         if framing not in FRAMINGS:
             raise ValueError(f"unknown framing {framing!r}")
@@ -133,6 +134,10 @@ class SerialScannerSimulator:
         self.naks_received = 0
         self.retransmissions = 0
         self._codes = list(codes) if codes is not None else None
+        self._auto = auto
+        self._manual: queue.Queue[CodeSample] = queue.Queue()
+        self._running = threading.Event()
+        self._running.set()
         self._rng = random.Random(seed)  # noqa: S311 - simulation, not cryptography
         self._lock = threading.Condition()
         self._wlock = threading.Lock()
@@ -141,6 +146,7 @@ class SerialScannerSimulator:
         self._connected = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rx = bytearray()
+        self._idle = True
         self._master = -1
         self.path = ""
         self._open_pty()
@@ -220,7 +226,9 @@ class SerialScannerSimulator:
 
     @property
     def done(self) -> bool:
-        """True when ``count`` codes have been sent."""
+        """True when ``count`` codes have been sent (and no queued code is pending)."""
+        if not self._auto:
+            return self._manual.empty() and self._idle
         return self.count is not None and len(self.sent) >= self.count
 
     def wait_done(self, timeout: float) -> bool:
@@ -241,7 +249,30 @@ class SerialScannerSimulator:
 
     # -- transmitting ----------------------------------------------------------------
 
+    def send(self, data: bytes, aim: str = "]C0") -> None:
+        """Queue one specific code (sent by the emit thread, after any auto codes due)."""
+        from scanfleet.daemon.model import Kind
+
+        self._manual.put(CodeSample(data, aim, Kind.UNKNOWN, "manual"))
+
+    def pause(self) -> None:
+        """Stop transmitting after the code in progress (e.g. before pulling the cable)."""
+        with self._lock:
+            self._running.clear()
+            self._lock.notify_all()
+
+    def resume(self) -> None:
+        """Transmit again after :meth:`pause`."""
+        self._running.set()
+
     def _samples(self) -> Iterator[CodeSample]:
+        if not self._auto:
+            while not self._stop.is_set():
+                try:
+                    yield self._manual.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return
         if self._codes is not None:
             from scanfleet.daemon.model import Kind
 
@@ -254,6 +285,9 @@ class SerialScannerSimulator:
     def _wait_host(self) -> bool:
         """Wait until a host has the port open (and had time to flush its input)."""
         while not self._stop.is_set():
+            if not self._running.is_set():
+                self._stop.wait(0.05)
+                continue
             if self._host_present():
                 if not self._connected.is_set():
                     # pyserial flushes its input right after opening: let it.
@@ -270,8 +304,9 @@ class SerialScannerSimulator:
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
         index = 0
         for sample in self._samples():
-            if self.count is not None and index >= self.count:
+            if self._auto and self.count is not None and index >= self.count:
                 return
+            self._idle = False
             if not self._wait_host():
                 return
             index += 1
@@ -280,6 +315,8 @@ class SerialScannerSimulator:
             except OSError as err:
                 log.debug("simulated scanner: write failed (%s); waiting for the host", err)
                 continue
+            finally:
+                self._idle = True
             if interval:
                 self._stop.wait(interval)
             if self._stop.is_set():
@@ -424,7 +461,7 @@ class SerialScannerSimulator:
                 self._parse(now)
                 self._lock.notify_all()
 
-    def _event(self, now: float, kind: str, data: bytes) -> None:
+    def _event(self, now: float, kind: str, data: bytes | bytearray) -> None:
         self.feedback.append(FeedbackEvent(now, kind, bytes(data)))
 
     def _parse(self, now: float) -> None:
