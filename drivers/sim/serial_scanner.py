@@ -255,6 +255,10 @@ class SerialScannerSimulator:
 
         self._manual.put(CodeSample(data, aim, Kind.UNKNOWN, "manual"))
 
+    def write_raw(self, data: bytes) -> None:
+        """Put *data* on the wire now, unframed (noise, a hand-made packet…)."""
+        self._write(data)
+
     def pause(self) -> None:
         """Stop transmitting after the code in progress (e.g. before pulling the cable)."""
         with self._lock:
