@@ -25,6 +25,7 @@ from scanfleet.daemon.devices import Incoming
 from scanfleet.daemon.errors import JournalError, JournalFullError
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
+from scanfleet.daemon.pairing import IdentityWindow, is_card_read
 from scanfleet.drivers.base import Signal
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Pipeline:
         self._clock = clock or ClockState()
         self._boot_id = boot_id()
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.identity = IdentityWindow(config.identity_check)
+        """The station's identity window (ID-card reads pair with controlled drugs)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
 
@@ -74,6 +77,7 @@ class Pipeline:
     def update_config(self, config: Config) -> None:
         """Use a reloaded configuration for the next reads."""
         self._config = config
+        self.identity.update_config(config.identity_check)
 
     def start(self) -> None:
         """Start the pipeline thread."""
@@ -107,11 +111,21 @@ class Pipeline:
         """Classify, journal and acknowledge one read; returns the record, or None."""
         read = incoming.read
         device = incoming.worker.config
-        result = classify(
-            read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
-        )
-        verdict, reason = self._decide(result)
-        body = self._body(incoming, device, result, verdict, reason)
+        if is_card_read(read):
+            # An ID-card read: its own record; it ends the previous customer's window.
+            self.identity.close("next ID card read")
+            body = self.identity.identity_body(read, self._context(incoming, device))
+            verdict = Verdict(body["verdict"])
+        else:
+            result = classify(
+                read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
+            )
+            verdict, reason = self._decide(result)
+            pairing = self.identity.pair(result, read.t_mono)
+            if verdict is Verdict.ACCEPTED and pairing.refusal is not None:
+                verdict, reason = Verdict.REFUSED, pairing.refusal
+            body = self._body(incoming, device, result, verdict, reason)
+            body["identity_ref"] = pairing.identity_ref
         try:
             record = self.journal.append(body)
         except JournalFullError as err:
@@ -126,6 +140,8 @@ class Pipeline:
             self._feedback(incoming, Signal.BAD_READ)
             return None
         self._alarms.clear("journal_error")
+        if body["type"] == "identity_read" and verdict is Verdict.ACCEPTED:
+            self.identity.open(record["id"], read.t_mono)
         if verdict is Verdict.ACCEPTED:
             self.counters.accepted += 1
             self._feedback(incoming, Signal.GOOD_READ)
@@ -153,11 +169,26 @@ class Pipeline:
         verdict: Verdict,
         reason: str | None,
     ) -> dict[str, Any]:
-        read = incoming.read
-        station = self._config.station
         return {
             "schema": SCAN_SCHEMA,
             "type": "scan",
+            **self._context(incoming, device),
+            "raw": result.raw,
+            "aim": result.aim,
+            "kind": str(result.kind),
+            "value": result.value,
+            "fields": result.fields,
+            "problems": result.problems,
+            "verdict": str(verdict),
+            "reason": reason,
+            "identity_ref": None,
+        }
+
+    def _context(self, incoming: Incoming, device: DeviceConfig) -> dict[str, Any]:
+        """Fields every record carries: time, clock, source and station context."""
+        read = incoming.read
+        station = self._config.station
+        return {
             "time": read.time.isoformat(),
             "clock": str(self._clock.sync_state()),
             "t_mono": read.t_mono,
@@ -168,19 +199,10 @@ class Pipeline:
                 "port": read.port,
                 "vid_pid": read.vid_pid,
             },
-            "raw": result.raw,
-            "aim": result.aim,
-            "kind": str(result.kind),
-            "value": result.value,
-            "fields": result.fields,
-            "problems": result.problems,
-            "verdict": str(verdict),
-            "reason": reason,
             "operation": str(device.operation or station.operation),
             "station": station.name,
             "bill": None,
             "operator": station.operator,
-            "identity_ref": None,
         }
 
     def _feedback(self, incoming: Incoming, signal: Signal) -> None:
