@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.model import ParseResult, Scan
+from scanfleet.daemon.pairing import IdentityRead
 
 SCHEMA_BASE_ID = "https://scanfleet.invalid/schema/"
 """Base of the ``$id`` of each schema (an identifier, not a download address)."""
@@ -25,6 +26,7 @@ def message_models() -> dict[str, type[BaseModel]]:
         "scan": Scan,
         "scan-batch": ScanBatch,
         "state": DeviceState,
+        "identity-read": IdentityRead,
     }
 
 
