@@ -237,7 +237,7 @@ def ensure_enrolled(config: Config, identity: Identity, *, timeout: float = 30.0
         claim=claim.secret,
     )
     response = exchange(config.broker, meta, request, timeout)
-    cert = _store(tls, response, meta)
+    cert, meta = _store(tls, response, meta)
     claim_path.unlink()
     log.info("enrolled as %s/%s", claim.site, identity.device)
     return _enrolled(config, tls, cert, meta)
@@ -277,19 +277,21 @@ def _renew(
         ),
         0o600,
     )
-    new_cert = _store(tls, response, meta)
+    new_cert, _ = _store(tls, response, meta)
     log.info("renewed the device certificate of %s/%s", site, device)
     return new_cert
 
 
-def _store(tls: DeviceTLS, response: EnrollResponse, meta: dict[str, Any]) -> x509.Certificate:
+def _store(
+    tls: DeviceTLS, response: EnrollResponse, meta: dict[str, Any]
+) -> tuple[x509.Certificate, dict[str, Any]]:
     if not response.ok or not response.cert or not response.broker_url:
         raise EnrollmentError(f"enrollment refused: {response.error or 'no certificate'}")
     cert = x509.load_pem_x509_certificate(response.cert.encode())
     _write_atomic(tls.cert, response.cert.encode(), 0o644)
     meta = {**meta, "broker_url": response.broker_url}
     _write_atomic(tls.meta, json.dumps(meta, sort_keys=True).encode(), 0o644)
-    return cert
+    return cert, meta
 
 
 def _enrolled(

@@ -275,6 +275,7 @@ class FleetCA:
         device: str,
         *,
         days: int = DEVICE_DAYS,
+        now: datetime | None = None,
     ) -> x509.Certificate:
         """Certify the key in *csr* as ``{site}/{device}``; the CSR's own subject is ignored."""
         if not csr.is_signature_valid:
@@ -283,7 +284,7 @@ class FleetCA:
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise CAError("device keys must be EC keys")
         cn = device_common_name(site, device)
-        cert = self._sign(public_key, cn, days=days, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        cert = self._sign(public_key, cn, days=days, usage=ExtendedKeyUsageOID.CLIENT_AUTH, now=now)
         self.registry.add_cert(cert, cn, kind="device")
         log.info("issued device certificate %s serial %x", cn, cert.serial_number)
         return cert

@@ -196,12 +196,12 @@ class EnrollmentService:
         """Serve until :meth:`stop`, reconnecting with backoff; keep the CRL fresh."""
         backoff = Backoff(initial=0.5, maximum=30.0)
         next_crl_check = 0.0
+        session = False
         while not self._stopping:
             if time.monotonic() >= next_crl_check:
                 self.check_crl()
                 next_crl_check = time.monotonic() + CRL_CHECK_INTERVAL
-            if not self._client.is_connected():
-                self.connected = False
+            if not session:
                 try:
                     self._client.connect(self.host, self.port, keepalive=30)
                 except (OSError, ssl.SSLError) as err:
@@ -211,14 +211,16 @@ class EnrollmentService:
                     )
                     time.sleep(delay)
                     continue
+                session = True
             rc = self._client.loop(timeout=0.5)
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                if self.connected:
-                    backoff.reset()
-            else:
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                session = False
+                self.connected = False
                 delay = backoff.next()
                 log.warning("broker connection: %s; retry in %.1fs", mqtt.error_string(rc), delay)
                 time.sleep(delay)
+            elif self.connected:
+                backoff.reset()
         if self._client.is_connected():
             self._client.disconnect()
 

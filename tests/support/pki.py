@@ -1,0 +1,215 @@
+"""Certificates and a TLS broker for tests, made by the product's own fleet CA.
+
+``make_fleet(tmp_path)`` gives a fleet directory with a CA, a broker server
+certificate for 127.0.0.1/localhost and helpers for device and role certificates.
+``FleetBroker`` is a real mosquitto started with the configuration that
+``scanfleet fleet broker-config`` generates (TLS device listener with client
+certificates and ACLs, enrollment listener), on free loopback ports.
+``TLSClient`` is a small MQTT 5 test client that reports CONNACK, PUBACK reason
+codes and received messages.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
+from scanfleet.provisioning.ca import (
+    FleetCA,
+    Role,
+    cert_pem,
+    key_pem,
+    new_private_key,
+    role_common_name,
+    write_private,
+    write_public,
+)
+from support.broker import Mosquitto, free_port
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A client certificate and its key on disk."""
+
+    cert: Path
+    key: Path
+    serial: int
+
+
+class Fleet:
+    """A fleet directory with a CA and a broker server certificate."""
+
+    def __init__(self, root: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
+        self.root = root
+        self.ca = FleetCA.init(root)
+        self.ca.issue_server(list(hosts))
+        self.ca_file = self.ca.paths.ca_cert
+
+    def device(self, site: str, device: str, *, days: int = 90) -> Credentials:
+        """Key and certificate for ``{site}/{device}`` (the key made here, for tests only)."""
+        key = new_private_key()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)]))
+            .sign(key, hashes.SHA256())
+        )
+        cert = self.ca.sign_device_csr(csr, site, device, days=days)
+        out = self.root / "test-devices" / f"{site}.{device}"
+        write_private(out.with_suffix(".key"), key_pem(key))
+        write_public(out.with_suffix(".pem"), cert_pem(cert))
+        return Credentials(out.with_suffix(".pem"), out.with_suffix(".key"), cert.serial_number)
+
+    def role(self, role: Role, name: str) -> Credentials:
+        """A backend or fleet identity."""
+        cert_path, key_path = self.ca.issue_role(role, name)
+        serial = x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+        return Credentials(cert_path, key_path, serial)
+
+    def role_cn(self, role: Role, name: str) -> str:
+        """The MQTT username of a role identity."""
+        return role_common_name(role, name)
+
+
+def make_fleet(tmp_path: Path) -> Fleet:
+    """A fresh fleet in ``tmp_path/fleet``."""
+    return Fleet(tmp_path / "fleet")
+
+
+class FleetBroker(Mosquitto):
+    """mosquitto running the generated fleet configuration (device + enrollment listener)."""
+
+    def __init__(self, executable: str, workdir: Path, fleet: Fleet) -> None:
+        super().__init__(executable, workdir)
+        self.fleet = fleet
+        self.enroll_port = free_port()
+        self.layout = BrokerLayout(
+            device_port=self.port,
+            enroll_port=self.enroll_port,
+            bind_address=self.host,
+            persistence_dir=workdir,
+            log_file=self.log_path,
+            # Started as root (CI), mosquitto would drop to 'mosquitto', which cannot
+            # read the test's key files.
+            user="root" if os.geteuid() == 0 else None,
+        )
+
+    def write_config(self) -> None:
+        """Write the product-generated configuration (regenerated on every start/reload)."""
+        files = write_broker_config(self.fleet.ca, self.workdir / "conf", self.layout)
+        self.conf_path = files.conf
+
+
+class TLSClient:
+    """An MQTT 5 client over TLS that records what the broker answers."""
+
+    def __init__(
+        self,
+        port: int,
+        ca_file: Path | None,
+        creds: Credentials | None = None,
+        *,
+        client_id: str,
+        host: str = "127.0.0.1",
+        tls: bool = True,
+    ) -> None:
+        self.connack: Any = None
+        self.error: str | None = None
+        self.pubacks: dict[int, int] = {}
+        self.messages: list[tuple[str, bytes]] = []
+        self.subscribed = 0
+        self._cond = threading.Condition()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        if tls:
+            client.tls_set(
+                ca_certs=str(ca_file) if ca_file else None,
+                certfile=str(creds.cert) if creds else None,
+                keyfile=str(creds.key) if creds else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        self.client = client
+        try:
+            client.connect(host, port, keepalive=30)
+        except (OSError, ssl.SSLError) as err:
+            self.error = repr(err)
+            return
+        client.loop_start()
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _on_connect(self, c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+        self.connack = rc
+        self._notify()
+
+    def _on_disconnect(self, c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+        self.error = self.error or f"disconnected: {rc}"
+        self._notify()
+
+    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:
+        self.pubacks[mid] = rc.value
+        self._notify()
+
+    def _on_subscribe(self, c: Any, u: Any, mid: int, rcs: Any, p: Any) -> None:
+        self.subscribed += 1
+        self._notify()
+
+    def _on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+            self._cond.notify_all()
+
+    def wait(self, predicate: Any, timeout: float = 10.0) -> bool:
+        """Wait until *predicate()* holds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+            return True
+
+    def connected(self, timeout: float = 10.0) -> bool:
+        """True when a successful CONNACK arrived; False when refused or the TLS handshake failed."""
+        self.wait(lambda: self.connack is not None or self.error is not None, timeout)
+        return self.connack is not None and not self.connack.is_failure
+
+    def publish(self, topic: str, payload: bytes, timeout: float = 10.0) -> int:
+        """QoS 1 publish; return the PUBACK reason code."""
+        info = self.client.publish(topic, payload, qos=1)
+        assert self.wait(lambda: info.mid in self.pubacks, timeout), f"no PUBACK for {topic}"
+        return self.pubacks[info.mid]
+
+    def subscribe(self, topic: str, timeout: float = 10.0) -> None:
+        """QoS 1 subscribe and wait for the SUBACK."""
+        before = self.subscribed
+        self.client.subscribe(topic, qos=1)
+        assert self.wait(lambda: self.subscribed > before, timeout), f"no SUBACK for {topic}"
+
+    def close(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
