@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.schema",
     "scanfleet.daemon.commands.parse",
     "scanfleet.daemon.commands.status",
+    "scanfleet.daemon.commands.devices",
+    "scanfleet.daemon.commands.simulate",
 )
 
 
