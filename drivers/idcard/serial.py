@@ -7,6 +7,7 @@ earlier, timed-out command is not taken for the answer to this one.
 from __future__ import annotations
 
 import logging
+import termios
 import time
 from typing import Any
 
@@ -68,5 +69,8 @@ class IdCardSerialDriver(IdCardReader):
                         )
                         continue
                     return item
-        except serial.SerialException as err:
+        except DriverTimeoutError:
+            raise  # a TimeoutError is an OSError too, but the device is still there
+        except (serial.SerialException, OSError, termios.error) as err:
+            # pyserial lets termios.error (EIO on a vanished tty) through unwrapped.
             raise DeviceGoneError(f"{self.port}: {err}") from err
