@@ -66,10 +66,11 @@ class Fleet:
             .sign(key, hashes.SHA256())
         )
         cert = self.ca.sign_device_csr(csr, site, device, days=days)
-        out = self.root / "test-devices" / f"{site}.{device}"
-        write_private(out.with_suffix(".key"), key_pem(key))
-        write_public(out.with_suffix(".pem"), cert_pem(cert))
-        return Credentials(out.with_suffix(".pem"), out.with_suffix(".key"), cert.serial_number)
+        out = self.root / "test-devices"
+        cert_path, key_path = out / f"{site}.{device}.pem", out / f"{site}.{device}.key"
+        write_private(key_path, key_pem(key))
+        write_public(cert_path, cert_pem(cert))
+        return Credentials(cert_path, key_path, cert.serial_number)
 
     def role(self, role: Role, name: str) -> Credentials:
         """A backend or fleet identity."""
@@ -110,6 +111,20 @@ class FleetBroker(Mosquitto):
         files = write_broker_config(self.fleet.ca, self.workdir / "conf", self.layout)
         self.conf_path = files.conf
 
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP with a regenerated config, and wait until mosquitto has reloaded.
+
+        The signal is handled asynchronously: a client connecting right after
+        ``kill`` may still meet the old ACLs and CRL.
+        """
+        before = self.log().count("Reloading config.")
+        super().reload()
+        deadline = time.monotonic() + timeout
+        while self.log().count("Reloading config.") == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mosquitto did not reload: {self.log()}")
+            time.sleep(0.02)
+
 
 class TLSClient:
     """An MQTT 5 client over TLS that records what the broker answers."""
@@ -123,6 +138,7 @@ class TLSClient:
         client_id: str,
         host: str = "127.0.0.1",
         tls: bool = True,
+        username: str | None = None,
     ) -> None:
         self.connack: Any = None
         self.error: str | None = None
@@ -136,6 +152,8 @@ class TLSClient:
             protocol=MQTTProtocolVersion.MQTTv5,
             reconnect_on_failure=False,
         )
+        if username is not None:
+            client.username_pw_set(username)
         if tls:
             client.tls_set(
                 ca_certs=str(ca_file) if ca_file else None,
@@ -193,7 +211,7 @@ class TLSClient:
             return True
 
     def connected(self, timeout: float = 10.0) -> bool:
-        """True when a successful CONNACK arrived; False when refused or the TLS handshake failed."""
+        """True after a successful CONNACK; False when refused or the TLS handshake failed."""
         self.wait(lambda: self.connack is not None or self.error is not None, timeout)
         return self.connack is not None and not self.connack.is_failure
 
