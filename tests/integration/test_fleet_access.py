@@ -89,7 +89,9 @@ def test_device_cannot_read_another_devices_config_or_commands(
     a = connect(broker, fleet, clients, creds["a"], "dev-a")
     b = connect(broker, fleet, clients, creds["b"], "dev-b")
     ops = connect(broker, fleet, clients, creds["fleet"], "ops")
-    assert a.connected() and b.connected() and ops.connected()
+    assert a.connected()
+    assert b.connected()
+    assert ops.connected()
     # mosquitto 2.0 grants SUBACKs it then never delivers on: what counts is what arrives.
     for topic in (f"{B}/config", f"{B}/cmd/+", "scanfleet/v1/+/+/scans", "#"):
         a.subscribe(topic)
@@ -115,7 +117,8 @@ def test_backend_reads_every_devices_scans_but_cannot_command_or_configure(
 ) -> None:
     backend = connect(broker, fleet, clients, creds["backend"], "backend")
     a = connect(broker, fleet, clients, creds["a"], "dev-a")
-    assert backend.connected() and a.connected()
+    assert backend.connected()
+    assert a.connected()
     backend.subscribe("scanfleet/v1/+/+/scans")
     assert a.publish(f"{A}/scans", b"batch") < 0x80
     assert backend.wait(lambda: backend.messages == [(f"{A}/scans", b"batch")])
