@@ -4,6 +4,7 @@ who may connect where, and who may publish or read which topics."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,19 @@ def test_username_claimed_on_the_enrollment_listener_grants_nothing(
     clients.append(named)
     assert named.connected()
     assert named.publish(f"{A}/scans", b"forged") == NOT_AUTHORIZED
+
+
+def test_expired_crl_locks_devices_out_until_it_is_renewed(
+    broker: FleetBroker, fleet: Fleet, creds: dict[str, Credentials], clients: list[TLSClient]
+) -> None:
+    fleet.ca.write_crl(days=1, now=datetime.now(UTC) - timedelta(days=2))
+    broker.reload()
+    locked_out = connect(broker, fleet, clients, creds["a"], "dev-a")
+    assert not locked_out.connected()
+
+    assert fleet.ca.crl_due()
+    assert fleet.ca.renew_crl_if_due()
+    assert not fleet.ca.crl_due()
+    broker.reload()
+    back = connect(broker, fleet, clients, creds["a"], "dev-a-again")
+    assert back.connected()
