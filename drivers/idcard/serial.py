@@ -52,25 +52,24 @@ class IdCardSerialDriver(IdCardReader):
             self._serial.reset_input_buffer()
             self._parser.clear()
             self._serial.write(frame)
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DriverTimeoutError(f"no reply within {timeout:.2f} s")
-                self._serial.timeout = remaining
-                chunk = self._serial.read(max(1, self._serial.in_waiting))
-                for item in self._parser.feed(chunk):
-                    if isinstance(item, Garbage):
-                        # Sizes only: skipped bytes can be part of a card's personal data.
-                        self.report(
-                            DriverProblem(
-                                "garbage", f"{item.reason}: {len(item.data)} bytes skipped"
-                            )
-                        )
-                        continue
-                    return item
-        except DriverTimeoutError:
-            raise  # a TimeoutError is an OSError too, but the device is still there
+            body = self._await_reply(time.monotonic() + timeout)
         except (serial.SerialException, OSError, termios.error) as err:
             # pyserial lets termios.error (EIO on a vanished tty) through unwrapped.
             raise DeviceGoneError(f"{self.port}: {err}") from err
+        if body is None:
+            raise DriverTimeoutError(f"no reply within {timeout:.2f} s")
+        return body
+
+    def _await_reply(self, deadline: float) -> bytes | None:
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._serial.timeout = remaining
+            chunk = self._serial.read(max(1, self._serial.in_waiting))
+            for item in self._parser.feed(chunk):
+                if isinstance(item, Garbage):
+                    # Sizes only: skipped bytes can be part of a card's personal data.
+                    self.report(
+                        DriverProblem("garbage", f"{item.reason}: {len(item.data)} bytes skipped")
+                    )
+                    continue
+                return item
+        return None

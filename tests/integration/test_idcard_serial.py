@@ -68,18 +68,20 @@ def test_read_with_fingerprint_uses_30_10_and_keeps_the_block(sim: IdCardSimulat
 
 @pytest.mark.parametrize("find_after_read", ["fail", "found"])
 def test_a_card_left_on_the_reader_is_read_once(find_after_read: str) -> None:
-    with IdCardSimulator(find_after_read=find_after_read) as sim:  # type: ignore[arg-type]
-        with IdCardSerialDriver(_config(sim.port)) as driver:
-            sim.place(SAMPLE_CARDS["mainland"])
-            _read_card(driver)
-            assert _polls(driver, 4) == [None] * 4
-            assert sim.count(Command.READ_BASE) == 1
-            # Taken off and placed again: a new presentation, read again.
-            sim.remove()
-            assert _polls(driver, 2) == [None, None]
-            sim.place(SAMPLE_CARDS["mainland"])
-            _read_card(driver)
-            assert sim.count(Command.READ_BASE) == 2
+    with (
+        IdCardSimulator(find_after_read=find_after_read) as sim,  # type: ignore[arg-type]
+        IdCardSerialDriver(_config(sim.port)) as driver,
+    ):
+        sim.place(SAMPLE_CARDS["mainland"])
+        _read_card(driver)
+        assert _polls(driver, 4) == [None] * 4
+        assert sim.count(Command.READ_BASE) == 1
+        # Taken off and placed again: a new presentation, read again.
+        sim.remove()
+        assert _polls(driver, 2) == [None, None]
+        sim.place(SAMPLE_CARDS["mainland"])
+        _read_card(driver)
+        assert sim.count(Command.READ_BASE) == 2
 
 
 def test_polls_are_spaced_by_the_poll_interval(sim: IdCardSimulator) -> None:
@@ -121,17 +123,17 @@ def test_a_card_that_fails_authentication_is_reported_by_name(sim: IdCardSimulat
 
 def test_line_noise_is_skipped_and_reported_without_its_bytes() -> None:
     problems: list[DriverProblem] = []
-    with IdCardSimulator(noise=0.7, seed=3) as sim:
-        with IdCardSerialDriver(_config(sim.port), on_problem=problems.append) as driver:
-            for name in ("mainland", "foreign_2023"):
-                sim.place(SAMPLE_CARDS[name])
-                read = _read_card(driver)
-                assert (
-                    read.card.personal.plain()["id_number"]
-                    == SAMPLE_CARDS[name].fields["id_number"]
-                )
-                sim.remove()
-                _polls(driver, 1)
+    with (
+        IdCardSimulator(noise=0.7, seed=3) as sim,
+        IdCardSerialDriver(_config(sim.port), on_problem=problems.append) as driver,
+    ):
+        for name in ("mainland", "foreign_2023"):
+            sim.place(SAMPLE_CARDS[name])
+            read = _read_card(driver)
+            expected = SAMPLE_CARDS[name].fields["id_number"]
+            assert read.card.personal.plain()["id_number"] == expected
+            sim.remove()
+            _polls(driver, 1)
     assert {p.code for p in problems} >= {"garbage"}
     assert all(p.data == b"" for p in problems)
 
@@ -161,8 +163,7 @@ def test_a_vanished_reader_raises_device_gone(sim: IdCardSimulator) -> None:
     try:
         sim.stop()
         with pytest.raises(DeviceGoneError):
-            for _ in range(5):
-                driver.read(1.0)
+            _polls(driver, 5)
     finally:
         driver.close()
 
