@@ -14,9 +14,16 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.config",
     "scanfleet.daemon.commands.schema",
     "scanfleet.daemon.commands.parse",
+    "scanfleet.daemon.commands.identity",
+    "scanfleet.daemon.commands.run",
+    "scanfleet.daemon.commands.tail",
     "scanfleet.daemon.commands.status",
     "scanfleet.daemon.commands.devices",
     "scanfleet.daemon.commands.simulate",
+    "scanfleet.daemon.commands.verify",
+    "scanfleet.daemon.commands.export",
+    "scanfleet.daemon.commands.enroll",
+    "scanfleet.daemon.commands.fleet",
 )
 
 

@@ -12,8 +12,10 @@ import ctypes.util
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 from scanfleet.daemon.model import ClockSync
 
@@ -65,7 +67,7 @@ class ClockState:
         return ClockSync.UNSYNCED if result == _TIME_ERROR else ClockSync.SYNCED
 
 
-def _load_adjtimex() -> ctypes._CFuncPtr | None:
+def _load_adjtimex() -> Callable[[Any], int] | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name, use_errno=True)
@@ -75,7 +77,7 @@ def _load_adjtimex() -> ctypes._CFuncPtr | None:
         return None
     func.argtypes = (ctypes.POINTER(_Timex),)
     func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
+    return cast(Callable[[Any], int], func)
 
 
 def utc_now() -> datetime:

@@ -198,7 +198,7 @@ class DeviceWorker:
             f"{self.name}: {problem.message}",
             Severity.WARNING,
             device=self.name,
-            code=problem.code,
+            problem=problem.code,
             count=self.problems,
         )
 

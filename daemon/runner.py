@@ -26,6 +26,7 @@ from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.pipeline import Pipeline
 from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.status import STATUS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Daemon:
             self.alarms,
             version=__version__,
             state_extra=self._state_extra,
+            status_path=config.paths.state_dir / STATUS_FILE,
         )
         self.pipeline = Pipeline(
             self.journal, config, self.alarms, wake_publisher=self.publisher.wake

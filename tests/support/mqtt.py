@@ -1,0 +1,88 @@
+"""A real MQTT subscriber for tests: collects messages from a real broker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+class Collector:
+    """Subscribes (MQTT 5, QoS 1, persistent session) and keeps every message it gets."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str,
+        *,
+        client_id: str = "test-collector",
+        persistent: bool = True,
+    ) -> None:
+        self.topic = topic
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600 if persistent else 0
+        self.client.connect(host, port, keepalive=30, clean_start=not persistent, properties=props)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError(f"no SUBACK for {topic}")
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Wait until *predicate* (called under the lock) is true."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+            return True
+
+    def scans(self) -> list[dict[str, Any]]:
+        """Every scan record received in batch envelopes, in arrival order."""
+        with self._cond:
+            payloads = [p for t, p, _ in self.messages if t.endswith("/scans")]
+        out: list[dict[str, Any]] = []
+        for payload in payloads:
+            out.extend(json.loads(payload)["scans"])
+        return out
+
+    def last_json(self, suffix: str) -> dict[str, Any] | None:
+        """The newest message whose topic ends with *suffix*, parsed."""
+        with self._cond:
+            for topic, payload, _ in reversed(self.messages):
+                if topic.endswith(suffix):
+                    result: dict[str, Any] = json.loads(payload)
+                    return result
+        return None
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
