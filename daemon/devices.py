@@ -171,15 +171,19 @@ class DeviceWorker:
 
     def _put(self, item: Incoming) -> None:
         # The queue is bounded; a stalled pipeline must not make the reader block
-        # forever (stop() has to work), but a read is never dropped either.
-        while not self._stop.is_set():
+        # forever (stop() has to work), but a read that arrived is always offered to
+        # the pipeline, which keeps running until the workers have stopped.
+        while True:
             try:
                 self._out.put(item, timeout=0.5)
             except queue.Full:
+                if self._stop.is_set():
+                    msg = "device %s: stopping with an unqueued read (no feedback)"
+                    log.error(msg, self.name)  # noqa: TRY400 - no traceback wanted
+                    return
                 log.warning("device %s: pipeline queue full, holding a read", self.name)
             else:
                 return
-        log.error("device %s: stopping with an unqueued read (never acknowledged)", self.name)
 
     def _on_problem(self, problem: DriverProblem) -> None:
         self.problems += 1
