@@ -94,7 +94,7 @@ def test_foreign_2023_english_name_continues_past_the_id_number() -> None:
 
 def test_hk_macau_taiwan_permit_carries_pass_number_and_issue_count() -> None:
     fields = decode_text(SAMPLE_CARDS["hk_macau_taiwan"].text()).personal.plain()
-    assert fields["pass_number"] == "H01234567"
+    assert fields["pass_number"] == "H01234567"  # noqa: S105 - a permit number, not a password
     assert fields["issue_count"] == "01"
     assert fields["id_number"].startswith("81")
 
