@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hil import gadget, guestlib
+from hil.gadget import Gadgets
 from hil.guest import Guest
 from hil.qmp import Qmp
 from hil.streams import ByteStream
@@ -58,7 +58,7 @@ def guest(hil_vm: HilVm) -> Guest:
 
 @pytest.fixture
 def qmp(hil_vm: HilVm) -> Qmp:
-    """QEMU's QMP: ``type_text`` on the usb-kbd (device ``KEYBOARD_ID``), hotplug."""
+    """QEMU's QMP: ``type_text`` on the usb-kbd, ``device_del``/``device_add`` hotplug."""
     assert hil_vm.qmp is not None
     hil_vm.qmp.events.clear()
     return hil_vm.qmp
@@ -78,30 +78,6 @@ def uart(hil_vm: HilVm) -> ByteStream:
     assert hil_vm.uart is not None
     hil_vm.uart.drain()
     return hil_vm.uart
-
-
-class Gadgets:
-    """Host-side handle for guest USB gadgets; every gadget is removed after the test."""
-
-    def __init__(self, guest: Guest) -> None:
-        self.guest = guest
-
-    def hid(self, name: str, report_desc: bytes, report_length: int, pid: int, **kw: Any) -> Any:
-        """Plug a HID gadget; returns ``{"hidg", "hidraw", "vid", "pid", ...}``."""
-        return self.guest.run(gadget.create_hid, name, report_desc, report_length, pid, **kw)
-
-    def acm(self, name: str, pid: int, **kw: Any) -> Any:
-        """Plug a CDC-ACM gadget; returns ``{"tty", "gadget_tty", ...}``."""
-        return self.guest.run(gadget.create_acm, name, pid, **kw)
-
-    def unplug(self, name: str) -> None:
-        """Pull the gadget's cable; returns once the device left the bus."""
-        self.guest.run(gadget.unplug, name)
-
-    def replug(self, name: str, subsystem: str = "hidraw") -> str:
-        """Plug it back; returns its new *subsystem* node."""
-        node: str = self.guest.run(gadget.replug, name, subsystem)
-        return node
 
 
 @pytest.fixture

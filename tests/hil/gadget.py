@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hil.guestlib import CONFIGFS, wait_for, wait_gone, wait_node
+
+if TYPE_CHECKING:
+    from hil.guest import Guest
 
 GADGETS = CONFIGFS / "usb_gadget"
 #: pid.codes test vendor id; tests pick distinct product ids.
@@ -147,3 +150,27 @@ def remove_all() -> list[str]:
     for name in names:
         remove(name)
     return names
+
+
+class Gadgets:
+    """Host side: plug gadgets in the guest (the ``gadgets`` fixture removes them after)."""
+
+    def __init__(self, guest: Guest) -> None:
+        self.guest = guest
+
+    def hid(self, name: str, report_desc: bytes, report_length: int, pid: int, **kw: Any) -> Any:
+        """Plug a HID gadget; returns ``{"hidg", "hidraw", "vid", "pid", ...}``."""
+        return self.guest.run(create_hid, name, report_desc, report_length, pid, **kw)
+
+    def acm(self, name: str, pid: int, **kw: Any) -> Any:
+        """Plug a CDC-ACM gadget; returns ``{"tty", "gadget_tty", ...}``."""
+        return self.guest.run(create_acm, name, pid, **kw)
+
+    def unplug(self, name: str) -> None:
+        """Pull the gadget's cable; returns once the device left the bus."""
+        self.guest.run(unplug, name)
+
+    def replug(self, name: str, subsystem: str = "hidraw") -> str:
+        """Plug it back; returns its new *subsystem* node."""
+        node: str = self.guest.run(replug, name, subsystem)
+        return node

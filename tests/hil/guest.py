@@ -176,9 +176,10 @@ class Guest:
                 raise GuestGone(f"{name}: {self.gone()}")
             call_id = self._next_id
             self._next_id += 1
+            line = dumps({"id": call_id, **request})  # TypeError for non-JSON arguments
             call = GuestCall(call_id, name, self.gone)
             self._calls[call_id] = call
-            self._sock.sendall(dumps({"id": call_id, **request}))
+            self._sock.sendall(line)
         return call
 
     def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> GuestCall:

@@ -179,7 +179,12 @@ class Qmp:
         time.sleep(pace / 2)
 
     def type_text(self, text: str, device: str | None = None, pace: float = DEFAULT_PACE) -> None:
-        """Type *text* on a US layout, one key per *pace* seconds (never a burst)."""
+        """Type *text* on a US layout, one key per *pace* seconds (never a burst).
+
+        Without *device* the keys go to QEMU's active keyboard, the most recently plugged
+        one (the usb-kbd). QEMU accepts *device* only for devices bound to a display
+        console, which a ``-display none`` guest has not.
+        """
         if pace < 0.012:
             raise ValueError("pace below 12 ms per key overflows QEMU's keyboard queue")
         for char in text:
