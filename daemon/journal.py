@@ -48,7 +48,7 @@ from scanfleet.daemon.journal_reader import (
     VerifyResult,
     open_readonly,
 )
-from scanfleet.daemon.journal_store import WriterLock, open_writer
+from scanfleet.daemon.journal_store import Checkpointer, WriterLock, open_writer
 
 __all__ = [
     "Journal",
@@ -134,6 +134,8 @@ class Journal:
             self._codec.add(int(dict_id), bytes(data))
         self._recent: collections.deque[bytes] = collections.deque(maxlen=TRAIN_SAMPLE)
         self._reader = JournalReader(self.path)
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
+        self._checkpointer = Checkpointer(self.path)
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
@@ -171,6 +173,7 @@ class Journal:
             while self._leader:
                 self._cond.wait()
             self._cond.notify_all()
+        self._checkpointer.stop()
         with self._write_lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -286,6 +289,7 @@ class Journal:
             self._pruned_through, self._dict_id = pruned_before, dict_before
             raise
         self.commits += 1
+        self._checkpointer.poke()
         self._last_seq, self._last_hash = seq, prev
         for item, record, payload in committed:
             item.record = record

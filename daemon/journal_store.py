@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -311,3 +312,60 @@ def _require_intact(conn: sqlite3.Connection, path: Path) -> None:
 def _require_device(meta: Mapping[str, str], path: Path, device: str) -> None:
     if meta["device"] != device:
         raise JournalError(f"{path} is the journal of device {meta['device']!r}, not {device!r}")
+
+
+class Checkpointer:
+    """Copies the WAL back into the database from its own thread and connection.
+
+    SQLite's automatic checkpoint runs inside whichever commit crosses the threshold,
+    stalling that append for a copy plus an fsync of the database. The writer turns it
+    off; this thread checkpoints (PASSIVE: never blocks the writer) when the WAL holds
+    about as much as the automatic threshold would allow, or as soon as appends pause.
+    Checkpointing on every tick instead would put a database fsync next to ~2 % of
+    appends' WAL fsyncs at 50 scans/s, which is what the p99 latency is made of.
+    """
+
+    INTERVAL = 0.5
+    COMMITS = 300
+    """Commits (each ~2 WAL pages) after which a checkpoint runs even without a pause."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect_writer(path)
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"journal-checkpoint:{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def poke(self) -> None:
+        """Count one commit (called after each)."""
+        with self._lock:
+            self._pending += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            with self._lock:
+                pending, idle = self._pending, self._pending == self._seen
+                self._seen = pending
+            if pending == 0 or not (idle or pending >= self.COMMITS):
+                continue
+            with self._lock:
+                self._pending -= pending
+                self._seen = self._pending
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as err:
+                # A failed checkpoint loses nothing (the WAL keeps the frames); retry later.
+                log.warning("journal checkpoint failed: %s", err)
+                self.poke()
+
+    def stop(self) -> None:
+        """Stop the thread and close its connection (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._conn.close()
