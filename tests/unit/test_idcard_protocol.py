@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -38,25 +40,11 @@ from scanfleet.drivers.idcard.protocol import (
 )
 from scanfleet.drivers.idcard.text import CardType, encode_text
 
-REQUESTS = {
-    Command.RESET_SAM: "AA AA AA 96 69 00 03 10 FF EC",
-    Command.SAM_STATUS: "AA AA AA 96 69 00 03 11 FF ED",
-    Command.SAM_ID: "AA AA AA 96 69 00 03 12 FF EE",
-    Command.FIND: "AA AA AA 96 69 00 03 20 01 22",
-    Command.SELECT: "AA AA AA 96 69 00 03 20 02 21",
-    Command.READ_BASE: "AA AA AA 96 69 00 03 30 01 32",
-    Command.READ_NEWEST_ADDRESS: "AA AA AA 96 69 00 03 30 03 30",
-    Command.READ_FULL: "AA AA AA 96 69 00 03 30 10 23",
-}
-
-REPLIES = [
-    ("AA AA AA 96 69 00 04 00 00 90 94", Status.OK, b""),
-    ("AA AA AA 96 69 00 08 00 00 9F 00 00 00 00 97", Status.CARD_FOUND, bytes(4)),
-    ("AA AA AA 96 69 00 04 00 00 80 84", Status.FIND_FAILED, b""),
-    ("AA AA AA 96 69 00 0C 00 00 90 00 00 00 00 00 00 00 00 9C", Status.OK, bytes(8)),
-    ("AA AA AA 96 69 00 04 00 00 81 85", Status.SELECT_FAILED, b""),
-    ("AA AA AA 96 69 00 04 00 00 41 45", Status.READ_FAILED, b""),
-]
+VECTORS = json.loads(
+    (Path(__file__).parents[1] / "data" / "idcard" / "vectors.json").read_text(encoding="utf-8")
+)
+REQUESTS = {Command[name]: frame for name, frame in VECTORS["requests"].items()}
+REPLIES = [(r["frame"], r["status"], bytes.fromhex(r["data"])) for r in VECTORS["replies"]]
 
 
 @pytest.mark.parametrize(("command", "expected"), REQUESTS.items(), ids=lambda v: str(v))
@@ -65,7 +53,7 @@ def test_request_frames_match_the_reference_bytes(command: Command, expected: st
 
 
 def test_set_baud_rate_frame_matches_the_reference() -> None:
-    assert build_frame(b"\x60\x00") == bytes.fromhex("AA AA AA 96 69 00 03 60 00 63")
+    assert build_frame(b"\x60\x00") == bytes.fromhex(VECTORS["set_baud_115200"])
 
 
 @pytest.mark.parametrize(("frame", "status", "data"), REPLIES)
@@ -89,8 +77,9 @@ def test_read_reply_of_every_card_type_has_the_reference_header_and_size(
     card_type: CardType,
 ) -> None:
     frame, text = _card_reply(card_type, Command.READ_BASE)
-    assert frame.startswith(bytes.fromhex("AA AA AA 96 69 05 08 00 00 90 01 00 04 00"))
-    assert len(frame) == 1295
+    header = VECTORS["read_headers"]["READ_BASE"]
+    assert frame.startswith(bytes.fromhex(header["prefix"]))
+    assert len(frame) == header["total"]
     sections = split_card_data(parse_reply(parse_frame(frame)).data)
     assert sections.text == text
     assert len(sections.photo) == 1024
@@ -102,7 +91,8 @@ def test_read_with_fingerprint_reply_sizes_match_the_reference(fp_len: int, tota
     frame, _ = _card_reply(CardType.MAINLAND, Command.READ_FULL, fp_len)
     assert len(frame) == total
     if fp_len == 1024:
-        assert frame.startswith(bytes.fromhex("AA AA AA 96 69 09 0A 00 00 90 01 00 04 00 04 00"))
+        header = VECTORS["read_headers"]["READ_FULL_1024"]
+        assert frame.startswith(bytes.fromhex(header["prefix"]))
     sections = split_card_data(parse_reply(parse_frame(frame)).data, Command.READ_FULL)
     assert len(sections.fingerprint) == fp_len
 
