@@ -107,7 +107,9 @@ def replay(channel: str, trace: Path, framing: str = "cr", max_frame: int = 4096
         if not line.strip():
             continue
         record: dict[str, Any] = json.loads(line)
-        for event in framer.feed(bytes.fromhex(record["hex"]), float(record["t"])):
+        t = float(record["t"])
+        # Silence before this chunk ends partial frames, as it did on the wire.
+        for event in [*framer.poll(t), *framer.feed(bytes.fromhex(record["hex"]), t)]:
             if isinstance(event, DriverProblem):
                 inject_problem(channel, event)
             elif isinstance(event, Frame):
