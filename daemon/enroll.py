@@ -50,6 +50,9 @@ ENROLL_REQUEST_SCHEMA: Final = "scanfleet.enroll-request/1"
 ENROLL_RESPONSE_SCHEMA: Final = "scanfleet.enroll-response/1"
 CLAIM_FILE = "claim"
 TLS_DIR = "tls"
+REQUEST_RETRY = 5.0
+"""Seconds before an unanswered request is sent again (the service answers the first;
+a repeat of a consumed claim gets a refusal that arrives after the certificate)."""
 RENEW_FRACTION = 1 / 3
 """Renew when less than this share of the certificate's lifetime is left."""
 
@@ -151,14 +154,12 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def generate_device_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """Create a new EC P-256 key in *path* with mode 0600 (replacing any older one)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def write_device_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Store the device key in *path*, created with mode 0600 (replacing any older one)."""
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     _write_atomic(path, pem, 0o600)
-    return key
 
 
 def load_device_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -193,8 +194,13 @@ def _cert_identity(cert: x509.Certificate) -> tuple[str, str]:
     return site, device
 
 
-def ensure_enrolled(config: Config, identity: Identity, *, timeout: float = 30.0) -> Enrolled:
+def ensure_enrolled(
+    config: Config, identity: Identity, *, timeout: float = 30.0, force: bool = False
+) -> Enrolled:
     """Make sure the device holds a current certificate; return identity and broker to use.
+
+    With *force*, enroll with the claim file even when a current certificate exists
+    (``scanfleet enroll --claim``: re-enrollment, e.g. into another site).
 
     Raises :class:`EnrollmentError` when enrollment is needed and fails (and no
     still-valid certificate remains to carry on with).
@@ -207,7 +213,8 @@ def ensure_enrolled(config: Config, identity: Identity, *, timeout: float = 30.0
     meta = _read_meta(tls.meta)
     cert = _read_cert(tls.cert)
     now = datetime.now(UTC)
-    if cert is not None and meta is not None and cert.not_valid_after_utc > now:
+    reenroll = force and claim_path.exists()
+    if cert is not None and meta is not None and cert.not_valid_after_utc > now and not reenroll:
         if needs_renewal(cert, now):
             try:
                 cert = _renew(config, identity, tls, cert, meta, timeout)
@@ -226,7 +233,9 @@ def ensure_enrolled(config: Config, identity: Identity, *, timeout: float = 30.0
     except (ClaimError, OSError, UnicodeDecodeError) as err:
         raise EnrollmentError(f"{claim_path}: {err}") from err
     meta = {"enroll_host": claim.enroll_host, "enroll_port": claim.enroll_port}
-    key = generate_device_key(tls.key)
+    # The new key is written only once a certificate for it arrives: a refused
+    # re-enrollment must leave the current key and certificate working.
+    key = ec.generate_private_key(ec.SECP256R1())
     csr = build_csr(key, claim.site, identity.device)
     request = EnrollRequest(
         kind="enroll",
@@ -237,6 +246,8 @@ def ensure_enrolled(config: Config, identity: Identity, *, timeout: float = 30.0
         claim=claim.secret,
     )
     response = exchange(config.broker, meta, request, timeout)
+    _refuse_unless_ok(response)
+    write_device_key(tls.key, key)
     cert, meta = _store(tls, response, meta)
     claim_path.unlink()
     log.info("enrolled as %s/%s", claim.site, identity.device)
@@ -266,30 +277,30 @@ def _renew(
         proof=base64.b64encode(old_key.sign(csr_der, ec.ECDSA(hashes.SHA256()))).decode(),
     )
     response = exchange(config.broker, meta, request, timeout)
-    # Key first, then certificate: a crash in between leaves a key that matches the
-    # new certificate the service has, and the next start renews again.
-    _write_atomic(
-        tls.key,
-        new_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
+    _refuse_unless_ok(response)
+    # Key first, then certificate: a crash in between leaves a key without its
+    # certificate, and the next start needs a device-bound claim; the reverse order
+    # would leave a certificate whose key is lost for good.
+    write_device_key(tls.key, new_key)
     new_cert, _ = _store(tls, response, meta)
     log.info("renewed the device certificate of %s/%s", site, device)
     return new_cert
 
 
+def _refuse_unless_ok(response: EnrollResponse) -> tuple[str, str]:
+    """(certificate PEM, broker URL) of an accepted response; raise for a refusal."""
+    if not response.ok or not response.cert or not response.broker_url:
+        raise EnrollmentError(f"enrollment refused: {response.error or 'no certificate'}")
+    return response.cert, response.broker_url
+
+
 def _store(
     tls: DeviceTLS, response: EnrollResponse, meta: dict[str, Any]
 ) -> tuple[x509.Certificate, dict[str, Any]]:
-    if not response.ok or not response.cert or not response.broker_url:
-        raise EnrollmentError(f"enrollment refused: {response.error or 'no certificate'}")
-    cert = x509.load_pem_x509_certificate(response.cert.encode())
-    _write_atomic(tls.cert, response.cert.encode(), 0o644)
-    meta = {**meta, "broker_url": response.broker_url}
+    pem, broker_url = _refuse_unless_ok(response)
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    _write_atomic(tls.cert, pem.encode(), 0o644)
+    meta = {**meta, "broker_url": broker_url}
     _write_atomic(tls.meta, json.dumps(meta, sort_keys=True).encode(), 0o644)
     return cert, meta
 
@@ -364,10 +375,13 @@ def exchange(
         client.subscribe(response_topic(client_id), qos=1)
         while not subscribed:
             _step(client, deadline)
-        client.publish(
-            request_topic(client_id), request.model_dump_json(by_alias=True).encode(), qos=1
-        )
+        payload = request.model_dump_json(by_alias=True).encode()
+        sent_at = -REQUEST_RETRY
         while not got:
+            # Requests are not queued for a service that is (re)starting: ask again.
+            if time.monotonic() - sent_at >= REQUEST_RETRY:
+                client.publish(request_topic(client_id), payload, qos=1)
+                sent_at = time.monotonic()
             _step(client, deadline)
     except (OSError, ssl.SSLError) as err:
         raise EnrollmentError(

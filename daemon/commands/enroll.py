@@ -47,7 +47,9 @@ def _enroll(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(args.claim.strip() + "\n", encoding="utf-8")
             path.chmod(0o600)
-        enrolled = ensure_enrolled(config, resolve_identity(config), timeout=args.timeout)
+        enrolled = ensure_enrolled(
+            config, resolve_identity(config), timeout=args.timeout, force=bool(args.claim)
+        )
     except (ClaimError, EnrollmentError, IdentityError) as err:
         print(f"scanfleet enroll: {err}", file=sys.stderr)
         return 1

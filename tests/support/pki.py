@@ -215,9 +215,11 @@ class TLSClient:
         self.wait(lambda: self.connack is not None or self.error is not None, timeout)
         return self.connack is not None and not self.connack.is_failure
 
-    def publish(self, topic: str, payload: bytes, timeout: float = 10.0) -> int:
+    def publish(
+        self, topic: str, payload: bytes, timeout: float = 10.0, *, retain: bool = False
+    ) -> int:
         """QoS 1 publish; return the PUBACK reason code."""
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         assert self.wait(lambda: info.mid in self.pubacks, timeout), f"no PUBACK for {topic}"
         return self.pubacks[info.mid]
 
