@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.model import ParseResult, Scan
 from scanfleet.daemon.pairing import IdentityRead
@@ -27,6 +28,8 @@ def message_models() -> dict[str, type[BaseModel]]:
         "scan-batch": ScanBatch,
         "state": DeviceState,
         "identity-read": IdentityRead,
+        "enroll-request": EnrollRequest,
+        "enroll-response": EnrollResponse,
     }
 
 
