@@ -148,7 +148,80 @@ SAMPLE_CARDS: dict[str, SimCard] = {
 """Sample cards of every type (the numbers are public sample numbers, not people)."""
 
 
-class IdCardSimulator:
+class SamResponder:
+    """The reader's side of the protocol, without transport: cards, state and replies.
+
+    :class:`IdCardSimulator` puts it on a pty; HIL tests put it behind a real tty or
+    a USB-HID gadget.
+    """
+
+    def __init__(self, *, find_after_read: Literal["fail", "found"] = "fail") -> None:
+        self.find_after_read = find_after_read
+        self.requests: list[Command | None] = []
+        """Every request received, in order (None for an unknown command)."""
+        self._lock = threading.Lock()
+        self._card: SimCard | None = None
+        self._selected = False
+        self._read_done = False
+        self._injected: deque[tuple[Command, int]] = deque()
+
+    def place(self, card: SimCard) -> None:
+        """Put *card* on the reader (replacing any card there)."""
+        with self._lock:
+            self._card, self._selected, self._read_done = card, False, False
+
+    def remove(self) -> None:
+        """Take the card off the reader."""
+        with self._lock:
+            self._card, self._selected, self._read_done = None, False, False
+
+    def inject(self, command: Command, status: int) -> None:
+        """Answer the next *command* with *status* (and no data) instead of the normal reply."""
+        with self._lock:
+            self._injected.append((command, status))
+
+    def count(self, command: Command) -> int:
+        """How many *command* requests arrived so far."""
+        return sum(1 for c in self.requests if c is command)
+
+    def answer(self, body: bytes) -> bytes:
+        """The reply frame to the request frame body *body*."""
+        command = _COMMANDS.get((body[0], body[1])) if len(body) >= 2 else None
+        self.requests.append(command)
+        with self._lock:
+            return self._reply(command)
+
+    def _reply(self, command: Command | None) -> bytes:
+        if command is None:
+            return reply(Status.COMMAND)
+        for i, (cmd, status) in enumerate(self._injected):
+            if cmd is command:
+                del self._injected[i]
+                return reply(status)
+        card = self._card
+        if command in (Command.RESET_SAM, Command.SAM_STATUS):
+            return reply(Status.OK)
+        if command is Command.SAM_ID:
+            return reply(Status.OK, bytes.fromhex("0501") + bytes(range(14)))
+        gone = card is None or (self._read_done and self.find_after_read == "fail")
+        if command is Command.FIND:
+            return reply(Status.FIND_FAILED) if gone else reply(Status.CARD_FOUND, bytes(4))
+        if command is Command.SELECT:
+            if gone or card is None:
+                return reply(Status.SELECT_FAILED)
+            self._selected = True
+            return reply(Status.OK, card.chip_sn)
+        if card is None or not self._selected:
+            return reply(Status.READ_FAILED)
+        if command is Command.READ_NEWEST_ADDRESS:
+            return reply(Status.NO_CONTENT)
+        self._read_done = True
+        self._selected = False
+        data = CardData(card.text(), card.photo(), card.fingerprint())
+        return reply(Status.OK, join_card_data(data, command))
+
+
+class IdCardSimulator(SamResponder):
     """A reader on a pty. Start it, open :attr:`port` from the host side, place cards."""
 
     def __init__(
@@ -159,19 +232,12 @@ class IdCardSimulator:
         find_after_read: Literal["fail", "found"] = "fail",
         seed: int = 0,
     ) -> None:
+        super().__init__(find_after_read=find_after_read)
         self.noise = noise
         """Probability of garbage before a reply (half of those also send a corrupt copy first)."""
         self.delay = delay
         """Seconds to wait before every reply (slow reader)."""
-        self.find_after_read = find_after_read
-        self.requests: list[Command | None] = []
-        """Every request received, in order (None for an unknown command)."""
         self._rng = random.Random(seed)  # noqa: S311 - test noise, not cryptography
-        self._lock = threading.Lock()
-        self._card: SimCard | None = None
-        self._selected = False
-        self._read_done = False
-        self._injected: deque[tuple[Command, int]] = deque()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -203,25 +269,6 @@ class IdCardSimulator:
     ) -> None:
         self.stop()
 
-    def place(self, card: SimCard) -> None:
-        """Put *card* on the reader (replacing any card there)."""
-        with self._lock:
-            self._card, self._selected, self._read_done = card, False, False
-
-    def remove(self) -> None:
-        """Take the card off the reader."""
-        with self._lock:
-            self._card, self._selected, self._read_done = None, False, False
-
-    def inject(self, command: Command, status: int) -> None:
-        """Answer the next *command* with *status* (and no data) instead of the normal reply."""
-        with self._lock:
-            self._injected.append((command, status))
-
-    def count(self, command: Command) -> int:
-        """How many *command* requests arrived so far."""
-        return sum(1 for c in self.requests if c is command)
-
     def _run(self) -> None:
         parser = FrameParser()
         while not self._stop.is_set():
@@ -234,13 +281,9 @@ class IdCardSimulator:
                 return  # host closed and pty torn down
             for item in parser.feed(data):
                 if isinstance(item, bytes):
-                    self._answer(item)
+                    self._send(self.answer(item))
 
-    def _answer(self, body: bytes) -> None:
-        command = _COMMANDS.get((body[0], body[1])) if len(body) >= 2 else None
-        self.requests.append(command)
-        with self._lock:
-            frame = self._reply(command)
+    def _send(self, frame: bytes) -> None:
         if self.delay:
             time.sleep(self.delay)
         out = frame
@@ -256,36 +299,6 @@ class IdCardSimulator:
             os.write(self._master, out)
         except OSError:
             log.debug("idcard simulator: host side gone")
-
-    def _reply(self, command: Command | None) -> bytes:
-        if command is None:
-            return reply(Status.COMMAND)
-        for i, (cmd, status) in enumerate(self._injected):
-            if cmd is command:
-                del self._injected[i]
-                return reply(status)
-        card = self._card
-        if command in (Command.RESET_SAM, Command.SAM_STATUS):
-            return reply(Status.OK)
-        if command is Command.SAM_ID:
-            return reply(Status.OK, bytes.fromhex("0501") + bytes(range(14)))
-        if command is Command.FIND:
-            if card is None or (self._read_done and self.find_after_read == "fail"):
-                return reply(Status.FIND_FAILED)
-            return reply(Status.CARD_FOUND, bytes(4))
-        if command is Command.SELECT:
-            if card is None or (self._read_done and self.find_after_read == "fail"):
-                return reply(Status.SELECT_FAILED)
-            self._selected = True
-            return reply(Status.OK, card.chip_sn)
-        if card is None or not self._selected:
-            return reply(Status.READ_FAILED)
-        if command is Command.READ_NEWEST_ADDRESS:
-            return reply(Status.NO_CONTENT)
-        self._read_done = True
-        self._selected = False
-        data = CardData(card.text(), card.photo(), card.fingerprint())
-        return reply(Status.OK, join_card_data(data, command))
 
 
 def register_idcard(simulate_subparsers: Any) -> None:
