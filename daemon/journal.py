@@ -19,7 +19,6 @@ append refused with :class:`JournalFullError` (alarm ``journal_full``). Pruning 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import sqlite3
 import threading
@@ -38,7 +37,6 @@ from scanfleet.daemon.journal_codec import (
     RecordError,
     prepare_body,
     seal,
-    to_micros,
     train_dictionary,
 )
 from scanfleet.daemon.journal_reader import (
@@ -48,9 +46,13 @@ from scanfleet.daemon.journal_reader import (
     VerifyResult,
     open_readonly,
 )
+from scanfleet.daemon.journal_space import ALARM_PRUNED, SpacePolicy
 from scanfleet.daemon.journal_store import Checkpointer, WriterLock, open_writer
 
 __all__ = [
+    "ALARM_FULL",
+    "ALARM_PRUNED",
+    "ALARM_QUARANTINED",
     "Journal",
     "JournalReader",
     "JournalStats",
@@ -62,7 +64,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALARM_FULL = "journal_full"
-ALARM_PRUNED = "journal_pruned_under_pressure"
 ALARM_QUARANTINED = "journal_quarantined"
 
 TRAIN_AFTER = 256
@@ -71,7 +72,6 @@ TRAIN_SAMPLE = 32
 ROW_OVERHEAD = 24
 """Bytes a row costs beyond its payload (cell header, pointer, time and dict columns)."""
 RETENTION_PRUNE_INTERVAL = 60.0
-PRUNE_CHUNK = 5000
 
 
 def _utcnow() -> datetime:
@@ -87,7 +87,7 @@ class _Pending:
     done: bool = False
 
 
-class Journal:
+class Journal(SpacePolicy):
     """The device's append-only, hash-chained journal (the single writer)."""
 
     def __init__(
@@ -114,6 +114,12 @@ class Journal:
             self._lock.release()
             raise
         self._conn = opened.conn
+        try:
+            self._reader = JournalReader(self.path)
+        except BaseException:
+            self._conn.close()
+            self._lock.release()
+            raise
         if opened.quarantined is not None:
             self.alarms.raise_(
                 ALARM_QUARANTINED,
@@ -133,7 +139,6 @@ class Journal:
         for dict_id, data in self._conn.execute("SELECT id, data FROM dictionaries"):
             self._codec.add(int(dict_id), bytes(data))
         self._recent: collections.deque[bytes] = collections.deque(maxlen=TRAIN_SAMPLE)
-        self._reader = JournalReader(self.path)
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._checkpointer = Checkpointer(self.path)
         self._write_lock = threading.Lock()
@@ -243,10 +248,19 @@ class Journal:
             with self._write_lock:
                 self._commit_locked(batch, after)
         except BaseException as err:
+            # The transaction rolled back: no record of this batch exists, every
+            # appender in it hears why (as a JournalError when SQLite failed).
+            failure = (
+                JournalError(f"journal commit failed: {err}")
+                if isinstance(err, sqlite3.Error)
+                else err
+            )
+            if failure is not err:
+                failure.__cause__ = err
             for item in batch:
-                if item.record is None and item.error is None:
-                    item.error = err
-                item.record = None if item.error is not None else item.record
+                item.record = None
+                if item.error is None:
+                    item.error = failure
             if not isinstance(err, (sqlite3.Error, JournalError)):
                 raise
         for action in after:
@@ -317,128 +331,6 @@ class Journal:
         self._codec.add(new_id, data)
         self._dict_id = new_id
         log.info("journal %s: trained compression dictionary %d", self.path, new_id)
-
-    # -- space -----------------------------------------------------------------------
-
-    def _used_bytes(self) -> int:
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int(pages - free) * self._page_size
-
-    def _make_room(self, need: int, after: list[Callable[[], None]]) -> bool:
-        """Inside the write transaction: prune delivered history until *need* fits."""
-        used = self._used_bytes()
-        if used + need <= self.max_bytes:
-            return True
-        # Free a slice of the budget at once so pruning does not run on every append.
-        target = self.max_bytes - need - max(self.max_bytes // 32, 4 * self._page_size)
-        start = self._pruned_through
-        while used + need > self.max_bytes and self._pruned_through < self._delivered:
-            rows = max(1, self._delivered - self._pruned_through)
-            per_row = max(1, used // max(1, self._last_seq - self._pruned_through))
-            step = max(1, -(-(used + need - target) // per_row))
-            self._prune_through(min(self._pruned_through + min(step, rows), self._delivered))
-            used = self._used_bytes()
-        if self._pruned_through > start:
-            self._note_pressure(start, self._pruned_through, after)
-        return used + need <= self.max_bytes
-
-    def _note_pressure(self, start: int, through: int, after: list[Callable[[], None]]) -> None:
-        row = self._conn.execute(
-            "SELECT time_us FROM records WHERE seq > ? ORDER BY seq LIMIT 1", (through,)
-        ).fetchone()
-        cutoff = to_micros(self._clock() - self.retention)
-        if row is None or row[0] > cutoff:
-            # History kept is now shorter than the retention target.
-            after.append(
-                lambda: self.alarms.raise_(
-                    ALARM_PRUNED,
-                    "journal budget forced pruning of delivered records inside retention",
-                    Severity.WARNING,
-                    pruned_through_seq=through,
-                    budget_bytes=self.max_bytes,
-                )
-            )
-        log.info(
-            "journal %s: pruned delivered records %d..%d for space", self.path, start + 1, through
-        )
-
-    def _prune_through(self, through: int) -> None:
-        """Delete records up to *through* (all delivered) and move the anchor there."""
-        row = self._conn.execute(
-            "SELECT dict, payload FROM records WHERE seq = ?", (through,)
-        ).fetchone()
-        if row is not None:
-            anchor_hash = self._record_hash(through, int(row[0]), bytes(row[1]))
-        elif through == self._last_seq:
-            anchor_hash = self._last_hash
-        else:
-            raise JournalError(f"cannot prune through {through}: record missing")
-        self._conn.execute(
-            "DELETE FROM records WHERE seq > ? AND seq <= ?", (self._pruned_through, through)
-        )
-        self._conn.executemany(
-            "UPDATE meta SET value = ? WHERE key = ?",
-            ((str(through), "pruned_through_seq"), (anchor_hash, "pruned_hash")),
-        )
-        self._pruned_through = through
-
-    def _record_hash(self, seq: int, dict_id: int, blob: bytes) -> str:
-        record = json.loads(self._codec.decompress(dict_id, blob))
-        if record.get("seq") != seq:
-            raise JournalError(f"record {seq} holds seq {record.get('seq')}")
-        return str(record["hash"])
-
-    def prune(self) -> int:
-        """Prune delivered records older than the retention target; returns how many.
-
-        Runs at open and (at most once a minute) after :meth:`mark_delivered`; the
-        daemon may also call it from its housekeeping.
-        """
-        pruned = 0
-        cutoff = to_micros(self._clock() - self.retention)
-        while True:
-            with self._write_lock:
-                if self._conn is None or self._pruned_through >= self._delivered:
-                    break
-                limit = min(self._delivered, self._pruned_through + PRUNE_CHUNK)
-                row = self._conn.execute(
-                    "SELECT seq FROM records WHERE seq > ? AND seq <= ? AND time_us >= ? "
-                    "ORDER BY seq LIMIT 1",
-                    (self._pruned_through, limit, cutoff),
-                ).fetchone()
-                through = (int(row[0]) - 1) if row else limit
-                if through <= self._pruned_through:
-                    break
-                before = self._pruned_through
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._prune_through(through)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    self._pruned_through = before
-                    raise
-                pruned += through - before
-                if row is not None:
-                    break
-        if pruned:
-            with self._write_lock:
-                # Retention pruning gives the space back to the filesystem.
-                # execute() steps a statement once, which frees ONE page; executescript()
-                # runs the pragma to completion (we are outside any transaction here).
-                self._conn.executescript("PRAGMA incremental_vacuum;")
-            log.info("journal %s: pruned %d delivered records past retention", self.path, pruned)
-        self._maybe_clear_pressure(cutoff)
-        return pruned
-
-    def _maybe_clear_pressure(self, cutoff_us: int) -> None:
-        if ALARM_PRUNED not in self.alarms:
-            return
-        with self._write_lock:
-            row = self._conn.execute("SELECT time_us FROM records ORDER BY seq LIMIT 1").fetchone()
-        if row is not None and row[0] <= cutoff_us:
-            self.alarms.clear(ALARM_PRUNED)
 
     # -- delivery --------------------------------------------------------------------
 

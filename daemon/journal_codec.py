@@ -66,9 +66,9 @@ def _jcs_compatible(value: Any) -> bool:
     if value is None or kind is bool or kind is str:
         return True
     if kind is int:
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+        return bool(-_MAX_SAFE_INT <= value <= _MAX_SAFE_INT)
     if kind is float:
-        return 1e-4 <= abs(value) < 1e16 and not value.is_integer()
+        return bool(1e-4 <= abs(value) < 1e16 and not value.is_integer())
     if kind is dict:
         return all(type(k) is str and k.isascii() and _jcs_compatible(v) for k, v in value.items())
     if kind is list:
