@@ -344,3 +344,14 @@ def test_readonly_reader_sees_the_daemons_records_without_the_writer_lock(
 def test_readonly_open_of_a_missing_journal_says_so(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="no journal"):
         Journal.open_readonly(tmp_path / "nothing.sqlite3")
+
+
+def test_a_foreign_sqlite_database_is_refused_not_quarantined(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sql(path) as conn:
+        conn.execute("CREATE TABLE inventory (sku TEXT)")
+    with pytest.raises(JournalSchemaError, match="not a journal"):
+        Journal(path, DEVICE)
+    with sql(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("inventory",)]
+    assert not list(path.parent.glob("*.corrupt-*"))
