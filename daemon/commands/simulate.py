@@ -15,9 +15,9 @@ FRAMINGS = ("cr", "lf", "crlf", "suffix", "stx_etx", "idle", "honeywell_packet",
 
 
 def register(subparsers: Any) -> None:
-    """Add ``simulate serial``."""
+    """Add ``simulate serial`` and ``simulate idcard``."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "simulate", help="run a simulated device (a serial scanner on a pty)"
+        "simulate", help="run a simulated device (serial scanner or ID-card reader) on a pty"
     )
     sub = parser.add_subparsers(title="devices", metavar="DEVICE", required=True)
     serial = sub.add_parser(
@@ -76,6 +76,10 @@ def register(subparsers: Any) -> None:
         "--bad-read-hex", help="bytes the host sends for a bad read (custom preset)"
     )
     serial.set_defaults(func=_serial)
+
+    from scanfleet.drivers.sim.idcard import register_idcard  # pure Python, no device libraries
+
+    register_idcard(sub)
 
 
 def _serial(args: argparse.Namespace) -> int:
