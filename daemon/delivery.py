@@ -103,12 +103,18 @@ class Refusal:
 
 
 class DeliveryTracker:
-    """Batches in flight by message id, and the contiguous delivered prefix."""
+    """Batches in flight by message id, and the contiguous delivered prefix.
+
+    In-order batches follow each other from the watermark. Live batches (the
+    optional live lane) carry records ahead of the in-order cursor; their acks
+    never move the watermark, because the in-order drain sends those records again.
+    """
 
     def __init__(self, delivered_seq: int) -> None:
         self.delivered_seq = delivered_seq
         self.next_seq = delivered_seq + 1
         self._inflight: dict[int, tuple[int, int]] = {}
+        self._live: set[int] = set()
         self._acked_ahead: dict[int, int] = {}
         self.refusals: list[Refusal] = []
 
@@ -119,14 +125,20 @@ class DeliveryTracker:
         consumers drop the duplicates by id.
         """
         self._inflight.clear()
+        self._live.clear()
         self._acked_ahead.clear()
         self.refusals.clear()
         self.next_seq = self.delivered_seq + 1
 
     @property
     def inflight(self) -> int:
-        """Batches handed to paho and not yet answered."""
-        return len(self._inflight)
+        """In-order batches handed to paho and not yet answered."""
+        return len(self._inflight) - len(self._live)
+
+    @property
+    def live_inflight(self) -> int:
+        """Live batches handed to paho and not yet answered."""
+        return len(self._live)
 
     def sent(self, mid: int, batch: Batch) -> None:
         """*batch* was handed to paho as message *mid*; the next batch follows it."""
@@ -135,15 +147,25 @@ class DeliveryTracker:
         self._inflight[mid] = (batch.first_seq, batch.last_seq)
         self.next_seq = batch.last_seq + 1
 
+    def sent_live(self, mid: int, batch: Batch) -> None:
+        """*batch*, ahead of the in-order cursor, was handed to paho as message *mid*."""
+        if batch.first_seq < self.next_seq:
+            raise ValueError(f"live batch {batch.first_seq} is not ahead of {self.next_seq}")
+        self._inflight[mid] = (batch.first_seq, batch.last_seq)
+        self._live.add(mid)
+
     def acked(self, mid: int, code: int, reason: str = "") -> Ack:
         """Record the PUBACK of *mid* with reason *code*."""
         span = self._inflight.pop(mid, None)
         if span is None:
             return Ack.UNKNOWN
+        live = mid in self._live
+        self._live.discard(mid)
         if code >= FAILURE_THRESHOLD:
             self.refusals.append(Refusal(span[0], span[1], code, reason))
             return Ack.REFUSED
-        self._acked_ahead[span[0]] = span[1]
+        if not live:
+            self._acked_ahead[span[0]] = span[1]
         return Ack.NO_SUBSCRIBERS if code == NO_MATCHING_SUBSCRIBERS else Ack.DELIVERED
 
     def span(self, mid: int) -> tuple[int, int] | None:

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 ALARM_REFUSED = "publish_refused"
 ALARM_UNREACHABLE = "broker_unreachable"
+LIVE_WINDOW = 2
+"""Most live-lane batches awaiting their PUBACK at once."""
 
 
 class BrokerState(StrEnum):
@@ -75,6 +77,7 @@ class PublisherCounters:
     scans_published: int = 0
     scans_acked: int = 0
     acked_no_subscribers: int = 0
+    live_batches_published: int = 0
     connects: int = 0
     connection_failures: int = 0
 
@@ -108,6 +111,11 @@ class Publisher:
         backoff: reconnect policy (tests pass a short one).
         connect_timeout: seconds to wait for TCP connect plus CONNACK.
         unreachable_after: seconds without a broker before ``broker_unreachable``.
+        live_lane: during a backlog drain, send newly journaled records at once, ahead
+            of the backlog (they are sent again in order later: one duplicate each).
+            Off by default: consumers then see strictly ascending seq.
+        ack_listener: called as ``(first_seq, last_seq)`` on the publisher thread for every
+            batch the broker accepted (benchmarks, tests); must return quickly.
     """
 
     def __init__(
@@ -127,6 +135,8 @@ class Publisher:
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
         unreachable_after: float = 300.0,
+        live_lane: bool = False,
+        ack_listener: Callable[[int, int], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -140,6 +150,8 @@ class Publisher:
         self.state_interval = state_interval
         self.connect_timeout = connect_timeout
         self.unreachable_after = unreachable_after
+        self.live_lane = live_lane
+        self.ack_listener = ack_listener
         self.counters = PublisherCounters()
         self.boot_id = read_boot_id()
         self._cutter = BatchCutter(
@@ -171,6 +183,7 @@ class Publisher:
         self._warned_no_subscribers = False
         self._healthy = False
         self._reached_broker = False
+        self._live_through = 0
         alarms.add_listener(self._on_alarms_changed)
 
     # -- public interface -------------------------------------------------------------------
@@ -287,12 +300,13 @@ class Publisher:
         """One connection, until it is lost, refuses a batch or the publisher stops."""
         self._reached_broker = False
         self._tracker.restart()
+        self._live_through = self.journal.last_seq  # what is journaled now is backlog
         self._state_mids.clear()
         self._warned_no_subscribers = False
         conn = Connection(
             self.broker,
             self._client_id,
-            inflight=self.window + 4,
+            inflight=self.window + LIVE_WINDOW + 2,  # + live lane + state messages
             will=(self._state_topic, state_payload(self._compose_state(online=False))),
             on_ack=self._on_ack,
         )
@@ -308,7 +322,8 @@ class Publisher:
         self._publish_state()
         while True:
             if self._stopped.is_set():
-                if self._tracker.inflight == 0 or time.monotonic() >= self._stop_deadline:
+                outstanding = self._tracker.inflight + self._tracker.live_inflight
+                if outstanding == 0 or time.monotonic() >= self._stop_deadline:
                     self._go_offline(conn)
                     return
             else:
@@ -332,6 +347,8 @@ class Publisher:
                 self._healthy = True
 
     def _fill_window(self, conn: Connection) -> None:
+        if self.live_lane:
+            self._send_live(conn)
         tracker = self._tracker
         while tracker.inflight < self.window and self.journal.last_seq >= tracker.next_seq:
             batch = self._cutter.cut(self.journal, tracker.next_seq)
@@ -349,6 +366,28 @@ class Publisher:
                 mid,
             )
 
+    def _send_live(self, conn: Connection) -> None:
+        newest = self.journal.last_seq
+        if newest <= self._live_through:
+            return
+        tracker = self._tracker
+        start = max(self._live_through + 1, tracker.next_seq)
+        behind = start >= tracker.next_seq + self._cutter.max_scans
+        if not behind and tracker.inflight < self.window:
+            # The next in-order batch carries these records anyway.
+            self._live_through = newest
+            return
+        if tracker.live_inflight >= LIVE_WINDOW:
+            return
+        batch = self._cutter.cut(self.journal, start)
+        if batch is None:
+            return
+        mid = conn.publish(self._scans_topic, batch.payload)
+        tracker.sent_live(mid, batch)
+        self._live_through = batch.last_seq
+        self.counters.live_batches_published += 1
+        log.debug("live seq %d..%d ahead of the backlog", batch.first_seq, batch.last_seq)
+
     def _on_ack(self, mid: int, code: int, reason: str) -> None:
         # Runs inside Connection.pump(), on this thread, with paho's locks held: record only.
         if mid in self._state_mids:
@@ -365,6 +404,8 @@ class Publisher:
             return
         self.counters.batches_acked += 1
         self.counters.scans_acked += span[1] - span[0] + 1
+        if self.ack_listener is not None:
+            self.ack_listener(span[0], span[1])
         if outcome is Ack.NO_SUBSCRIBERS:
             self.counters.acked_no_subscribers += 1
             if not self._warned_no_subscribers:

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -247,3 +248,41 @@ def test_status_says_the_daemon_is_not_running_once_the_publisher_is_gone(
     assert status["journal"]["last_seq"] == 3
     assert status["journal"]["depth"] == 0
     assert status["broker"]["state_when_last_seen"] == "stopped"
+
+
+def test_with_the_live_lane_a_live_scan_overtakes_the_backlog_and_arrives_twice(
+    broker: Mosquitto, journal: Journal
+) -> None:
+    backlog = 8000
+    workers = [
+        threading.Thread(target=append_scans, args=(journal, backlog // 4, k)) for k in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    collector = Collector(broker.host, broker.port, SCANS, client_id="backend-live")
+    # Two-scan batches, one in flight: the drain takes thousands of round trips.
+    publisher = make_publisher(journal, broker, max_batch_scans=2, window=1, live_lane=True)
+    publisher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while publisher.delivered_seq < 100 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        live = journal.append(make_scan_body(backlog, random.Random(5)))
+        assert publisher.delivered_seq < backlog, "precondition: the drain is still going"
+        assert publisher.wait_delivered(live["seq"], 120)
+        assert collector.wait_for(lambda: len(collector.scans()) >= backlog + 2, 30)
+    finally:
+        publisher.stop(10)
+        collector.close()
+    arrivals = [batch for _, batch in envelopes(collector)]
+    carrying_live = [i for i, b in enumerate(arrivals) if b.first_seq <= live["seq"] <= b.last_seq]
+    carrying_end = next(i for i, b in enumerate(arrivals) if b.first_seq <= backlog <= b.last_seq)
+    assert len(carrying_live) == 2, "once ahead of the backlog, once in order"
+    assert carrying_live[0] < carrying_end, "the live scan overtook the backlog"
+    copies = [s for b in arrivals for s in b.scans if s["seq"] == live["seq"]]
+    assert copies[0] == copies[1]
+    in_order = [s["seq"] for i, b in enumerate(arrivals) if i != carrying_live[0] for s in b.scans]
+    assert in_order == list(range(1, live["seq"] + 1))
+    assert publisher.counters.live_batches_published == 1

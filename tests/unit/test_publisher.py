@@ -209,3 +209,31 @@ def test_backoff_starts_small_again_after_a_reset() -> None:
 def test_backoff_rejects_a_cap_below_its_start() -> None:
     with pytest.raises(ValueError):
         Backoff(initial=5.0, maximum=1.0)
+
+
+def test_a_live_batch_ack_never_moves_the_watermark() -> None:
+    tracker = DeliveryTracker(delivered_seq=0)
+    tracker.sent(1, _batch(1, 500))
+    tracker.sent_live(2, _batch(9000, 9000))
+    assert (tracker.inflight, tracker.live_inflight) == (1, 1)
+    assert tracker.acked(2, 0) is Ack.DELIVERED
+    assert not tracker.advance(), "seq 9000 is delivered again, in order, later"
+    assert tracker.acked(1, 0) is Ack.DELIVERED
+    tracker.advance()
+    assert tracker.delivered_seq == 500
+    assert tracker.next_seq == 501
+
+
+def test_a_live_batch_must_lie_ahead_of_the_in_order_cursor() -> None:
+    tracker = DeliveryTracker(delivered_seq=0)
+    tracker.sent(1, _batch(1, 10))
+    with pytest.raises(ValueError, match="not ahead"):
+        tracker.sent_live(2, _batch(5, 5))
+
+
+def test_a_refused_live_batch_is_a_refusal_too() -> None:
+    tracker = DeliveryTracker(delivered_seq=0)
+    tracker.sent_live(1, _batch(40, 40))
+    assert tracker.acked(1, 0x97, "Quota exceeded") is Ack.REFUSED
+    assert tracker.refusals[0].first_seq == 40
+    assert tracker.live_inflight == 0
