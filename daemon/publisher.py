@@ -23,9 +23,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,17 +32,16 @@ from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
-from scanfleet.daemon.envelope import (
-    AlarmInfo,
-    DeviceState,
-    JournalSummary,
-    scans_topic,
-    state_payload,
-    state_topic,
-)
+from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
 from scanfleet.daemon.errors import BrokerConnectionError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.mqtt import Backoff, Connection, drain_wake
+from scanfleet.daemon.publisher_state import (
+    BrokerState,
+    PublisherCounters,
+    compose_state,
+    read_boot_id,
+)
 from scanfleet.daemon.status import StatusFile
 
 if TYPE_CHECKING:
@@ -55,39 +53,6 @@ ALARM_REFUSED = "publish_refused"
 ALARM_UNREACHABLE = "broker_unreachable"
 LIVE_WINDOW = 2
 """Most live-lane batches awaiting their PUBACK at once."""
-
-
-class BrokerState(StrEnum):
-    """Where the publisher's connection loop is."""
-
-    STOPPED = "stopped"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-
-
-@dataclass
-class PublisherCounters:
-    """Running totals since the publisher started."""
-
-    batches_published: int = 0
-    batches_acked: int = 0
-    batches_refused: int = 0
-    scans_published: int = 0
-    scans_acked: int = 0
-    acked_no_subscribers: int = 0
-    live_batches_published: int = 0
-    connects: int = 0
-    connection_failures: int = 0
-
-
-def read_boot_id() -> str | None:
-    """The kernel's boot id, or None where there is none (not Linux)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    except OSError:
-        return None
 
 
 class Publisher:
@@ -495,32 +460,13 @@ class Publisher:
         self._write_status(force=True)
 
     def _compose_state(self, *, online: bool) -> DeviceState:
-        now = datetime.now(UTC)
-        summary = None
-        if online:
-            stats = self.journal.stats()
-            oldest = stats.oldest_undelivered_time
-            summary = JournalSummary(
-                depth=stats.depth,
-                last_seq=stats.last_seq,
-                delivered_seq=stats.delivered_seq,
-                oldest_undelivered_age_s=(
-                    round((now - oldest).total_seconds(), 3) if oldest is not None else None
-                ),
-            )
-        return DeviceState(
-            device=self.identity.device,
-            site=self.identity.site,
+        return compose_state(
+            self.identity,
             online=online,
             version=self.version,
             boot_id=self.boot_id,
-            journal=summary,
-            alarms=(
-                [AlarmInfo.model_validate(a.as_json()) for a in self.alarms.active()]
-                if online
-                else []
-            ),
-            time=now,
+            stats=self.journal.stats() if online else None,
+            alarms=self.alarms.active() if online else [],
             extra=self.state_extra() if (online and self.state_extra) else None,
         )
 
