@@ -1,7 +1,8 @@
 """HIL pytest plugin: one QEMU guest per session, shared by every test in tests/hil/.
 
-Tests here are marked ``hil`` automatically. They skip with the reason when QEMU, vng,
-busybox or a generic kernel is missing (and fail under SCANFLEET_REQUIRE_ALL=1).
+Tests here that use the guest are marked ``hil`` automatically. They skip with the
+reason when QEMU, vng, busybox or a generic kernel is missing (and fail under
+SCANFLEET_REQUIRE_ALL=1).
 See README.md in this folder for the architecture and how to add a device test.
 """
 
@@ -27,9 +28,13 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test under tests/hil/ as ``hil`` before ``-m`` selects."""
+    """Mark every test that needs the guest as ``hil`` before ``-m`` selects.
+
+    A test needs the guest when any fixture it uses depends on ``hil_vm``; the harness's
+    own pure-function tests here stay unmarked and run with the unit tests.
+    """
     for item in items:
-        if HERE in item.path.resolve().parents:
+        if HERE in item.path.resolve().parents and "hil_vm" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.hil)
 
 

@@ -17,8 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from hil.guest import Guest, GuestGone
 from hil.qmp import Qmp
@@ -86,6 +89,14 @@ def find_prerequisites() -> Prerequisites | str:
     return Prerequisites(vng=vng, qemu=qemu, busybox=busybox, kernel=kernel)
 
 
+def _copy_to_file(source: IO[bytes] | None, path: Path) -> None:
+    assert source is not None
+    with path.open("wb") as sink:
+        while chunk := source.read1(65536):
+            sink.write(chunk)
+            sink.flush()
+
+
 class HilVm:
     """A running guest with its host-side handles: QMP, serial sockets and the agent."""
 
@@ -128,6 +139,9 @@ class HilVm:
             self.prereqs.vng,
             "--run", str(self.prereqs.kernel),
             "--disable-kvm", "--disable-microvm",
+            # Debian's qemu ships the C virtiofsd, which vng tries, fails and abandons
+            # after ~3 s (and a stray background daemon); 9p works from the start.
+            "--force-9p",
             "--verbose",
             "--cpus", str(self.cpus),
             "--memory", "1G",
@@ -144,7 +158,9 @@ class HilVm:
             text = self.console_path.read_text(errors="replace")
         except FileNotFoundError:
             return "(no console log)"
-        tail = "\n".join(text.splitlines()[-lines:])
+        # vng draws a spinner with carriage returns; keep only lines with content.
+        kept = [line.rstrip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+        tail = "\n".join(kept[-lines:])
         return f"--- last {lines} lines of {self.console_path} ---\n{tail}"
 
     def alive(self) -> bool:
@@ -158,19 +174,24 @@ class HilVm:
         # vng runs virtme-run through PATH; both live in the venv's bin.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         log.info("booting HIL guest: %s", shlex.join(self.command()))
-        with self.console_path.open("wb") as console:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=env,
-                start_new_session=True,  # one process group: vng, sh, QEMU die together
-            )
+        # A pipe, not the log file itself: QEMU reopens its stdio through /proc/self/fd
+        # with its own file offset, which would overwrite what vng logged before it.
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            start_new_session=True,  # one process group: vng, sh, QEMU die together
+        )
+        threading.Thread(
+            target=_copy_to_file, args=(self.process.stdout, self.console_path), daemon=True
+        ).start()
         atexit.register(self.stop)
         try:
-            self.qmp = Qmp(self.sock["qmp"], timeout=min(60.0, boot_timeout))
+            self._wait_for_qemu(boot_timeout)
+            self.qmp = Qmp(self.sock["qmp"], timeout=30)
             self.ftdi = ByteStream(self.sock["ftdi"], "usb-serial")
             self.uart = ByteStream(self.sock["uart"], "uart")
             self.guest = Guest(self.sock["agent"], self.console_tail)
@@ -181,6 +202,17 @@ class HilVm:
                 f"HIL guest failed to boot: {err}\ncommand: {shlex.join(self.command())}\n"
                 f"{self.console_tail()}"
             ) from err
+
+    def _wait_for_qemu(self, timeout: float) -> None:
+        # QEMU creates every chardev socket before it starts the guest; a vng or QEMU
+        # that exits first (bad kernel, bad option) is reported at once, not at timeout.
+        deadline = time.monotonic() + timeout
+        while not all(os.path.exists(path) for path in self.sock.values()):
+            if not self.alive():
+                raise GuestGone("vng/QEMU exited before creating its sockets")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"QEMU sockets not created within {timeout} s")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         """Power off and reap QEMU; kill the process group if it does not go quietly."""
