@@ -67,6 +67,36 @@ class Backoff:
         self.attempts = 0
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails.
+
+    paho 2.2 does not close the socket when ``do_handshake`` raises (a broker
+    certificate from another CA, say), so every failed attempt would leave an open
+    socket to the garbage collector.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Handshake; on failure close the socket and re-raise."""
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
+    """Verify the broker against ``ca_file`` (or the system CAs); present the client cert."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(broker.ca_file) if broker.ca_file else None
+    )
+    if broker.cert_file is not None:
+        context.load_cert_chain(
+            str(broker.cert_file), str(broker.key_file) if broker.key_file else None
+        )
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
+
+
 class Connection:
     """One MQTT 5 connection, QoS 1 publishes, acks reported through *on_ack*.
 
@@ -99,12 +129,7 @@ class Connection:
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            client.tls_set_context(tls_context(broker))
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish

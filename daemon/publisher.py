@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from scanfleet.daemon.alarms import AlarmSet, Severity
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
 from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
-from scanfleet.daemon.errors import BrokerConnectionError
+from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.mqtt import Backoff, Connection, drain_wake
 from scanfleet.daemon.publisher_state import (
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ALARM_REFUSED = "publish_refused"
 ALARM_UNREACHABLE = "broker_unreachable"
+ALARM_ERROR = "publisher_error"
 LIVE_WINDOW = 2
 """Most live-lane batches awaiting their PUBACK at once."""
 
@@ -149,6 +151,8 @@ class Publisher:
         self._healthy = False
         self._reached_broker = False
         self._live_through = 0
+        self.last_progress = time.monotonic()
+        """Monotonic time the publishing thread last turned its loop (the watchdog's cue)."""
         alarms.add_listener(self._on_alarms_changed)
 
     # -- public interface -------------------------------------------------------------------
@@ -215,6 +219,7 @@ class Publisher:
         disconnected_since = time.monotonic()
         try:
             while not self._stopped.is_set():
+                self.last_progress = time.monotonic()
                 self._set_state(BrokerState.CONNECTING)
                 self._healthy = False
                 try:
@@ -223,14 +228,14 @@ class Publisher:
                     # OSError covers refused/unreachable TCP, TLS failures and timeouts.
                     self.counters.connection_failures += 1
                     log.warning("broker %s: %s", self.broker.url, err)
+                except Exception as err:
+                    # Publishing must never stop for good while the daemon runs: anything
+                    # unexpected (a journal read error, a bug) is logged, alarmed and
+                    # retried after the backoff like a lost connection.
+                    log.exception("publisher error; retrying after backoff")
+                    self.alarms.raise_(ALARM_ERROR, f"publisher error: {err!r}", Severity.ERROR)
                 finally:
-                    # Acks and refusals that arrived before the connection broke still count
-                    # (mosquitto 2.0.11 drops the connection right after a 0x87 PUBACK).
-                    self._settle()
-                    self._raise_refused_alarm()
-                    if self._conn is not None:
-                        self._conn.abort()
-                        self._conn = None
+                    self._end_session()
                 if self._healthy:
                     self._backoff.reset()
                 if self._reached_broker:
@@ -251,10 +256,23 @@ class Publisher:
         finally:
             self._set_state(BrokerState.STOPPED)
 
+    def _end_session(self) -> None:
+        # Acks and refusals that arrived before the connection broke still count
+        # (mosquitto 2.0.11 drops the connection right after a 0x87 PUBACK).
+        try:
+            self._settle()
+        except (ScanfleetError, sqlite3.Error):
+            log.exception("cannot record delivery through seq %d", self.delivered_seq)
+        self._raise_refused_alarm()
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
+
     def _wait_backoff(self, delay: float) -> None:
         # Wake-ups for live scans must not cut the backoff short; only stop() does.
         deadline = time.monotonic() + delay
         while not self._stopped.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):
+            self.last_progress = time.monotonic()
             self._write_status()
             if time.monotonic() >= deadline:
                 return
@@ -283,6 +301,7 @@ class Publisher:
         self.counters.connects += 1
         self._set_state(BrokerState.CONNECTED)
         self.alarms.clear(ALARM_UNREACHABLE)
+        self.alarms.clear(ALARM_ERROR)
         log.info("connected to %s as %s", self.broker.url, self._client_id)
         self._publish_state()
         while True:
@@ -299,6 +318,7 @@ class Publisher:
                     self._publish_state()
             conn.pump(0.5, self._wake_r)
             self._settle()
+            self.last_progress = time.monotonic()
             if self._tracker.refusals:
                 self._handle_refusals(conn)
                 return
@@ -312,10 +332,13 @@ class Publisher:
                 self._healthy = True
 
     def _fill_window(self, conn: Connection) -> None:
-        if self.live_lane:
-            self._send_live(conn)
         tracker = self._tracker
-        while tracker.inflight < self.window and self.journal.last_seq >= tracker.next_seq:
+        while True:
+            if self.live_lane:
+                # Between in-order batches too: cutting a full window takes a while.
+                self._send_live(conn)
+            if tracker.inflight >= self.window or self.journal.last_seq < tracker.next_seq:
+                return
             batch = self._cutter.cut(self.journal, tracker.next_seq)
             if batch is None:
                 return
@@ -509,6 +532,9 @@ class Publisher:
             if self.journal.wait_for_records(seen, 1.0):
                 seen = self.journal.last_seq
                 self.wake()
+            else:
+                # A closed journal returns at once; do not spin until stop() comes.
+                self._stopped.wait(0.05)
 
     def _close_wake(self) -> None:
         if self._wake_r.fileno() < 0:
