@@ -74,7 +74,9 @@ class ScanBatch(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    schema_: Literal["scanfleet.scan-batch/1"] = Field(default="scanfleet.scan-batch/1", alias="schema")
+    schema_: Literal["scanfleet.scan-batch/1"] = Field(
+        default="scanfleet.scan-batch/1", alias="schema"
+    )
     device: Annotated[str, Field(pattern=NAME_PATTERN)]
     first_seq: Annotated[int, Field(ge=1)]
     last_seq: Annotated[int, Field(ge=1)]
