@@ -78,10 +78,20 @@ class Daemon:
         self.workers: dict[str, DeviceWorker] = {}
         self.ready = threading.Event()
         self._on_ready: list[Callable[[], None]] = []
+        self._on_reload: list[Callable[[str], None]] = []
+        self._on_shutdown: list[Callable[[], None]] = []
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call *callback* once journal, devices and publisher are set up."""
         self._on_ready.append(callback)
+
+    def on_reload(self, callback: Callable[[str], None]) -> None:
+        """Call *callback* with ``"begin"`` before a SIGHUP reload and ``"end"`` after it."""
+        self._on_reload.append(callback)
+
+    def on_shutdown(self, callback: Callable[[], None]) -> None:
+        """Call *callback* when shutdown begins (before anything stops)."""
+        self._on_shutdown.append(callback)
 
     def _state_extra(self) -> dict[str, Any]:
         return {
@@ -159,6 +169,8 @@ class Daemon:
         """Stop reading, finish queued reads, flush the publisher, close the journal."""
         deadline = time.monotonic() + timeout
         log.info("stopping")
+        for callback in self._on_shutdown:
+            callback()
         for worker in self.workers.values():
             worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.pipeline.stop(timeout=max(0.1, min(3.0, deadline - time.monotonic())))
@@ -198,8 +210,12 @@ class Daemon:
                         # A SIGHUP during a reload waits for it, then reloads again.
                         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
                         try:
+                            for callback in self._on_reload:
+                                callback("begin")
                             self.reload()
                         finally:
+                            for callback in self._on_reload:
+                                callback("end")
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
                     while not stop.wait(0.5):
                         if tick is not None:

@@ -94,6 +94,9 @@ def _run(args: argparse.Namespace) -> int:
         if simulator is not None:
             simulator.stop()
         return 1
+    from scanfleet.daemon.sdnotify import SystemdAdapter
+
+    SystemdAdapter(daemon).attach()  # a no-op unless started by systemd (NOTIFY_SOCKET)
     view_on = args.view == "on" or (args.view == "auto" and sys.stdout.isatty())
     tick = None
     if view_on:
