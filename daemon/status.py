@@ -30,7 +30,7 @@ class StatusFile:
         self.path = path
         self.min_interval = min_interval
         self.heartbeat = heartbeat
-        self._last_write = 0.0
+        self._last_write: float | None = None
         self._last_content: dict[str, Any] | None = None
         self._failed = False
 
@@ -40,7 +40,7 @@ class StatusFile:
         *force* skips the rate limit (state transitions, shutdown).
         """
         now = time.monotonic()
-        elapsed = now - self._last_write
+        elapsed = float("inf") if self._last_write is None else now - self._last_write
         changed = content != self._last_content
         if not force and (
             elapsed < self.min_interval or (not changed and elapsed < self.heartbeat)

@@ -158,4 +158,7 @@ def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
         DeviceState.model_validate_json(p) for t, p, _ in messages if t.endswith("/state")
     ]
     assert final_state, "the retained state was published"
+    assert any(not s.online and s.journal is None for s in final_state), (
+        "a killed publisher's will (online: false, no journal figures) reached the backend"
+    )
     assert final_state[-1].online is False, "a clean stop leaves the device offline"

@@ -20,6 +20,7 @@ from scanfleet.daemon.envelope import DeviceState, ScanBatch, build_batch, state
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.mqtt import Backoff
 from scanfleet.daemon.schemas import message_models
+from scanfleet.daemon.status import StatusFile, read_status, status_age_s
 from support.scans import make_scan_body
 
 DEVICE = "sf-0123456789ab"
@@ -237,3 +238,34 @@ def test_a_refused_live_batch_is_a_refusal_too() -> None:
     assert tracker.acked(1, 0x97, "Quota exceeded") is Ack.REFUSED
     assert tracker.refusals[0].first_seq == 40
     assert tracker.live_inflight == 0
+
+
+# -- status file ------------------------------------------------------------------------
+
+
+def test_status_file_is_rewritten_on_change_but_at_most_once_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    status = StatusFile(path, min_interval=3600.0, heartbeat=7200.0)
+    assert status.update({"delivered_seq": 1})
+    assert not status.update({"delivered_seq": 2}), "rate-limited"
+    assert json.loads(path.read_text())["delivered_seq"] == 1
+    assert status.update({"delivered_seq": 3}, force=True), "state transitions go out at once"
+    document = read_status(path)
+    assert document is not None
+    assert document["delivered_seq"] == 3
+    assert document["schema"] == "scanfleet.status/1"
+    assert status_age_s(document) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"], "no temporary file left"
+
+
+def test_an_unchanged_status_is_rewritten_only_as_a_heartbeat(tmp_path: Path) -> None:
+    status = StatusFile(tmp_path / "status.json", min_interval=0.0, heartbeat=3600.0)
+    assert status.update({"a": 1})
+    assert not status.update({"a": 1})
+    assert status.update({"a": 2})
+
+
+def test_a_missing_or_garbled_status_file_reads_as_none(tmp_path: Path) -> None:
+    assert read_status(tmp_path / "status.json") is None
+    (tmp_path / "status.json").write_text("{not json", encoding="utf-8")
+    assert read_status(tmp_path / "status.json") is None
