@@ -15,7 +15,11 @@ LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warning
 
 
 def setup_logging(level: str = "info") -> None:
-    """Send log records to stderr (journald picks stderr up under systemd)."""
+    """Send log records to journald under systemd (with SCANFLEET_* fields), else stderr."""
+    from scanfleet.daemon.journald import use_journal  # imports systemd-python lazily
+
+    if use_journal(LEVELS[level]):
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

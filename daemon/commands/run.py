@@ -107,6 +107,10 @@ def _run(args: argparse.Namespace) -> int:
         tick = LiveView(daemon).draw
     elif args.demo:
         daemon.pipeline.add_listener(_log_record)
+    else:
+        from scanfleet.daemon.journald import log_committed
+
+        daemon.pipeline.add_listener(log_committed)  # SCANFLEET_SEQ in the journal
     try:
         return daemon.serve(tick=tick)
     finally:
