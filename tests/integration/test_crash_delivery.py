@@ -114,6 +114,22 @@ def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
             }
             verdict = journal.verify(full=True)
         assert verdict.ok, str(verdict)
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scanfleet.daemon",
+                "verify",
+                "--full",
+                "--journal",
+                str(journal_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert cli.returncode == 0, cli.stdout + cli.stderr
         assert promised <= set(range(1, last_seq + 1))
 
         def have_all() -> bool:
