@@ -25,8 +25,6 @@ FIELDS = {
     "scanfleet_seq": "SCANFLEET_SEQ",
     "scanfleet_kind": "SCANFLEET_KIND",
     "scanfleet_verdict": "SCANFLEET_VERDICT",
-    "scanfleet_broker_state": "SCANFLEET_BROKER_STATE",
-    "scanfleet_alarm": "SCANFLEET_ALARM",
 }
 """``extra=`` keys a log call may pass → the journal field each becomes."""
 
