@@ -208,6 +208,8 @@ class IdCardUsbDriver(IdCardReader):
                     packet = bytes(self._ep_in.read(PACKET, timeout=max(1, int(remaining * 1000))))
                 except usb.core.USBTimeoutError:
                     continue
+                if not packet:
+                    continue  # a zero-length packet after a full 64-byte report
                 body = assembler.add(packet)
                 if body is not None:
                     return body
