@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -300,4 +301,67 @@ def test_watchdog_pings_stop_while_the_publisher_thread_is_wedged_and_resume_aft
         finally:
             if reader >= 0:
                 os.close(reader)
+            assert daemon.stop() == 0
+
+
+@pytest.fixture
+def freezable_dir(tmp_path: Path) -> Iterator[Path]:
+    """An ext4 file system of its own (a loop device) that the test can ``fsfreeze``."""
+    tools = [shutil.which(t) for t in ("mkfs.ext4", "mount", "umount", "fsfreeze")]
+    if os.geteuid() != 0 or None in tools or not Path("/dev/loop-control").exists():
+        missing("needs root, loop devices, mkfs.ext4 and fsfreeze (util-linux, e2fsprogs)")
+    image = tmp_path / "state.img"
+    mnt = tmp_path / "state"
+    mnt.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-o", "loop", str(image), str(mnt)], capture_output=True, text=True, check=False
+    )
+    if mounted.returncode != 0:
+        missing(f"cannot loop-mount an image here: {mounted.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True, check=False)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def test_watchdog_pings_stop_while_the_journal_storage_hangs_and_resume_after(
+    tmp_path: Path, mosquitto: Mosquitto, notify_socket: NotifySocket, freezable_dir: Path
+) -> None:
+    link = tmp_path / "scanner"
+    sim = SerialScannerSimulator(framing="cr", aim=True, auto=False, link=link)
+    # The state directory (journal) is the frozen file system: a scan's commit blocks in
+    # the kernel, as on an SD card that stops answering.
+    daemon = DaemonProcess(_config(tmp_path, mosquitto, link), tmp_path / "daemon.log")
+    with sim:
+        sim.start()
+        daemon.start()
+        frozen = False
+        try:
+            assert notify_socket.wait_for(_ready, 30) >= 0, daemon.log()
+            assert notify_socket.wait_for(lambda m: m.get("WATCHDOG") == "1", 30) >= 0
+            subprocess.run(["fsfreeze", "--freeze", str(freezable_dir)], check=True)
+            frozen = True
+            sim.send(b"81234567890123456789")
+            stalled = notify_socket.wait_for(
+                lambda m: m.get("STATUS", "").startswith("stalled: pipeline"), 60
+            )
+            assert stalled >= 0, daemon.log()
+            time.sleep(4 * WATCHDOG_USEC / 1e6)
+            assert not any("WATCHDOG" in m for m in notify_socket.since(stalled))
+            assert sim.events("good_read") == []  # no beep for a scan not yet durable
+            assert daemon.alive()
+
+            resumed_from = notify_socket.count()
+            subprocess.run(["fsfreeze", "--unfreeze", str(freezable_dir)], check=True)
+            frozen = False
+            assert notify_socket.wait_for(lambda m: m.get("WATCHDOG") == "1", 30, resumed_from) >= 0
+            assert _wait(lambda: len(sim.events("good_read")) == 1, 30), daemon.log()
+            assert "pipeline made no progress" in daemon.log()
+        finally:
+            if frozen:
+                subprocess.run(["fsfreeze", "--unfreeze", str(freezable_dir)], check=False)
             assert daemon.stop() == 0
