@@ -41,13 +41,18 @@ CHILD = Path(__file__).resolve().parent.parent / "support" / "publisher_child.py
 SITE = "crash-site"
 DEVICE = "sf-00000000dead"
 KILLS = 22
-BROKER_RESTART_EVERY = 5
+BROKER_RESTART_EVERY = 3
 
 
 def reported_seqs(report: Path) -> set[int]:
     """Seqs the child promised durable (a torn last line is ignored)."""
     text = report.read_text(encoding="ascii") if report.exists() else ""
     return {int(line) for line in text.split("\n")[:-1] if line}
+
+
+def connections(child_log: Path) -> int:
+    """How often the child logged a successful connect."""
+    return child_log.read_text(encoding="utf-8", errors="replace").count("connected to ")
 
 
 def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
@@ -79,11 +84,20 @@ def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
                 try:
                     time.sleep(rng.uniform(0.05, 1.4))
                     if kill % BROKER_RESTART_EVERY == BROKER_RESTART_EVERY - 1:
-                        # SIGTERM (persistence saved), a backlog builds while the broker is
-                        # down, and the kill lands while it drains in large batches.
+                        # SIGTERM (persistence saved) and a backlog builds while the broker
+                        # is down; once the child is back and draining, the broker is
+                        # restarted again under it, and the kill comes after that.
+                        child_log = tmp_path / f"child{kill}.log"
                         broker.stop(signal.SIGTERM)
                         time.sleep(rng.uniform(0.5, 1.5))
+                        connects = connections(child_log)
                         broker.start()
+                        restarts += 1
+                        deadline = time.monotonic() + 10
+                        while connections(child_log) == connects and time.monotonic() < deadline:
+                            time.sleep(0.002)
+                        time.sleep(rng.uniform(0.0, 0.005))
+                        broker.restart(signal.SIGTERM)
                         restarts += 1
                         time.sleep(rng.uniform(0.0, 0.6))
                 finally:
@@ -167,7 +181,7 @@ def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
         assert hashlib.sha256(rfc8785.dumps(body)).hexdigest() == record["hash"]
         assert record["prev_hash"] == prev, f"chain broken at {seq}"
         prev = record["hash"]
-    assert restarts >= 3
+    assert restarts >= 6
     duplicates = sum(len(c) - 1 for c in by_seq.values())
     print(f"crash test: {last_seq} records, {duplicates} duplicates", file=sys.stderr)
     final_state = [
