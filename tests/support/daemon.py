@@ -27,6 +27,7 @@ class DaemonProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._log_offset = 0
 
     def start(self) -> DaemonProcess:
         """Start the daemon (appending to the log file)."""
@@ -34,6 +35,7 @@ class DaemonProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts} ---\n".encode())
             log.flush()
+            self._log_offset = log.tell()
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -64,15 +66,21 @@ class DaemonProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def wait_log(self, text: str, timeout: float = 30.0) -> bool:
-        """Wait until *text* appears in the log."""
+        """Wait until *text* appears in what the current run (since start()) logged."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log():
+            if text in self.run_log():
                 return True
             if not self.alive():
-                return text in self.log()
+                return text in self.run_log()
             time.sleep(0.05)
         return False
+
+    def run_log(self) -> str:
+        """What the current run logged."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode("utf-8", errors="replace")
 
     def signal(self, sig: int) -> None:
         """Send *sig* to the process."""
