@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.runner import Daemon
 
 _CLEAR = "\x1b[H\x1b[2J"
@@ -57,11 +58,11 @@ class LiveView:
             recent = list(self._recent)
         for rec in reversed(recent):
             colour = _GREEN if rec.get("verdict") == "accepted" else _RED
-            value = str(rec.get("value", ""))
+            value = record_value(rec)
             reason = f"  ({rec['reason']})" if rec.get("reason") else ""
             line = (
                 f"{rec.get('seq', 0):>7}  {str(rec.get('time', ''))[11:19]:8}  "
-                f"{rec.get('kind', ''):18}  {colour}{rec.get('verdict', ''):8}{_RESET}  "
+                f"{record_kind(rec):18}  {colour}{rec.get('verdict', ''):8}{_RESET}  "
                 f"{value}{reason}"
             )
             lines.append(line[: width + len(colour) + len(_RESET)])

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, tuple[str, str]] = {
     "virtual": ("scanfleet.drivers.virtual", "VirtualDriver"),
     "serial": ("scanfleet.drivers.serial", "SerialDriver"),
+    "idcard_serial": ("scanfleet.drivers.idcard.serial", "IdCardSerialDriver"),
+    "idcard_usb": ("scanfleet.drivers.idcard.usbhid", "IdCardUsbDriver"),
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from scanfleet.daemon.commands.config import print_config_error
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
+from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, ScanfleetError
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,8 @@ def _log_record(record: dict[str, Any]) -> None:
     log.info(
         "scan seq=%s kind=%s verdict=%s value=%s%s",
         record["seq"],
-        record["kind"],
-        record["verdict"],
-        record["value"],
+        record_kind(record),
+        record.get("verdict"),
+        record_value(record),
         f" reason={record['reason']}" if record.get("reason") else "",
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, load_config
+from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, JournalError
 
 JOURNAL_FILE = "journal.sqlite3"
@@ -44,10 +45,9 @@ def state_dir_of(args: argparse.Namespace) -> Path:
 
 def format_record(record: dict[str, Any]) -> str:
     """One human-readable line for a journal record."""
-    kind = record.get("kind") or record.get("type", "?")
     text = (
-        f"{record.get('time', '')[:23]:23}  {record.get('seq', 0):>8}  {kind:18}  "
-        f"{record.get('verdict', ''):8}  {record.get('value', '')}"
+        f"{record.get('time', '')[:23]:23}  {record.get('seq', 0):>8}  {record_kind(record):18}  "
+        f"{record.get('verdict', ''):8}  {record_value(record)}"
     )
     if record.get("reason"):
         text += f"  ({record['reason']})"

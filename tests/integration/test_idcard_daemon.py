@@ -20,7 +20,7 @@ from scanfleet.daemon.logs import TRACE
 from scanfleet.daemon.model import Scan
 from scanfleet.daemon.pairing import NO_WINDOW_REASON, IdentityRead
 from scanfleet.daemon.runner import Daemon, journal_path
-from scanfleet.drivers import BACKENDS, driver_class, virtual
+from scanfleet.drivers import driver_class, virtual
 from scanfleet.drivers.base import Signal
 from scanfleet.drivers.sim.idcard import SAMPLE_CARDS, IdCardSimulator
 from scanfleet.provisioning.identity_open import public_key_from_file, write_keypair
@@ -28,16 +28,6 @@ from support.broker import Mosquitto
 from support.mqtt import Collector
 
 pytestmark = pytest.mark.integration
-
-IDCARD_BACKENDS = {
-    "idcard_serial": ("scanfleet.drivers.idcard.serial", "IdCardSerialDriver"),
-    "idcard_usb": ("scanfleet.drivers.idcard.usbhid", "IdCardUsbDriver"),
-}
-# Until drivers/__init__.py carries these entries (requested from its owner), the
-# daemon under test gets them here; test_registry_binds_the_idcard_drivers tracks it.
-_REGISTERED = all(name in BACKENDS for name in IDCARD_BACKENDS)
-for _name, _target in IDCARD_BACKENDS.items():
-    BACKENDS.setdefault(_name, _target)
 
 BACKEND_OPEN = [sys.executable, "-m", "scanfleet.daemon", "identity", "open"]
 CONTROLLED = "8371170"
@@ -153,9 +143,8 @@ def _scan(channel: str, serial: int, prefix: str = CONTROLLED) -> None:
 
 
 def test_registry_binds_the_idcard_drivers() -> None:
-    if not _REGISTERED:
-        pytest.xfail("drivers/__init__.py BACKENDS lacks idcard_serial/idcard_usb (requested)")
     assert driver_class("idcard_serial").driver_name == "idcard_serial"
+    assert driver_class("idcard_usb").driver_name == "idcard_usb"
 
 
 def test_controlled_drug_pairs_with_the_id_read_and_identity_stays_sealed(
