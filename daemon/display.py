@@ -20,4 +20,8 @@ def record_value(record: Mapping[str, Any]) -> str:
     if record.get("type") == "identity_read":
         masked = record.get("masked") or {}
         return " ".join(str(v) for v in (masked.get("id_number"), masked.get("name")) if v)
+    fields = record.get("fields") or {}
+    if record.get("kind") == "gs1" and fields.get("hri"):
+        # The element string holds invisible GS separators; people read the (AI) form.
+        return str(fields["hri"])
     return str(record.get("value", ""))
