@@ -26,11 +26,11 @@ from support.scans import make_scan_body
 DEVICE = "sf-0123456789ab"
 
 
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    """A real journal file holding 1 200 realistic scan records."""
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journal]:
+    """A real journal file holding 1 200 realistic scan records (only read by the tests)."""
     rng = random.Random(7)
-    with Journal(tmp_path / "journal.sqlite3", DEVICE) as j:
+    with Journal(tmp_path_factory.mktemp("journal") / "journal.sqlite3", DEVICE) as j:
         for i in range(1200):
             j.append(make_scan_body(i, rng))
         yield j
