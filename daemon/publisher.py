@@ -7,6 +7,8 @@ paho at a time. A batch is delivered only when its PUBACK arrives with a reason
 code below 0x80; the journal's watermark advances over the contiguous prefix of
 delivered batches. Every new connection resends everything after the watermark:
 the journal is the truth, paho and the broker hold nothing we rely on.
+With the optional live lane, records journaled during a backlog drain also go
+out at once, ahead of the backlog (and again in order later).
 
 Session choice: the device connects with ``clean_start=True`` and no session
 expiry. It subscribes to nothing here and publishes QoS 1 only, so a broker-side
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
@@ -36,6 +38,7 @@ from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
 from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
 from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
 from scanfleet.daemon.identity import Identity
+from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.mqtt import Backoff, Connection, drain_wake
 from scanfleet.daemon.publisher_state import (
     BrokerState,
@@ -44,9 +47,6 @@ from scanfleet.daemon.publisher_state import (
     read_boot_id,
 )
 from scanfleet.daemon.status import StatusFile
-
-if TYPE_CHECKING:
-    from scanfleet.daemon.journal import Journal
 
 log = logging.getLogger(__name__)
 
