@@ -70,15 +70,19 @@ class SerialDriver(Driver):
             if code is None or code in GONE_ERRNOS:
                 raise DeviceGoneError(f"{port}: {err}") from err
             raise DriverError(f"{port}: {err}") from err
-        self._fd: int = self._ser.fileno()
-        self.vid_pid = discovery.tty_usb_attributes(port).get("vid_pid")
-        self._framer: Framer = make_framer(
-            config.framing,
-            max_frame=config.max_frame,
-            idle_timeout=config.idle_timeout_ms / 1000,
-            suffix=bytes.fromhex(config.suffix_hex) if config.suffix_hex else None,
-        )
-        self._preset: FeedbackPreset = preset_for(config)
+        try:
+            self._fd: int = self._ser.fileno()
+            self.vid_pid = discovery.tty_usb_attributes(port).get("vid_pid")
+            self._framer: Framer = make_framer(
+                config.framing,
+                max_frame=config.max_frame,
+                idle_timeout=config.idle_timeout_ms / 1000,
+                suffix=bytes.fromhex(config.suffix_hex) if config.suffix_hex else None,
+            )
+            self._preset: FeedbackPreset = preset_for(config)
+        except BaseException:
+            self._ser.close()
+            raise
         self._lock = threading.Lock()  # the framer: reader thread and signal() callers
         self._wlock = threading.Lock()  # writes to the port
         self._reads: collections.deque[Read] = collections.deque()

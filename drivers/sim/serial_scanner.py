@@ -16,11 +16,15 @@ whose cable is plugged into a listening port.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import queue
 import random
 import select
+import struct
+import termios
 import threading
 import time
 import tty
@@ -81,7 +85,7 @@ class _Anomalies:
     wrong_terminator_every: int = 0
     corrupt_every: int = 0
     overlong_length: int = 5000
-    noise_gap: float = 0.3
+    noise_gap: float = 0.8
 
 
 class SerialScannerSimulator:
@@ -147,7 +151,10 @@ class SerialScannerSimulator:
         self._threads: list[threading.Thread] = []
         self._rx = bytearray()
         self._idle = True
+        self._emitting = False
         self._master = -1
+        self._fd_lock = threading.Lock()
+        self._generation = 0
         self.path = ""
         self._open_pty()
 
@@ -172,30 +179,71 @@ class SerialScannerSimulator:
             self.path = name
         log.info("simulated scanner on %s (%s)", self.path, self.framing)
 
-    def disconnect(self) -> None:
-        """Pull the cable: the pty disappears and the host's reads fail."""
-        with self._lock:
+    def disconnect(self, *, drain: float = 5.0) -> None:
+        """Pull the cable between two scans: the pty disappears and the host's reads fail.
+
+        With *drain* > 0 the scanner first finishes the code in progress and waits (up
+        to *drain* seconds) until the host has read every byte already written, so
+        ``sent`` stays an exact account of what a correct host received.
+        """
+        was_running = self._running.is_set()
+        self._running.clear()
+        end = time.monotonic() + drain
+        while drain and self._emitting and time.monotonic() < end:
+            time.sleep(0.01)
+        if drain:
+            self._wait_drained(end)
+        # The fd lock guarantees no other thread is inside a syscall on the master when
+        # it closes, so a later fd with the same number is never written to by mistake.
+        with self._fd_lock:
             if self._master >= 0:
                 os.close(self._master)
                 self._master = -1
+            self._generation += 1
+            if self.link is not None:
+                # udev removes /dev/serial/by-id links on unplug; a stale link could lead
+                # the host to whatever pty reuses the number (another process's).
+                self.link.unlink(missing_ok=True)
+        with self._lock:
             self._connected.clear()
             self._lock.notify_all()
+        if was_running:
+            self._running.set()
+
+    def _wait_drained(self, end: float) -> None:
+        """Wait until the slave's input queue (bytes the host has not read) is empty."""
+        try:
+            fd = os.open(self.tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return  # already gone
+        pending = -1
+        try:
+            while time.monotonic() < end:
+                pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+                if pending == 0:
+                    return
+                time.sleep(0.01)
+            log.warning("simulated scanner: host left %d bytes unread at disconnect", pending)
+        finally:
+            os.close(fd)
 
     def reconnect(self) -> None:
         """Plug it back in: a new pty; the ``link`` symlink (if any) follows it."""
-        with self._lock:
+        with self._fd_lock:
             if self._master < 0:
                 self._open_pty()
-                self._rx.clear()
+        with self._lock:
+            self._rx.clear()
             self._lock.notify_all()
 
     def _host_present(self) -> bool:
-        fd = self._master
-        if fd < 0:
-            return False
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        return not any(ev & select.POLLHUP for _, ev in poller.poll(0))
+        with self._fd_lock:
+            fd = self._master
+            if fd < 0:
+                return False
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLHUP)
+            return not any(ev & select.POLLHUP for _, ev in poller.poll(0))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -214,7 +262,7 @@ class SerialScannerSimulator:
             self._lock.notify_all()
         for thread in self._threads:
             thread.join(5.0)
-        self.disconnect()
+        self.disconnect(drain=0)
         if self.link is not None:
             self.link.unlink(missing_ok=True)
 
@@ -314,12 +362,14 @@ class SerialScannerSimulator:
             if not self._wait_host():
                 return
             index += 1
+            self._emitting = True
             try:
                 self._emit(index, sample)
             except OSError as err:
                 log.debug("simulated scanner: write failed (%s); waiting for the host", err)
                 continue
             finally:
+                self._emitting = False
                 self._idle = True
             if interval:
                 self._stop.wait(interval)
@@ -428,14 +478,21 @@ class SerialScannerSimulator:
     def _write(self, data: bytes) -> None:
         with self._wlock:
             view = memoryview(data)
+            generation = self._generation
             while view:
-                fd = self._master
-                if fd < 0 or self._stop.is_set():
-                    raise OSError("scanner disconnected")
-                try:
-                    n = os.write(fd, view)
-                except BlockingIOError:
-                    select.select([], [fd], [], 0.1)
+                with self._fd_lock:
+                    fd = self._master
+                    if fd < 0 or generation != self._generation or self._stop.is_set():
+                        raise OSError("scanner disconnected")
+                    try:
+                        n = os.write(fd, view)
+                    except BlockingIOError:
+                        n = -1
+                if n < 0:
+                    # The host is slow: wait outside the fd lock so a disconnect can proceed.
+                    # A closed fd (disconnect) fails here; the check above raises next time.
+                    with contextlib.suppress(OSError, ValueError):
+                        select.select([], [fd], [], 0.1)
                     continue
                 view = view[n:]
 
@@ -443,20 +500,28 @@ class SerialScannerSimulator:
 
     def _rx_loop(self) -> None:
         while not self._stop.is_set():
-            fd = self._master
+            with self._fd_lock:
+                fd, generation = self._master, self._generation
             if fd < 0:
                 self._stop.wait(0.05)
                 continue
             try:
-                ready, _, _ = select.select([fd], [], [], 0.1)
-                if not ready:
+                # Waiting happens outside the fd lock; the read below re-checks that the
+                # fd is still this pty's (a disconnect may have closed it meanwhile).
+                if not select.select([fd], [], [], 0.1)[0]:
                     continue
-                data = os.read(fd, 4096)
-            except OSError:
-                # EIO while no host has the port open, EBADF after a disconnect.
-                self._stop.wait(0.05)
+            except (OSError, ValueError):
                 continue
+            with self._fd_lock:
+                if generation != self._generation:
+                    continue
+                try:
+                    ready = bool(select.select([fd], [], [], 0)[0])
+                    data = os.read(fd, 4096) if ready else b""
+                except OSError:
+                    data = b""  # EIO while no host has the port open
             if not data:
+                self._stop.wait(0.05)
                 continue
             now = time.monotonic()
             with self._lock:

@@ -126,6 +126,7 @@ class Worker:
         self.problems: list[tuple[int, str]] = []
         self.opens = 0
         self.gone = 0
+        self.gone_reasons: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -149,8 +150,9 @@ class Worker:
                     if got is not None:
                         self.reads.append(got)
                         driver.signal(Signal.GOOD_READ)
-            except DeviceGoneError:
+            except DeviceGoneError as err:
                 self.gone += 1
+                self.gone_reasons.append(str(err))
             finally:
                 driver.close()
 
@@ -184,8 +186,7 @@ def test_noise_overlong_wrong_terminators_and_a_replug_lose_no_complete_frame(
     worker.thread.start()
     try:
         assert wait_until(lambda: len(worker.reads) >= 100, 60)
-        sim.pause()
-        assert wait_until(lambda: len(worker.reads) == sum(1 for s in sim.sent if s.clean), 10)
+        # Mid-stream: the simulator finishes the code on the wire, then the cable goes.
         sim.disconnect()
         assert wait_until(lambda: worker.gone == 1, 10)
 
@@ -197,14 +198,13 @@ def test_noise_overlong_wrong_terminators_and_a_replug_lose_no_complete_frame(
         assert cpu < 0.25 * wall, f"{cpu:.3f} s CPU in {wall:.3f} s while the device was absent"
 
         sim.reconnect()
-        sim.resume()
         assert sim.wait_done(60)
         clean = [s for s in sim.sent if s.clean]
         assert wait_until(lambda: len(worker.reads) >= len(clean), 30)
     finally:
         worker.stop.set()
         worker.thread.join(10)
-    assert worker.opens == 2
+    assert worker.opens == 2, worker.gone_reasons
     assert [r.data for r in worker.reads] == [s.frame for s in clean]
     assert len(clean) < len(sim.sent)
     codes = {code for _, code in worker.problems}
