@@ -9,6 +9,7 @@ calls ``hil.agent.notify(value)`` when it is ready and the host waits for that n
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -60,9 +61,16 @@ class GuestCall:
         self._notices: queue.Queue[Any] = queue.Queue()
         self._done = threading.Event()
         self._reply: dict[str, Any] = {}
+        self.last_notice_value: Any = None
+
+    def last_notice(self) -> int:
+        """The latest integer notice (a reader's running count), 0 before any."""
+        value = self.last_notice_value
+        return value if isinstance(value, int) else 0
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if "notice" in message:
+            self.last_notice_value = message["notice"]
             self._notices.put(message["notice"])
         else:
             self._reply = message
@@ -217,4 +225,7 @@ class Guest:
                 self._sock.sendall(dumps({"op": "exit"}))
             except OSError as err:
                 log.debug("agent exit request: %s", err)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread's recv
         self._sock.close()
+        self._reader.join(timeout=5)

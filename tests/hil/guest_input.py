@@ -57,13 +57,14 @@ def evdev_char(code: int, shifted: bool) -> str | None:
 def read_evdev_line(node: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
     """Grab an evdev keyboard (default: QEMU's usb-kbd), notify "grabbed", read to Enter.
 
+    Notifies the running count of keys pressed (for ``Qmp.type_text(acked=...)``).
     Returns the typed text and whether the kernel dropped events (SYN_DROPPED).
     """
     from evdev import InputDevice, ecodes
 
     path = node or wait_node(QEMU_KBD_VID, QEMU_KBD_PID, "input")
     device = InputDevice(path)
-    text, shifts, dropped = "", set(), False
+    text, shifts, dropped, pressed = "", set(), False, 0
     try:
         device.grab()
         notify("grabbed")
@@ -81,6 +82,8 @@ def read_evdev_line(node: str | None = None, timeout: float = 60.0) -> dict[str,
                 elif event.value == 1:
                     char = evdev_char(event.code, bool(shifts))
                     text += char if char is not None else f"<{event.code}>"
+                    pressed += 1
+                    notify(pressed)  # the host's acknowledged typing counts these
         # The Enter key-up follows; leave no key held for the next reader.
         time.sleep(0.1)
         while select.select([device.fd], [], [], 0)[0]:
@@ -105,7 +108,8 @@ def decode_boot_reports(reports: list[bytes]) -> str:
 
 def read_usb_keyboard_reports(timeout: float = 60.0) -> dict[str, Any]:
     """Claim QEMU's usb-kbd with pyusb (kernel driver detached), notify "claimed" once
-    stale reports are drained, then read boot reports until Enter is released.
+    stale reports are drained, then read boot reports until Enter is released, notifying
+    the running count of keys pressed.
 
     The kernel driver is re-attached afterwards.
     """
@@ -132,12 +136,18 @@ def read_usb_keyboard_reports(timeout: float = 60.0) -> dict[str, Any]:
         notify("claimed")
         deadline = time.monotonic() + timeout
         seen_enter = False
+        held: set[int] = set()
+        pressed = 0
         while time.monotonic() < deadline:
             try:
                 report = bytes(dev.read(endpoint, 8, timeout=500))
             except usb.core.USBTimeoutError:
                 continue
             reports.append(report)
+            now = {u for u in report[2:] if u}
+            pressed += len(now - held)
+            held = now
+            notify(pressed)  # the host's acknowledged typing counts these
             seen_enter = seen_enter or 0x28 in report[2:]
             if seen_enter and not any(report):
                 break

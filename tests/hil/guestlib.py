@@ -19,6 +19,11 @@ CONFIGFS = Path("/sys/kernel/config")
 #: Independent dummy_hcd controllers, so several gadgets can be plugged at once.
 UDC_COUNT = 4
 
+GUEST_MODULES = (
+    "xhci_pci", "usbhid", "hid_generic", "evdev", "ftdi_sio", "cdc_acm",
+    "uinput", "libcomposite", "usb_f_hid", "usb_f_acm",
+)  # fmt: skip
+
 _processes: dict[str, subprocess.Popen[bytes]] = {}
 
 
@@ -36,9 +41,9 @@ def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) ->
 
 def prepare() -> dict[str, Any]:
     """Load the modules every HIL test relies on; once per boot."""
-    subprocess.run(
-        ["modprobe", "-a", "uinput", "libcomposite", "usb_f_hid", "usb_f_acm"], check=True
-    )
+    # Loaded explicitly, not left to udev's modalias autoloading: the host root may
+    # have no udev, and a driver loaded late binds to devices that are already there.
+    subprocess.run(["modprobe", "-a", *GUEST_MODULES], check=True)
     subprocess.run(["modprobe", "dummy_hcd", f"num={UDC_COUNT}"], check=True)
     if not (CONFIGFS / "usb_gadget").is_dir():
         subprocess.run(["mount", "-t", "configfs", "none", str(CONFIGFS)], check=True)

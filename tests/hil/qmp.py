@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 #: Seconds per key. QEMU's keyboard queue holds 16 scancodes; bursts drop keys and a lost
 #: key-up leaves a key held. >= 12 ms per key is reliable, 25 ms leaves a margin.
 DEFAULT_PACE = 0.025
+#: Characters in flight with acknowledged typing: 3 shifted keys are 12 queue entries.
+ACK_WINDOW = 3
 
 _NAMED = {
     "\n": ("ret", False),
@@ -178,8 +180,21 @@ class Qmp:
         self._keys(reversed(qcodes), False, device)
         time.sleep(pace / 2)
 
-    def type_text(self, text: str, device: str | None = None, pace: float = DEFAULT_PACE) -> None:
+    def type_text(
+        self,
+        text: str,
+        device: str | None = None,
+        pace: float = DEFAULT_PACE,
+        acked: Callable[[], int] | None = None,
+        window: int = ACK_WINDOW,
+        ack_timeout: float = 30.0,
+    ) -> None:
         """Type *text* on a US layout, one key per *pace* seconds (never a burst).
+
+        Pacing alone is reliable only while the guest gets CPU: a starved guest stops
+        polling the keyboard and QEMU's 16-entry queue drops keys. With *acked* (how many
+        characters the reader has received so far, e.g. ``call.last_notice``), at most
+        *window* characters are ever in flight, whatever the load.
 
         Without *device* the keys go to QEMU's active keyboard, the most recently plugged
         one (the usb-kbd). QEMU accepts *device* only for devices bound to a display
@@ -187,7 +202,15 @@ class Qmp:
         """
         if pace < 0.012:
             raise ValueError("pace below 12 ms per key overflows QEMU's keyboard queue")
-        for char in text:
+        for typed, char in enumerate(text):
+            if acked is not None:
+                deadline = time.monotonic() + ack_timeout
+                while typed - acked() >= window:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"reader acknowledged {acked()} of {typed} keys in {ack_timeout} s"
+                        )
+                    time.sleep(0.005)
             self.press(keys_for(char), device=device, pace=pace)
 
     # --- hotplug ------------------------------------------------------------------------

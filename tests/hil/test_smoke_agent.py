@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import platform
 import queue
+from pathlib import Path
 
 import pytest
 
 from hil.guest import Guest, GuestError
+from hil.vm import HilVm
 
 
 def describe_guest() -> dict[str, object]:
@@ -59,3 +61,18 @@ def test_mosquitto_in_the_guest_relays_a_message_on_loopback(
 ) -> None:
     payload = b'{"gtin":"03400934567891"}'
     assert guest.run(round_trip_on_guest_broker, guest_mosquitto, "hil/smoke", payload) == payload
+
+
+def write_result_file(directory: str, content: str) -> str:
+    """In the guest: write into the shared writable directory."""
+    path = os.path.join(directory, "guest-result.json")
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(content)
+    return path
+
+
+def test_the_writable_shared_directory_carries_files_from_the_guest(
+    guest: Guest, hil_vm: HilVm
+) -> None:
+    path = guest.run(write_result_file, str(hil_vm.rwdir), '{"seq": 1}')
+    assert Path(path).read_text(encoding="utf-8") == '{"seq": 1}'

@@ -48,7 +48,7 @@ def test_usb_keyboard_unplugged_and_replugged_types_again(
     assert second.startswith("/dev/input/event")
     call = guest.submit(read_evdev_line)
     assert call.wait_notice() == "grabbed"
-    qmp.type_text("0104\n")
+    qmp.type_text("0104\n", acked=call.last_notice)
     assert call.result()["text"] == "0104\n"
 
 

@@ -65,7 +65,7 @@ def test_uinput_keyboard_under_grab_reaches_only_the_grabbing_reader(guest: Gues
 def test_usb_keyboard_typing_reaches_a_grabbed_evdev_reader(guest: Guest, qmp: Qmp) -> None:
     call = guest.submit(read_evdev_line)
     assert call.wait_notice() == "grabbed"
-    qmp.type_text(SCAN)
+    qmp.type_text(SCAN, acked=call.last_notice)
     result = call.result()
     assert result["text"] == SCAN
     assert not result["dropped"]
@@ -76,12 +76,12 @@ def test_usb_keyboard_reports_reach_pyusb_after_detaching_the_kernel_driver(
 ) -> None:
     call = guest.submit(read_usb_keyboard_reports)
     assert call.wait_notice() == "claimed"
-    qmp.type_text(SCAN)
+    qmp.type_text(SCAN, acked=call.last_notice)
     result = call.result()
     assert decode_boot_reports(result["reports"]) == SCAN
     assert result["reattached"]
     # The kernel driver is back: the same keyboard types through evdev again.
     call = guest.submit(read_evdev_line)
     assert call.wait_notice() == "grabbed"
-    qmp.type_text("42\n")
+    qmp.type_text("42\n", acked=call.last_notice)
     assert call.result()["text"] == "42\n"

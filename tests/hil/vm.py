@@ -112,6 +112,7 @@ class HilVm:
         self.guest: Guest | None = None
         self.ftdi: ByteStream | None = None
         self.uart: ByteStream | None = None
+        self._pump: threading.Thread | None = None
 
     def qemu_options(self) -> list[str]:
         """Devices on top of what vng adds; all host ends are unix sockets in workdir."""
@@ -185,9 +186,10 @@ class HilVm:
             env=env,
             start_new_session=True,  # one process group: vng, sh, QEMU die together
         )
-        threading.Thread(
+        self._pump = threading.Thread(
             target=_copy_to_file, args=(self.process.stdout, self.console_path), daemon=True
-        ).start()
+        )
+        self._pump.start()
         atexit.register(self.stop)
         try:
             self._wait_for_qemu(boot_timeout)
@@ -224,11 +226,12 @@ class HilVm:
                 handle.close()
         if self.guest is not None:
             self.guest.close(exit_agent=False)
-        if self.qmp is not None and process.poll() is None:
-            try:
-                self.qmp.execute("quit", timeout=5)
-            except (OSError, TimeoutError, RuntimeError) as err:
-                log.debug("QMP quit: %s", err)
+        if self.qmp is not None:
+            if process.poll() is None:
+                try:
+                    self.qmp.execute("quit", timeout=5)
+                except (OSError, TimeoutError, RuntimeError) as err:
+                    log.debug("QMP quit: %s", err)
             self.qmp.close()
         try:
             process.wait(timeout=10)
@@ -238,5 +241,9 @@ class HilVm:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+        if self._pump is not None:
+            self._pump.join(timeout=10)  # the console log is complete once QEMU's pipe closed
+        if process.stdout is not None:
+            process.stdout.close()
         atexit.unregister(self.stop)
         log.info("HIL guest stopped")
