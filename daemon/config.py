@@ -80,6 +80,17 @@ class BrokerConfig(_Section):
         return 8883 if self.tls else 1883
 
 
+class PublisherConfig(_Section):
+    """How the journal is published."""
+
+    live_lane: bool = True
+    """During a backlog drain, send each new scan at once (and once more in order when the
+    drain reaches it), so a live scan reaches the backend within one batch instead of
+    waiting behind the whole backlog. Consumers dedup by ``id`` either way."""
+    max_batch_scans: Annotated[int, Field(ge=1, le=5000)] = 500
+    max_batch_bytes: Annotated[int, Field(ge=4096, le=16 << 20)] = 256 * 1024
+
+
 class JournalConfig(_Section):
     """Size budget and retention of the local journal."""
 
@@ -100,6 +111,20 @@ class StationConfig(_Section):
     """Kinds of code that count as a trace-code scan. Anything else (an EAN-13 product
     barcode, a 本位码, a leaflet URL) is journaled as refused with a bad-read signal, so
     the operator knows to scan the trace code instead."""
+    control_prefix: Annotated[str, Field(min_length=2, max_length=16, pattern=r"^[!-~]+$")] = "#SF:"
+    """Reads starting with this are station control barcodes (``#SF:OP=receiving``),
+    journaled as ``type: "control"`` records, never as scans (docs/station.md)."""
+    manifest_dir: Path | None = None
+    """Where receiving manifests are looked up as ``<bill>.json`` when a bill starts."""
+    duplicate_check: bool = True
+    """Flag a code scanned again for the same operation at this device (duplicate_of)."""
+    duplicate_window_days: Annotated[int | None, Field(ge=1)] = None
+    """How far back a repeat counts; default: the journal's retention."""
+    split_packs: dict[
+        Annotated[str, Field(pattern=r"^[0-9A-Za-z]{7,}$")], Annotated[int, Field(ge=2)]
+    ] = Field(default_factory=dict)
+    """拆零: 7-digit product prefix (or a whole code) → units per pack; such a code may be
+    scanned up to that many times for the same operation before it is a duplicate."""
 
 
 class ClassifyConfig(_Section):
@@ -197,8 +222,69 @@ class IdCardDeviceConfig(_DeviceBase):
         return self
 
 
+class WedgeDeviceConfig(_DeviceBase):
+    """A keyboard-mode (wedge) scanner read through evdev, grabbed from everyone else."""
+
+    driver: Literal["evdev"]
+    path: str | None = None
+    """Event device; prefer /dev/input/by-id/…-event-kbd (a FIFO replays a raw trace)."""
+    usb: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")] = None
+    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
+    name_pattern: str | None = None
+    """Bind the first keyboard whose input device name matches this regular expression."""
+    layout: Literal["us", "uk", "de", "fr"] = "us"
+    """The scanner's keyboard-country setting (which keys it presses for each character)."""
+    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
+    """Key that ends a scan (Enter includes keypad Enter); ``none``: inter-key silence does."""
+    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
+    """Inter-key silence that ends a scan (``terminator = "none"``) or drops a fragment."""
+    max_key_interval_ms: Annotated[int | None, Field(ge=1, le=1000)] = None
+    """Reject key sequences with a slower gap between keys as human typing (shared keyboards)."""
+    grab: bool = True
+    """EVIOCGRAB: no keystroke of this device reaches any other application."""
+
+    @field_validator("usb")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_binding(self) -> WedgeDeviceConfig:
+        given = [x for x in (self.path, self.usb, self.name_pattern) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'path', 'usb' or 'name_pattern'")
+        return self
+
+
+class UsbHidDeviceConfig(_DeviceBase):
+    """A USB scanner read directly through libusb (pyusb): boot keyboard or HID POS."""
+
+    driver: Literal["usbhid"]
+    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")]
+    """``vid:pid[:serial]`` of the scanner."""
+    mode: Literal["keyboard", "hidpos"] = "keyboard"
+    """``keyboard``: 8-byte boot reports decoded through ``layout``; ``hidpos``: usage page
+    0x8C scanned-data reports (report id 2) with AIM ids."""
+    interface: Annotated[int, Field(ge=0, le=15)] = 0
+    layout: Literal["us", "uk", "de", "fr"] = "us"
+    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
+    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
+    feedback: Literal["none", "honeywell"] = "none"
+    """``honeywell``: enable HID POS with feature report FE 01 and beep with ``FD`` reports."""
+
+    @field_validator("usb")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
 DeviceConfig = Annotated[
-    VirtualDeviceConfig | SerialDeviceConfig | IdCardDeviceConfig, Field(discriminator="driver")
+    VirtualDeviceConfig
+    | SerialDeviceConfig
+    | IdCardDeviceConfig
+    | WedgeDeviceConfig
+    | UsbHidDeviceConfig,
+    Field(discriminator="driver"),
 ]
 
 
@@ -230,16 +316,37 @@ class IdentityCheckConfig(_Section):
         return value
 
 
+class LocalApiConfig(_Section):
+    """The local POS/HIS interface (docs/local-api.md); off by default."""
+
+    enabled: bool = False
+    socket: Path | None = None
+    """Unix socket path; default ``<state_dir>/local.sock``."""
+    websocket_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    """Port of the WebSocket on 127.0.0.1; none: no WebSocket."""
+    token: Annotated[str | None, Field(min_length=16)] = None
+    token_file: Path | None = None
+    """File holding the token (preferred over ``token``: keeps it out of the config)."""
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> LocalApiConfig:
+        if self.enabled and self.token is None and self.token_file is None:
+            raise ValueError("local_api.enabled needs token or token_file")
+        return self
+
+
 class Config(_Section):
     """The whole daemon configuration (``/etc/scanfleet/scanfleet.toml``)."""
 
     identity: IdentityConfig = IdentityConfig()
     paths: PathsConfig = PathsConfig()
     broker: BrokerConfig = BrokerConfig()
+    publisher: PublisherConfig = PublisherConfig()
     journal: JournalConfig = JournalConfig()
     station: StationConfig = StationConfig()
     classify: ClassifyConfig = ClassifyConfig()
     identity_check: IdentityCheckConfig = IdentityCheckConfig()
+    local_api: LocalApiConfig = LocalApiConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @field_validator("devices")

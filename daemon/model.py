@@ -152,6 +152,13 @@ class Scan(BaseModel):
     identity_ref: str | None = Field(
         default=None, description="id of the identity_read record this scan is paired with."
     )
+    duplicate_of: int | None = Field(
+        default=None,
+        description="seq of this device's earlier scan of the same code for the same operation.",
+    )
+    expected: Literal["expected", "unexpected", "already_scanned"] | None = Field(
+        default=None, description="Against the bill's receiving manifest, when it has one."
+    )
     prev_hash: HashHex
     hash: HashHex
 

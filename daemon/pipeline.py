@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from scanfleet.daemon.alarms import AlarmSet
@@ -26,6 +27,7 @@ from scanfleet.daemon.errors import JournalError, JournalFullError
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
 from scanfleet.daemon.pairing import IdentityWindow, is_card_read
+from scanfleet.daemon.station import Station
 from scanfleet.drivers.base import Signal
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class Pipeline:
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.identity = IdentityWindow(config.identity_check)
         """The station's identity window (ID-card reads pair with controlled drugs)."""
+        self.station = Station(config, self._record, self._now_context, alarms=alarms)
+        """Operation, bill, operator and the per-scan checks (the runner adds the index)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
 
@@ -78,6 +82,7 @@ class Pipeline:
         """Use a reloaded configuration for the next reads."""
         self._config = config
         self.identity.update_config(config.identity_check)
+        self.station.update_config(config)
 
     def start(self) -> None:
         """Start the pipeline thread."""
@@ -114,20 +119,46 @@ class Pipeline:
         if is_card_read(read):
             # An ID-card read: its own record; it ends the previous customer's window.
             self.identity.close("next ID card read")
-            body = self.identity.identity_body(read, self._context(incoming, device))
-            verdict = Verdict(body["verdict"])
-        else:
-            result = classify(
-                read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
+            identity_body = self.identity.identity_body(read, self._context(incoming, device))
+            return self._commit(incoming, device, lambda: ([self._record(identity_body)], None))
+        result = classify(
+            read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
+        )
+        if self.station.is_control(result.value):
+            context = self._context(incoming, device)
+            return self._commit(
+                incoming,
+                device,
+                lambda: self.station.control_read(result.value, result.raw, context),
             )
-            verdict, reason = self._decide(result)
-            pairing = self.identity.pair(result, read.t_mono)
-            if verdict is Verdict.ACCEPTED and pairing.refusal is not None:
-                verdict, reason = Verdict.REFUSED, pairing.refusal
-            body = self._body(incoming, device, result, verdict, reason)
-            body["identity_ref"] = pairing.identity_ref
+        verdict, reason = self._decide(result)
+        pairing = self.identity.pair(result, read.t_mono)
+        if verdict is Verdict.ACCEPTED and pairing.refusal is not None:
+            verdict, reason = Verdict.REFUSED, pairing.refusal
+        body = self._body(incoming, device, result, verdict, reason)
+        body["identity_ref"] = pairing.identity_ref
+        fixed = device.operation is not None
+        return self._commit(
+            incoming, device, lambda: ([self.station.scan(body, fixed_operation=fixed)], None)
+        )
+
+    def _record(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Journal *body*, wake the publisher and tell the listeners (any record type)."""
+        record = self.journal.append(body)
+        self._wake_publisher()
+        for listener in self._listeners:
+            listener(record)
+        return record
+
+    def _commit(
+        self,
+        incoming: Incoming,
+        device: DeviceConfig,
+        write: Callable[[], tuple[list[dict[str, Any]], bool | None]],
+    ) -> dict[str, Any] | None:
+        """Run *write* (which journals); signal good only when it committed and was accepted."""
         try:
-            record = self.journal.append(body)
+            records, ok = write()
         except JournalFullError as err:
             self.counters.unrecorded += 1
             log.error("read from %s not recorded: %s", device.name, err)  # noqa: TRY400 - alarm raised by the journal
@@ -140,17 +171,16 @@ class Pipeline:
             self._feedback(incoming, Signal.BAD_READ)
             return None
         self._alarms.clear("journal_error")
-        if body["type"] == "identity_read" and verdict is Verdict.ACCEPTED:
-            self.identity.open(record["id"], read.t_mono)
-        if verdict is Verdict.ACCEPTED:
+        record = records[-1]
+        accepted = record.get("verdict") == str(Verdict.ACCEPTED) if ok is None else ok
+        if record["type"] == "identity_read" and accepted:
+            self.identity.open(record["id"], incoming.read.t_mono)
+        if accepted:
             self.counters.accepted += 1
             self._feedback(incoming, Signal.GOOD_READ)
         else:
             self.counters.refused += 1
             self._feedback(incoming, Signal.BAD_READ)
-        self._wake_publisher()
-        for listener in self._listeners:
-            listener(record)
         return record
 
     def _decide(self, result: ParseResult) -> tuple[Verdict, str | None]:
@@ -188,6 +218,7 @@ class Pipeline:
         """Fields every record carries: time, clock, source and station context."""
         read = incoming.read
         station = self._config.station
+        current = self.station.snapshot()
         return {
             "time": read.time.isoformat(),
             "clock": str(self._clock.sync_state()),
@@ -199,10 +230,19 @@ class Pipeline:
                 "port": read.port,
                 "vid_pid": read.vid_pid,
             },
-            "operation": str(device.operation or station.operation),
+            "operation": str(device.operation or current["operation"]),
             "station": station.name,
-            "bill": None,
-            "operator": station.operator,
+            "bill": current["bill"],
+            "operator": current["operator"],
+        }
+
+    def _now_context(self) -> dict[str, Any]:
+        """Time and clock fields of a record that no read caused (local API, remote)."""
+        return {
+            "time": datetime.now(UTC).isoformat(),
+            "clock": str(self._clock.sync_state()),
+            "t_mono": time.monotonic(),
+            "boot_id": self._boot_id,
         }
 
     def _feedback(self, incoming: Incoming, signal: Signal) -> None:

@@ -21,6 +21,7 @@ from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
+from scanfleet.daemon.duplicates import open_index, policy
 from scanfleet.daemon.errors import ConfigError
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
@@ -71,10 +72,16 @@ class Daemon:
             version=__version__,
             state_extra=self._state_extra,
             status_path=config.paths.state_dir / STATUS_FILE,
+            live_lane=config.publisher.live_lane,
+            max_batch_scans=config.publisher.max_batch_scans,
+            max_batch_bytes=config.publisher.max_batch_bytes,
         )
         self.pipeline = Pipeline(
             self.journal, config, self.alarms, wake_publisher=self.publisher.wake
         )
+        self.station = self.pipeline.station
+        """Operation, bill, operator: remote commands and the local API call its methods."""
+        self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.workers: dict[str, DeviceWorker] = {}
         self.ready = threading.Event()
         self._on_ready: list[Callable[[], None]] = []
@@ -143,7 +150,7 @@ class Daemon:
             return False
         unchangeable = [
             section
-            for section in ("identity", "paths", "broker", "journal")
+            for section in ("identity", "paths", "broker", "publisher", "journal")
             if getattr(new, section) != getattr(self.config, section)
         ]
         if unchangeable:
@@ -158,6 +165,8 @@ class Daemon:
                 self.workers.pop(name).stop()
         self.config = new.model_copy(update={s: getattr(self.config, s) for s in unchangeable})
         self.pipeline.update_config(self.config)
+        if self.station.index is not None:
+            self.station.index.configure(**policy(self.config))
         for name, device in new_devices.items():
             if name not in self.workers:
                 log.info("reload: binding %s", name)
@@ -175,6 +184,8 @@ class Daemon:
             worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.pipeline.stop(timeout=max(0.1, min(3.0, deadline - time.monotonic())))
         self.publisher.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
+        if self.station.index is not None:
+            self.station.index.close()
         self.journal.close()
         log.info("stopped")
 

@@ -14,7 +14,10 @@ from pydantic import BaseModel
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.model import ParseResult, Scan
+from scanfleet.daemon.manual import ManualEntry
 from scanfleet.daemon.pairing import IdentityRead
+from scanfleet.daemon.receiving import BillSummary
+from scanfleet.daemon.station import ControlRecord
 
 SCHEMA_BASE_ID = "https://scanfleet.invalid/schema/"
 """Base of the ``$id`` of each schema (an identifier, not a download address)."""
@@ -28,6 +31,9 @@ def message_models() -> dict[str, type[BaseModel]]:
         "scan-batch": ScanBatch,
         "state": DeviceState,
         "identity-read": IdentityRead,
+        "control": ControlRecord,
+        "bill-summary": BillSummary,
+        "manual-entry": ManualEntry,
         "enroll-request": EnrollRequest,
         "enroll-response": EnrollResponse,
     }
