@@ -7,6 +7,7 @@ configuration it needs (persistence, TLS, ACLs) and stops it afterwards.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -61,6 +62,9 @@ class Mosquitto:
             "max_queued_messages 0",
             "max_inflight_messages 0",
             f"log_dest file {self.log_path}",
+            # Started as root, mosquitto drops to user "mosquitto", which cannot write
+            # its persistence file into root's temporary directories.
+            "user root" if os.geteuid() == 0 else "",
             "log_type error",
             "log_type warning",
             "log_type notice",

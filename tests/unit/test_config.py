@@ -35,7 +35,7 @@ baudrate = 1234
 
 [[devices]]
 name = "b"
-driver = "usbhid"
+driver = "laserdisc"
 
 [[devices]]
 name = "c"
