@@ -24,7 +24,7 @@ from typing import Any
 from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import discovery, ssi
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
-from scanfleet.drivers.feedback import FeedbackPreset, preset_for
+from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
 from scanfleet.drivers.framing import Event, Frame, Framer, Reply, make_framer
 
 try:
@@ -39,6 +39,19 @@ BIND_REPLY_WAIT = 0.5
 """Seconds to collect a Honeywell menu reply after a bind command."""
 _HONEYWELL_MENU_REPLY = re.compile(rb"(?:\x16M\r)?[A-Z0-9]{3,}\d*([\x06\x05\x15])[.!]")
 _PARITY = {"none": "N", "even": "E", "odd": "O"}
+LATE_REPLY_WINDOW = 30.0
+"""Seconds after bind during which a late Honeywell menu reply is still recognised."""
+
+
+def _menu_replies(commands: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """Every reply a Honeywell scanner may give to *commands* (echo, status, terminator)."""
+    replies = []
+    for command in commands:
+        text = command.removeprefix(HONEYWELL_MENU_PREFIX).rstrip(b"!.")
+        for status in (b"\x06", b"\x05", b"\x15"):
+            for end in (b"!", b"."):
+                replies += [text + status + end, b"\x16M\r" + text + status + end]
+    return tuple(replies)
 
 
 class SerialDriver(Driver):
@@ -87,6 +100,9 @@ class SerialDriver(Driver):
         self._wlock = threading.Lock()  # writes to the port
         self._reads: collections.deque[Read] = collections.deque()
         self._last_presence_check = 0.0
+        self._late_replies: tuple[bytes, ...] = ()
+        self._late_buf = b""
+        self._late_until = 0.0
         super().__init__(config, on_problem=on_problem)
         try:
             self._bind()
@@ -144,8 +160,11 @@ class SerialDriver(Driver):
             del got[match.start() : match.end()]
         else:
             log.warning(
-                "%s: no reply to the beep-off command; the scanner may still beep", self.port
+                "%s: no reply to the beep-off command yet; the scanner may still beep", self.port
             )
+            # A late reply must not be glued to the first scan: expect it for a while.
+            self._late_replies = _menu_replies(commands)
+            self._late_until = time.monotonic() + LATE_REPLY_WINDOW
         if got:
             with self._lock:
                 events = self._framer.feed(bytes(got), time.monotonic())
@@ -176,10 +195,31 @@ class SerialDriver(Driver):
             if not ready:
                 self._check_present(now)
                 continue
-            data = self._os_read()
+            data = self._strip_late_reply(self._os_read())
+            if not data:
+                continue
             with self._lock:
                 events = self._framer.feed(data, time.monotonic())
             self._handle(events)
+
+    def _strip_late_reply(self, data: bytes) -> bytes:
+        """Remove a Honeywell menu reply that arrives after the bind wait gave up."""
+        if not self._late_replies:
+            return data
+        buf = self._late_buf + data
+        if time.monotonic() > self._late_until:
+            self._late_replies, self._late_buf = (), b""
+            return buf
+        for reply in self._late_replies:
+            if buf.startswith(reply):
+                log.info("%s: scanner answered the beep-off command (late)", self.port)
+                self._late_replies, self._late_buf = (), b""
+                return buf[len(reply) :]
+        if any(reply.startswith(buf) for reply in self._late_replies):
+            self._late_buf = buf  # could still become the reply: wait for more bytes
+            return b""
+        self._late_replies, self._late_buf = (), b""
+        return buf
 
     def _os_read(self) -> bytes:
         try:

@@ -31,7 +31,7 @@ import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from scanfleet.drivers import ssi
 from scanfleet.drivers.feedback import (
@@ -156,7 +156,10 @@ class SerialScannerSimulator:
         self._fd_lock = threading.Lock()
         self._generation = 0
         self.path = ""
+        self._started = False
         self._open_pty()
+        # Like a powered scanner, it answers host commands from the moment it exists.
+        self._spawn(self._rx_loop, "rx")
 
     # -- pty -------------------------------------------------------------------------
 
@@ -247,12 +250,16 @@ class SerialScannerSimulator:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=f"sim-scanner-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
     def start(self) -> Self:
-        """Start transmitting (once a host opens the port) and listening."""
-        for target, name in ((self._emit_loop, "emit"), (self._rx_loop, "rx")):
-            thread = threading.Thread(target=target, name=f"sim-scanner-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Start transmitting codes (once a host opens the port)."""
+        if not self._started:
+            self._started = True
+            self._spawn(self._emit_loop, "emit")
         return self
 
     def stop(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,24 @@ def test_every_framing_preset_delivers_the_simulated_mix(
         expected = [(s.frame, s.aim) for s in sim.sent]
         assert [(r.data, r.aim) for r in reads] == expected, framing
         assert len(sim.events("good_read")) == 100, framing
+
+
+def test_a_late_reply_to_the_beep_off_command_is_not_glued_to_the_first_scan() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    os.close(slave)
+    problems: list[DriverProblem] = []
+    try:
+        with open_driver(
+            serial_config(path, feedback="honeywell"), on_problem=problems.append
+        ) as d:
+            # Nobody answered during bind; now the scanner wakes up and answers, then scans.
+            assert os.read(master, 64) == bytes.fromhex("164d0d") + b"BEPBEP0!"
+            os.write(master, b"BEPBEP0\x06!")
+            os.write(master, b"]C083711700173703755001\r")
+            reads = read_n(d, 1, timeout=10, signal=False)
+    finally:
+        os.close(master)
+    assert [r.data for r in reads] == [b"]C083711700173703755001\r"]
+    assert problems == []
