@@ -20,6 +20,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "serial": ("scanfleet.drivers.serial", "SerialDriver"),
     "idcard_serial": ("scanfleet.drivers.idcard.serial", "IdCardSerialDriver"),
     "idcard_usb": ("scanfleet.drivers.idcard.usbhid", "IdCardUsbDriver"),
+    "evdev": ("scanfleet.drivers.wedge.evdev", "EvdevWedgeDriver"),
+    "usbhid": ("scanfleet.drivers.usbhid", "UsbHidDriver"),
 }
 
 

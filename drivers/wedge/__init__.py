@@ -1,0 +1,1 @@
+"""Keyboard-wedge scanners: key events decoded into scans (evdev driver, shared decoder)."""
