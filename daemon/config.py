@@ -322,8 +322,8 @@ class LocalApiConfig(_Section):
     enabled: bool = False
     socket: Path | None = None
     """Unix socket path; default ``<state_dir>/local.sock``."""
-    websocket_port: Annotated[int | None, Field(ge=1, le=65535)] = None
-    """Port of the WebSocket on 127.0.0.1; none: no WebSocket."""
+    websocket_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    """Port of the WebSocket on 127.0.0.1; none: no WebSocket; 0: any free port."""
     token: Annotated[str | None, Field(min_length=16)] = None
     token_file: Path | None = None
     """File holding the token (preferred over ``token``: keeps it out of the config)."""

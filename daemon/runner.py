@@ -25,6 +25,7 @@ from scanfleet.daemon.duplicates import open_index, policy
 from scanfleet.daemon.errors import ConfigError
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.local_api import LocalApi
 from scanfleet.daemon.pipeline import Pipeline
 from scanfleet.daemon.publisher import Publisher
 from scanfleet.daemon.status import STATUS_FILE
@@ -82,6 +83,10 @@ class Daemon:
         self.station = self.pipeline.station
         """Operation, bill, operator: remote commands and the local API call its methods."""
         self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
+        self.local_api: LocalApi | None = None
+        if config.local_api.enabled:
+            self.local_api = LocalApi(self.station, config.local_api, config.paths.state_dir)
+            self.pipeline.add_listener(self.local_api.on_record)
         self.workers: dict[str, DeviceWorker] = {}
         self.ready = threading.Event()
         self._on_ready: list[Callable[[], None]] = []
@@ -122,6 +127,8 @@ class Daemon:
         )
         self.pipeline.start()
         self.publisher.start()
+        if self.local_api is not None:
+            self.local_api.start()
         for device in self.config.devices:
             self._start_worker(device)
         if not self.config.devices:
@@ -183,6 +190,8 @@ class Daemon:
         for worker in self.workers.values():
             worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.pipeline.stop(timeout=max(0.1, min(3.0, deadline - time.monotonic())))
+        if self.local_api is not None:
+            self.local_api.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.publisher.stop(timeout=max(0.1, deadline - time.monotonic() - 0.5))
         if self.station.index is not None:
             self.station.index.close()
