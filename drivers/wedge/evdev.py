@@ -201,9 +201,9 @@ class EvdevWedgeDriver(Driver):
                 break
         arrived = time.monotonic()
         for event in InputEvent.unpack_all(bytes(data)):
-            # Kernel stamps are CLOCK_MONOTONIC after EVIOCSCLOCKID; anything else
-            # (an old kernel's realtime stamps) falls back to the arrival time.
-            t = event.t if event.t <= arrived + 1 else arrived
+            # Kernel stamps are CLOCK_MONOTONIC after EVIOCSCLOCKID and never in the
+            # future; anything later (realtime stamps if the ioctl failed) is clamped.
+            t = min(event.t, arrived)
             self._handle(self._decoder.event(event.type, event.code, event.value, t))
 
     def _handle(self, events: list[Frame | DriverProblem]) -> None:

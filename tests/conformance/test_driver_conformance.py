@@ -8,19 +8,22 @@ wire problems, and DeviceGoneError for an absent or unplugged device.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import SerialDeviceConfig, VirtualDeviceConfig
+from scanfleet.daemon.config import SerialDeviceConfig, VirtualDeviceConfig, WedgeDeviceConfig
 from scanfleet.daemon.errors import DeviceGoneError
-from scanfleet.drivers import open_driver, virtual
+from scanfleet.drivers import keymaps, open_driver, virtual
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
+from scanfleet.drivers.wedge import trace as key_trace
 
 TRACE = b"83711700173703755001"
 BAD_READ = b"\x1b8"  # what the serial harnesses configure as their bad-read bytes
@@ -114,16 +117,80 @@ class SerialHarness:
         self.sim.stop()
 
 
-HARNESSES = ["virtual", "cr", "lf", "crlf", "suffix", "stx_etx", "idle", "honeywell_packet", "ssi"]
+class EvdevFifoHarness:
+    """The evdev driver reading real ``struct input_event`` records from a FIFO.
+
+    Key events are typed as a US-layout scanner types them (2 ms per key, stamped with
+    the monotonic clock as the kernel's EVIOCSCLOCKID would). A wedge scanner has no
+    feedback channel; grabbing and ioctls are exercised in the HIL tests.
+    """
+
+    feedback = False
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "usb-sim-scanner-event-kbd"
+        os.mkfifo(self.path)
+        # O_RDWR keeps a writer on the FIFO from the start (no EOF before the first key).
+        self._writer: int | None = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        self.config: Any = WedgeDeviceConfig(name="w", driver="evdev", path=str(self.path))
+        self.tmp_path = tmp_path
+
+    def open(self, problems: list[DriverProblem] | None = None) -> Driver:
+        return open_driver(self.config, on_problem=None if problems is None else problems.append)
+
+    def _write(self, events: list[key_trace.InputEvent]) -> None:
+        assert self._writer is not None
+        os.write(self._writer, b"".join(e.pack() for e in events))
+
+    def send(self, data: bytes) -> bytes:
+        events = key_trace.type_text(keymaps.US, data.decode())
+        now = time.monotonic()  # stamps end now, as the kernel's would have
+        self._write([replace(e, t=now - events[-1].t + e.t) for e in events])
+        return data + b"\r"
+
+    def garbage(self) -> None:
+        f1 = 59  # a key with no character: the scan it belongs to is dropped
+        keys = [(frozenset[int](), f1), (frozenset[int](), keymaps.KEY_ENTER)]
+        self._write(key_trace.tap(keys, time.monotonic() - 0.01, 0.002)[0])
+
+    def signals(self) -> list[Signal]:
+        return []
+
+    def unplug(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+    def absent_config(self) -> Any:
+        return self.config.model_copy(update={"path": str(self.tmp_path / "no-such-event")})
+
+    def close(self) -> None:
+        self.unplug()
+
+
+HARNESSES = [
+    "virtual",
+    "evdev_fifo",
+    "cr",
+    "lf",
+    "crlf",
+    "suffix",
+    "stx_etx",
+    "idle",
+    "honeywell_packet",
+    "ssi",
+]
 
 
 @pytest.fixture(params=HARNESSES)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    made: Any = (
-        VirtualHarness(tmp_path)
-        if request.param == "virtual"
-        else SerialHarness(tmp_path, request.param)
-    )
+    made: Any
+    if request.param == "virtual":
+        made = VirtualHarness(tmp_path)
+    elif request.param == "evdev_fifo":
+        made = EvdevFifoHarness(tmp_path)
+    else:
+        made = SerialHarness(tmp_path, request.param)
     yield made
     made.close()
 
@@ -193,6 +260,12 @@ def test_fileno_is_a_descriptor_or_none(harness: Any) -> None:
 
 
 def test_good_and_bad_read_signals_reach_the_device_in_order(harness: Any) -> None:
+    if not getattr(harness, "feedback", True):
+        with harness.open() as driver:
+            driver.signal(Signal.GOOD_READ)  # accepted and ignored: no feedback channel
+            driver.signal(Signal.BAD_READ)
+        assert harness.signals() == []
+        return
     with harness.open() as driver:
         harness.send(TRACE)
         read_one(driver)
