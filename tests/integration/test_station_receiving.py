@@ -129,9 +129,12 @@ def test_receiving_bill_checks_manifest_duplicates_and_summarises_at_the_broker(
         (UNIT_A, "refused", "already_scanned", unit_a.seq),
         (CASE_UNITS[1], "refused", "already_scanned", None),
     ]
-    assert scans[2].reason and "not on the bill's manifest" in scans[2].reason
-    assert scans[3].reason and "duplicate scan" in scans[3].reason
-    assert scans[4].reason and f"seq {case_scan.seq}" in scans[4].reason
+    assert scans[2].reason
+    assert "not on the bill's manifest" in scans[2].reason
+    assert scans[3].reason
+    assert "duplicate scan" in scans[3].reason
+    assert scans[4].reason
+    assert f"seq {case_scan.seq}" in scans[4].reason
 
     assert summary.status == "differences"
     assert summary.bill == "RK-2026-001"
@@ -194,7 +197,8 @@ def test_exempt_entries_by_control_barcode_are_journaled_never_as_scans(
         "B7",
         3,
     )
-    assert str(entry.expiry) == "2027-01-31" and entry.product == "dangshen"
+    assert str(entry.expiry) == "2027-01-31"
+    assert entry.product == "dangshen"
     assert entry.origin == "barcode"
     refused = [ControlRecord.model_validate(r) for r in records[1:]]
     assert [(c.action, c.verdict) for c in refused] == [

@@ -1,0 +1,119 @@
+"""The Station's plain methods (what remote commands and the local API call): each change
+is journaled as a control record; manifests may be pushed; entries are never scans."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.config import Config
+from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.manual import Category, EntryRequest, parse_entry
+from scanfleet.daemon.model import Operation
+from scanfleet.daemon.receiving import Manifest
+from scanfleet.daemon.station import ControlRecord, Station, StationError
+
+CODE = "83711700200000000051"
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "journal.sqlite3", "dev-1") as j:
+        yield j
+
+
+def _station(journal: Journal, alarms: AlarmSet | None = None, **station: Any) -> Station:
+    config = Config.model_validate({"station": {"name": "s1", **station}})
+
+    def now() -> dict[str, Any]:
+        return {
+            "time": datetime.now(UTC).isoformat(),
+            "clock": "unknown",
+            "t_mono": 1.0,
+            "boot_id": None,
+        }
+
+    return Station(config, journal.append, now, alarms=alarms)
+
+
+def _scan_body(code: str) -> dict[str, Any]:
+    return {
+        "schema": "scanfleet.scan/1",
+        "type": "scan",
+        "value": code,
+        "verdict": "accepted",
+        "reason": None,
+    }
+
+
+def test_every_change_is_a_journaled_control_record(journal: Journal) -> None:
+    station = _station(journal)
+    op = station.set_operation("receiving", origin="remote")
+    (bill,) = station.set_bill("RK-9")
+    operator = station.set_operator("li")
+    for record in (op, bill, operator):
+        ControlRecord.model_validate(record)
+    assert (op["origin"], op["operation"], op["bill"]) == ("remote", "receiving", None)
+    assert (bill["action"], bill["bill"]) == ("bill", "RK-9")
+    assert station.snapshot() == {"operation": "receiving", "bill": "RK-9", "operator": "li"}
+    assert journal.last_seq == 3
+
+
+def test_bad_changes_are_refused_without_a_record(journal: Journal) -> None:
+    station = _station(journal)
+    with pytest.raises(StationError, match="unknown operation"):
+        station.set_operation("teleport")
+    with pytest.raises(StationError, match="bad bill number"):
+        station.set_bill("a b")
+    with pytest.raises(StationError, match="no bill is open"):
+        station.end_bill()
+    assert journal.last_seq == 0
+
+
+def test_a_pushed_manifest_applies_to_its_bill_and_a_new_bill_ends_the_old(
+    journal: Journal,
+) -> None:
+    alarms = AlarmSet()
+    station = _station(journal, alarms, operation="receiving")
+    station.load_manifest(Manifest(bill="RK-1", items=[{"code": CODE}]))  # type: ignore[list-item]
+    station.set_bill("RK-1")
+    refused = station.scan(_scan_body("83711700200000000099"), fixed_operation=False)
+    assert (refused["verdict"], refused["expected"]) == ("refused", "unexpected")
+    records = station.set_bill("RK-2")
+    assert [r["type"] for r in records] == ["control", "bill_summary", "control"]
+    summary = records[1]
+    assert summary["status"] == "differences"
+    assert summary["missing"] == [{"code": CODE, "quantity": 1}]
+    assert "bill_differences" not in alarms  # the new bill cleared it
+    accepted = station.scan(_scan_body(CODE), fixed_operation=False)
+    assert (accepted["verdict"], accepted["bill"], accepted.get("expected")) == (
+        "accepted",
+        "RK-2",
+        None,
+    )
+
+
+def test_a_manual_entry_is_exempt_or_manual_and_never_a_scan(journal: Journal) -> None:
+    station = _station(journal)
+    entry = station.manual_entry(EntryRequest(category=Category.HOSPITAL_PREP, quantity=4))
+    assert (entry["type"], entry["kind"], entry["quantity"]) == ("manual_entry", "exempt", 4)
+    uncoded = station.manual_entry(parse_entry("无码;qty=2;batch=X1"))
+    assert (uncoded["kind"], uncoded["category"], uncoded["batch"]) == ("manual", "uncoded", "X1")
+    with pytest.raises(ValueError, match="quantity"):
+        parse_entry("herbal;qty=0")
+    with pytest.raises(ValueError, match="herbs"):
+        parse_entry("herbs;qty=1")
+
+
+def test_a_reload_changes_the_operation_only_when_the_config_changed_it(journal: Journal) -> None:
+    station = _station(journal)
+    station.set_operation(Operation.DISPENSE)
+    station.update_config(Config.model_validate({"station": {"name": "s1", "operator": "x"}}))
+    assert station.operation is Operation.DISPENSE
+    station.update_config(Config.model_validate({"station": {"operation": "stocktake"}}))
+    assert station.operation is Operation.STOCKTAKE
