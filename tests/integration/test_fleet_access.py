@@ -74,7 +74,7 @@ def test_device_publishes_only_to_its_own_topics(
     broker: FleetBroker, fleet: Fleet, creds: dict[str, Credentials], clients: list[TLSClient]
 ) -> None:
     a = connect(broker, fleet, clients, creds["a"], "dev-a")
-    assert a.connected()
+    assert a.connected(), a.error
     for suffix in ("scans", "state", "health", "config/reported", "cmd/status/response"):
         assert a.publish(f"{A}/{suffix}", b"{}") < 0x80, suffix
         assert a.publish(f"{B}/{suffix}", b"{}") == NOT_AUTHORIZED, suffix
@@ -90,9 +90,9 @@ def test_device_cannot_read_another_devices_config_or_commands(
     a = connect(broker, fleet, clients, creds["a"], "dev-a")
     b = connect(broker, fleet, clients, creds["b"], "dev-b")
     ops = connect(broker, fleet, clients, creds["fleet"], "ops")
-    assert a.connected()
-    assert b.connected()
-    assert ops.connected()
+    assert a.connected(), a.error
+    assert b.connected(), b.error
+    assert ops.connected(), ops.error
     # mosquitto 2.0 grants SUBACKs it then never delivers on: what counts is what arrives.
     for topic in (f"{B}/config", f"{B}/cmd/+", "scanfleet/v1/+/+/scans", "#"):
         a.subscribe(topic)
@@ -118,8 +118,8 @@ def test_backend_reads_every_devices_scans_but_cannot_command_or_configure(
 ) -> None:
     backend = connect(broker, fleet, clients, creds["backend"], "backend")
     a = connect(broker, fleet, clients, creds["a"], "dev-a")
-    assert backend.connected()
-    assert a.connected()
+    assert backend.connected(), backend.error
+    assert a.connected(), a.error
     backend.subscribe("scanfleet/v1/+/+/scans")
     assert a.publish(f"{A}/scans", b"batch") < 0x80
     assert backend.wait(lambda: backend.messages == [(f"{A}/scans", b"batch")])
@@ -138,7 +138,7 @@ def test_plain_tcp_and_certificateless_clients_are_refused_on_the_device_listene
     assert not no_cert.connected()
     # Positive control: the same listener accepts a certified device.
     good = connect(broker, fleet, clients, fleet.device("site-1", "dev-c"), "dev-c")
-    assert good.connected()
+    assert good.connected(), good.error
 
 
 def test_certificate_from_another_ca_is_refused(
@@ -153,21 +153,21 @@ def test_revoked_certificate_cannot_connect(
     broker: FleetBroker, fleet: Fleet, creds: dict[str, Credentials], clients: list[TLSClient]
 ) -> None:
     before = connect(broker, fleet, clients, creds["b"], "dev-b")
-    assert before.connected()
+    assert before.connected(), before.error
     before.close()
     fleet.ca.revoke(creds["b"].serial, "key_compromise")
     broker.reload()  # SIGHUP: mosquitto 2.0.11 reloads the crlfile
     after = connect(broker, fleet, clients, creds["b"], "dev-b-again")
     assert not after.connected()
     other = connect(broker, fleet, clients, creds["a"], "dev-a")
-    assert other.connected()
+    assert other.connected(), other.error
 
 
 def test_enrollment_listener_allows_nothing_but_own_enrollment_topics(
     broker: FleetBroker, fleet: Fleet, creds: dict[str, Credentials], clients: list[TLSClient]
 ) -> None:
     anon = connect(broker, fleet, clients, None, "enroll-x", port=broker.enroll_port)
-    assert anon.connected()
+    assert anon.connected(), anon.error
     assert anon.publish("scanfleet/v1/enroll/enroll-x/request", b"{}") < 0x80
     for topic in (
         "scanfleet/v1/enroll/enroll-y/request",
@@ -183,7 +183,7 @@ def test_enrollment_listener_allows_nothing_but_own_enrollment_topics(
         anon.subscribe(topic)
     anon.subscribe("scanfleet/v1/enroll/enroll-x/response")
     ops = connect(broker, fleet, clients, creds["fleet"], "ops")
-    assert ops.connected()
+    assert ops.connected(), ops.error
     assert ops.publish(f"{A}/config", b"secret-config") < 0x80
     assert ops.publish("scanfleet/v1/enroll/enroll-y/response", b"for-y") < 0x80
     assert ops.publish("scanfleet/v1/enroll/enroll-x/response", b"for-x") < 0x80
@@ -200,7 +200,7 @@ def test_username_claimed_on_the_enrollment_listener_grants_nothing(
         broker.enroll_port, fleet.ca_file, None, client_id="spoof2", username="site-1/dev-a"
     )
     clients.append(named)
-    assert named.connected()
+    assert named.connected(), named.error
     assert named.publish(f"{A}/scans", b"forged") == NOT_AUTHORIZED
 
 
@@ -217,4 +217,4 @@ def test_expired_crl_locks_devices_out_until_it_is_renewed(
     assert not fleet.ca.crl_due()
     broker.reload()
     back = connect(broker, fleet, clients, creds["a"], "dev-a-again")
-    assert back.connected()
+    assert back.connected(), back.error

@@ -114,7 +114,7 @@ def test_it_staff_enroll_a_terminal_list_it_and_revoke_it(
     terminal = TLSClient(
         int(str(device_port)), Path(fleet) / "ca" / "ca.pem", creds, client_id=device
     )
-    assert terminal.connected()
+    assert terminal.connected(), terminal.error
     state = DeviceState.model_validate(
         {"device": device, "site": "clinic-3", "online": True, "version": "0.1.0",
          "boot_id": None, "time": "2026-01-01T00:00:00Z",

@@ -110,7 +110,7 @@ def test_device_enrolls_with_a_claim_and_publishes_scans(
     assert identity == Identity(SITE, "sf-000000000001")
     assert not (config.paths.state_dir / CLAIM_FILE).exists(), "a used claim is removed"
     assert config.broker.url == f"mqtts://127.0.0.1:{broker.port}"
-    assert backend.connected()
+    assert backend.connected(), backend.error
     backend.subscribe("scanfleet/v1/+/+/scans")
 
     # The daemon's own MQTT adapter, with the BrokerConfig enrollment returned.
@@ -138,7 +138,7 @@ def test_device_key_is_made_on_the_device_0600_and_never_sent(
 ) -> None:
     spy = TLSClient(broker.port, fleet.ca_file, fleet.role(Role.FLEET, "spy"), client_id="spy")
     broker.reload()
-    assert spy.connected()
+    assert spy.connected(), spy.error
     spy.subscribe("scanfleet/v1/enroll/+/request")
     config, _ = enroll(tmp_path, fleet, broker, "sf-000000000002")
 
@@ -249,7 +249,7 @@ def test_certificate_is_renewed_before_expiry_with_a_new_key(
         _creds(tls),
         client_id=identity.device,
     )
-    assert client.connected()
+    assert client.connected(), client.error
     client.close()
 
 

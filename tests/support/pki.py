@@ -95,6 +95,8 @@ class FleetBroker(Mosquitto):
         super().__init__(executable, workdir)
         self.fleet = fleet
         self.enroll_port = free_port()
+        while self.enroll_port == self.port:
+            self.enroll_port = free_port()
         self.layout = BrokerLayout(
             device_port=self.port,
             enroll_port=self.enroll_port,
@@ -110,6 +112,20 @@ class FleetBroker(Mosquitto):
         """Write the product-generated configuration (regenerated on every start/reload)."""
         files = write_broker_config(self.fleet.ca, self.workdir / "conf", self.layout)
         self.conf_path = files.conf
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start, and wait until *both* listeners are open (mosquitto logs "running").
+
+        The base class only probes the first port; a second listener that failed to
+        bind (a port taken meanwhile) makes mosquitto exit just after that probe.
+        """
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        while " running" not in self.log():
+            if not self.running or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not come up: {self.log()}")
+            time.sleep(0.02)
 
     def reload(self, timeout: float = 10.0) -> None:
         """SIGHUP with a regenerated config, and wait until mosquitto has reloaded.
@@ -199,7 +215,7 @@ class TLSClient:
             self.messages.append((msg.topic, bytes(msg.payload)))
             self._cond.notify_all()
 
-    def wait(self, predicate: Any, timeout: float = 10.0) -> bool:
+    def wait(self, predicate: Any, timeout: float = 30.0) -> bool:
         """Wait until *predicate()* holds."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -210,20 +226,20 @@ class TLSClient:
                 self._cond.wait(min(left, 0.1))
             return True
 
-    def connected(self, timeout: float = 10.0) -> bool:
+    def connected(self, timeout: float = 30.0) -> bool:
         """True after a successful CONNACK; False when refused or the TLS handshake failed."""
         self.wait(lambda: self.connack is not None or self.error is not None, timeout)
         return self.connack is not None and not self.connack.is_failure
 
     def publish(
-        self, topic: str, payload: bytes, timeout: float = 10.0, *, retain: bool = False
+        self, topic: str, payload: bytes, timeout: float = 30.0, *, retain: bool = False
     ) -> int:
         """QoS 1 publish; return the PUBACK reason code."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         assert self.wait(lambda: info.mid in self.pubacks, timeout), f"no PUBACK for {topic}"
         return self.pubacks[info.mid]
 
-    def subscribe(self, topic: str, timeout: float = 10.0) -> None:
+    def subscribe(self, topic: str, timeout: float = 30.0) -> None:
         """QoS 1 subscribe and wait for the SUBACK."""
         before = self.subscribed
         self.client.subscribe(topic, qos=1)
