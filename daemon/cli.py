@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.export",
     "scanfleet.daemon.commands.enroll",
     "scanfleet.daemon.commands.fleet",
+    "scanfleet.daemon.commands.local",
 )
 
 

@@ -123,6 +123,11 @@ class LocalApi:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="local-api", daemon=True)
 
+    @property
+    def client_count(self) -> int:
+        """Clients connected and past hello."""
+        return len(self._clients)
+
     # -- life cycle (called from other threads) -----------------------------------
 
     def start(self, timeout: float = 10.0) -> None:
