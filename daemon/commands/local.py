@@ -11,8 +11,9 @@ import json
 import os
 import socket
 import sys
+from io import BufferedIOBase
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
@@ -90,7 +91,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | None:
     return None  # watch
 
 
-def _send(stream: IO[bytes], message: dict[str, Any]) -> None:
+def _send(stream: BufferedIOBase, message: dict[str, Any]) -> None:
     stream.write(json.dumps(message, ensure_ascii=False).encode() + b"\n")
     stream.flush()
 
