@@ -29,26 +29,20 @@ import threading
 import time
 import tty
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from scanfleet.drivers import ssi
-from scanfleet.drivers.feedback import (
-    HONEYWELL_BEEP,
-    HONEYWELL_MENU_PREFIX,
-    SSI_BAD_READ_BEEP,
-    SSI_GOOD_READ_BEEP,
-)
 from scanfleet.drivers.framing import TERMINATORS
 from scanfleet.drivers.sim.codes import CodeSample, generate_sample
+from scanfleet.drivers.sim.wire import FeedbackEvent, HostBytes, encode_frame
+
+__all__ = ["FeedbackEvent", "SentCode", "SerialScannerSimulator"]
 
 log = logging.getLogger(__name__)
 
 FRAMINGS = ("cr", "lf", "crlf", "suffix", "stx_etx", "idle", "honeywell_packet", "ssi")
-HONEYWELL_CODE_ID = {"]C0": b"j", "]C1": b"I", "]E0": b"d", "]E4": b"D", "]d1": b"w",
-                     "]d2": b"w", "]Q1": b"s", "]Q3": b"s", "]e0": b"y"}  # fmt: skip
-"""Honeywell code ids (enioka_scan SymbologyId) for the AIM ids the code mix uses."""
 
 
 @dataclass(frozen=True)
@@ -66,16 +60,6 @@ class SentCode:
     t: float
     acked: bool = True
     """SSI: the host acknowledged every packet (False when the scanner gave up)."""
-
-
-@dataclass(frozen=True)
-class FeedbackEvent:
-    """Something the host sent, parsed: ``good_read``, ``bad_read``, ``beep_off``,
-    ``ack``, ``nak``, ``param``, ``menu``, ``beep`` or ``unknown``."""
-
-    t: float
-    kind: str
-    data: bytes
 
 
 @dataclass
@@ -131,12 +115,9 @@ class SerialScannerSimulator:
         self.ack_timeout = ack_timeout
         self.settle = settle
         self.sent: list[SentCode] = []
-        self.feedback: list[FeedbackEvent] = []
         self.received: list[tuple[float, bytes]] = []
-        self.own_beep = True
-        """The scanner's own decode beep; the host turns it off at bind."""
-        self.naks_received = 0
         self.retransmissions = 0
+        self._host = HostBytes(framing == "ssi", good_read, bad_read)
         self._codes = list(codes) if codes is not None else None
         self._auto = auto
         self._manual: queue.Queue[CodeSample] = queue.Queue()
@@ -149,7 +130,6 @@ class SerialScannerSimulator:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._rx = bytearray()
         self._idle = True
         self._emitting = False
         self._master = -1
@@ -236,7 +216,7 @@ class SerialScannerSimulator:
             if self._master < 0:
                 self._open_pty()
         with self._lock:
-            self._rx.clear()
+            self._host.clear()
             self._lock.notify_all()
 
     def _host_present(self) -> bool:
@@ -296,6 +276,21 @@ class SerialScannerSimulator:
                     return False
                 self._lock.wait(min(remaining, 0.2))
         return True
+
+    @property
+    def feedback(self) -> list[FeedbackEvent]:
+        """Everything the host sent, parsed, oldest first (live list; copy under ``_lock``)."""
+        return self._host.events
+
+    @property
+    def own_beep(self) -> bool:
+        """The scanner's own decode beep; the host turns it off at bind."""
+        return self._host.own_beep
+
+    @property
+    def naks_received(self) -> int:
+        """SSI NAKs the host sent for the scanner's packets."""
+        return self._host.naks
 
     def events(self, kind: str) -> list[FeedbackEvent]:
         """Feedback events of one kind."""
@@ -396,43 +391,19 @@ class SerialScannerSimulator:
         if self.framing == "ssi":
             self._emit_ssi(index, sample)
             return
-        data = sample.raw(aim=self.aim)
+        # Honeywell packet mode carries the AIM id in its header, never in the data.
+        data = sample.data if self.framing == "honeywell_packet" else sample.raw(aim=self.aim)
         clean = True
-        if self._every(a.overlong_every, index) and self.framing not in ("honeywell_packet",):
-            data = (b"9" * a.overlong_length)[: a.overlong_length]
+        if self._every(a.overlong_every, index) and self.framing != "honeywell_packet":
+            data = b"9" * a.overlong_length
             clean = False
-        frame, aim = self._frame(data, sample)
+        wire, expected, aim = encode_frame(self.framing, data, sample.aim, self.suffix)
         if clean and self._every(a.wrong_terminator_every, index) and self.framing in TERMINATORS:
             wrong = b"\n" if self.framing == "cr" else b"\r"
-            frame = frame[: -len(TERMINATORS[self.framing])] + wrong
+            wire = expected = wire[: -len(TERMINATORS[self.framing])] + wrong
             clean = False
-        self._write(frame)
-        self._record(
-            SentCode(index, sample, self._expected(frame, data), aim, clean, time.monotonic())
-        )
-
-    def _frame(self, data: bytes, sample: CodeSample) -> tuple[bytes, str | None]:
-        if self.framing in TERMINATORS:
-            return data + TERMINATORS[self.framing], None
-        if self.framing == "suffix":
-            return data + self.suffix, None
-        if self.framing == "stx_etx":
-            return b"\x02" + data + b"\x03", None
-        if self.framing == "idle":
-            return data, None
-        # Honeywell packet mode carries the AIM id in the header, never in the data.
-        code_id = HONEYWELL_CODE_ID.get(sample.aim, b"j")
-        body = sample.data + b"\r"
-        payload = (
-            b"MSGGET" + b"%04d" % len(body) + code_id + sample.aim[1:3].encode() + b"\x1d" + body
-        )
-        header = b"\x16\xfe" + len(payload).to_bytes(4, "little") + b"\r"
-        return header + payload, sample.aim
-
-    def _expected(self, frame: bytes, data: bytes) -> bytes:
-        if self.framing == "honeywell_packet":
-            return frame[7 + 14 : -1]
-        return frame
+        self._write(wire)
+        self._record(SentCode(index, sample, expected, aim, clean, time.monotonic()))
 
     def _emit_ssi(self, index: int, sample: CodeSample) -> None:
         symbology = ssi.AIM_TO_SYMBOLOGY.get(sample.aim, 0x03)
@@ -533,108 +504,16 @@ class SerialScannerSimulator:
             now = time.monotonic()
             with self._lock:
                 self.received.append((now, data))
-                self._rx += data
-                self._parse(now)
+                replies = self._host.feed(data, now)
+                for answer in self._host.acks:
+                    self._acks.put(answer)
+                self._host.acks.clear()
                 self._lock.notify_all()
-
-    def _event(self, now: float, kind: str, data: bytes | bytearray) -> None:
-        self.feedback.append(FeedbackEvent(now, kind, bytes(data)))
-
-    def _parse(self, now: float) -> None:
-        if self.framing == "ssi":
-            self._parse_ssi(now)
-        else:
-            self._parse_plain(now)
-
-    def _parse_ssi(self, now: float) -> None:
-        buf = self._rx
-        while buf:
-            length = buf[0]
-            if length < 4:
-                self._event(now, "unknown", buf[:1])
-                del buf[0]
-                continue
-            if len(buf) < length + 2:
-                return
-            packet = bytes(buf[: length + 2])
-            del buf[: length + 2]
-            if not ssi.checksum_ok(packet):
-                self._event(now, "unknown", packet)
-                self._reply(ssi.nak(source=ssi.SOURCE_DECODER))
-                continue
-            opcode, data = packet[1], packet[4:-2]
-            if opcode == ssi.CMD_ACK:
-                self._event(now, "ack", packet)
-                self._acks.put("ack")
-                continue
-            if opcode == ssi.CMD_NAK:
-                self._event(now, "nak", packet)
-                self.naks_received += 1
-                self._acks.put("nak")
-                continue
-            if opcode == ssi.BEEP and data:
-                kind = {SSI_GOOD_READ_BEEP: "good_read", SSI_BAD_READ_BEEP: "bad_read"}
-                self._event(now, kind.get(data[0], "beep"), packet)
-            elif opcode == ssi.PARAM_SEND:
-                pairs = dict(zip(data[1::2], data[2::2], strict=False))
-                if pairs.get(ssi.PARAM_BEEP_AFTER_GOOD_DECODE) == 0:
-                    self.own_beep = False
-                    self._event(now, "beep_off", packet)
-                else:
-                    self._event(now, "param", packet)
-            else:
-                self._event(now, "unknown", packet)
-            self._reply(ssi.ack(source=ssi.SOURCE_DECODER))
-
-    def _parse_plain(self, now: float) -> None:
-        buf = self._rx
-        patterns = [
-            (b, k) for b, k in ((self.good_read, "good_read"), (self.bad_read, "bad_read")) if b
-        ]
-        patterns.append((HONEYWELL_BEEP, "good_read"))
-        while buf:
-            matched = False
-            for pattern, kind in patterns:
-                if buf.startswith(pattern):
-                    self._event(now, kind, pattern)
-                    del buf[: len(pattern)]
-                    matched = True
-                    break
-                if pattern.startswith(bytes(buf)):
-                    return  # a prefix: wait for the rest
-            if matched:
-                continue
-            if buf.startswith(HONEYWELL_MENU_PREFIX) or HONEYWELL_MENU_PREFIX.startswith(
-                bytes(buf)
-            ):
-                end = min((i for i in (buf.find(b"!"), buf.find(b".")) if i >= 0), default=-1)
-                if end < 0:
-                    return
-                command = bytes(buf[len(HONEYWELL_MENU_PREFIX) : end])
-                del buf[: end + 1]
-                if command == b"BEPBEP0":
-                    self.own_beep = False
-                    self._event(now, "beep_off", command)
-                else:
-                    self._event(now, "menu", command)
-                # Honeywell replies with the command, ACK (06) and the terminator.
-                self._reply(command + b"\x06!")
-                continue
-            self._event(now, "unknown", buf[:1])
-            del buf[0]
+            for reply in replies:
+                self._reply(reply)
 
     def _reply(self, data: bytes) -> None:
         try:
             self._write(data)
         except OSError as err:
             log.debug("simulated scanner: reply failed: %s", err)
-
-
-@dataclass
-class SimSummary:
-    """Counts for ``scanfleet simulate serial`` output."""
-
-    sent: int = 0
-    good_reads: int = 0
-    bad_reads: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
