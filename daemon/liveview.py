@@ -13,8 +13,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.stationview import record_line, station_lines
 
 _CLEAR = "\x1b[H\x1b[2J"
 _GREEN = "\x1b[32m"
@@ -52,20 +52,14 @@ class LiveView:
             "devices: "
             + (", ".join(f"{n} {s}" for n, s in d.device_states().items()) or "none configured"),
             "",
+            *station_lines(d.station.status()),
+            "",
             f"{'seq':>7}  {'time':8}  {'kind':18}  {'verdict':8}  value",
         ]
         with self._lock:
             recent = list(self._recent)
         for rec in reversed(recent):
-            colour = _GREEN if rec.get("verdict") == "accepted" else _RED
-            value = record_value(rec)
-            reason = f"  ({rec['reason']})" if rec.get("reason") else ""
-            line = (
-                f"{rec.get('seq', 0):>7}  {str(rec.get('time', ''))[11:19]:8}  "
-                f"{record_kind(rec):18}  {colour}{rec.get('verdict', ''):8}{_RESET}  "
-                f"{value}{reason}"
-            )
-            lines.append(line[: width + len(colour) + len(_RESET)])
+            lines.append(record_line(rec)[: width + len(_GREEN) + len(_RESET)])
         alarms = d.alarms.active()
         lines += ["", f"alarms: {len(alarms)}"]
         lines += [f"  {_RED}{a.code}{_RESET}: {a.message}"[: width + 9] for a in alarms]
