@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.enroll",
     "scanfleet.daemon.commands.fleet",
     "scanfleet.daemon.commands.local",
+    "scanfleet.daemon.commands.record",
 )
 
 

@@ -323,10 +323,18 @@ class UsbHidDriver(Driver):
             if self._ep_in is None:
                 raise DeviceGoneError(f"{self.port}: interface {self._intf} has no IN endpoint")
             if config.feedback == "honeywell":
-                self._set_report(HID_REPORT_FEATURE, HONEYWELL_ENABLE)
+                self._enable_hidpos()
             self._drain_stale()
         except usb.core.USBError as err:
             raise DeviceGoneError(f"{self.port}: cannot claim: {err}") from err
+
+    def _enable_hidpos(self) -> None:
+        try:
+            self._set_report(HID_REPORT_FEATURE, HONEYWELL_ENABLE)
+        except self._usb.core.USBError as err:
+            # Scanners already in HID POS mode (or not Honeywell) may stall the request;
+            # the scan data decides, so this is worth a warning, not a failed open.
+            log.warning("%s: HID POS enable (feature report FE 01) refused: %s", self.port, err)
 
     def _drain_stale(self) -> None:
         """Reports queued before we claimed the device belong to nobody's scan."""
@@ -363,6 +371,21 @@ class UsbHidDriver(Driver):
                 raise
             if data:  # a zero-length packet follows a full-size report
                 self._handle(self._decoder.report(data, time.monotonic()))
+
+    def read_report(self, timeout: float) -> bytes | None:
+        """One raw input report, undecoded (``scanfleet record``); None on timeout."""
+        if self.closed:
+            raise ValueError("UsbHidDriver is closed")
+        usb = self._usb
+        try:
+            data = bytes(
+                self._ep_in.read(self._ep_in.wMaxPacketSize, timeout=max(1, round(timeout * 1000)))
+            )
+        except usb.core.USBTimeoutError:
+            return None
+        except usb.core.USBError as err:
+            raise DeviceGoneError(f"{self.port}: {err}") from err
+        return data or None
 
     def _handle(self, events: list[Frame | DriverProblem]) -> None:
         for item in events:

@@ -182,6 +182,10 @@ class EvdevWedgeDriver(Driver):
 
     def _drain(self) -> None:
         """Read every pending event now, then decode them."""
+        for event in self._pending():
+            self._handle(self._decoder.event(event.type, event.code, event.value, event.t))
+
+    def _pending(self) -> list[InputEvent]:
         data = bytearray()
         while True:
             try:
@@ -200,11 +204,22 @@ class EvdevWedgeDriver(Driver):
             if len(chunk) < READ_CHUNK:
                 break
         arrived = time.monotonic()
-        for event in InputEvent.unpack_all(bytes(data)):
-            # Kernel stamps are CLOCK_MONOTONIC after EVIOCSCLOCKID and never in the
-            # future; anything later (realtime stamps if the ioctl failed) is clamped.
-            t = min(event.t, arrived)
-            self._handle(self._decoder.event(event.type, event.code, event.value, t))
+        # Kernel stamps are CLOCK_MONOTONIC after EVIOCSCLOCKID and never in the
+        # future; anything later (realtime stamps if the ioctl failed) is clamped.
+        return [
+            InputEvent(min(e.t, arrived), e.type, e.code, e.value)
+            for e in InputEvent.unpack_all(bytes(data))
+        ]
+
+    def read_events(self, timeout: float | None) -> list[InputEvent]:
+        """Raw events as they arrive, undecoded (``scanfleet record``); [] on timeout."""
+        if self.closed:
+            raise ValueError("EvdevWedgeDriver is closed")
+        try:
+            ready, _, _ = select.select([self._fd], [], [], timeout)
+        except (OSError, ValueError) as err:
+            raise DeviceGoneError(f"{self.port}: select failed: {err}") from err
+        return self._pending() if ready else []
 
     def _handle(self, events: list[Frame | DriverProblem]) -> None:
         for item in events:
