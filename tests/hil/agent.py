@@ -213,7 +213,7 @@ def main() -> int:
     import hil  # only importable once tests_dir is on sys.path
 
     sys.modules["hil.agent"] = sys.modules[__name__]
-    hil.agent = sys.modules[__name__]  # type: ignore[attr-defined]
+    hil.agent = sys.modules[__name__]
     serve(find_port())
     return 0
 

@@ -45,8 +45,8 @@ def hil_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HilVm]:
     if isinstance(prereqs, str):
         missing(prereqs)
     vm = HilVm(prereqs, tmp_path_factory.mktemp("hil"))
-    vm.start()
     try:
+        vm.start()
         assert vm.guest is not None
         vm.guest.run(guestlib.prepare, timeout=120)
         yield vm

@@ -64,7 +64,8 @@ def read_evdev_line(node: str | None = None, timeout: float = 60.0) -> dict[str,
 
     path = node or wait_node(QEMU_KBD_VID, QEMU_KBD_PID, "input")
     device = InputDevice(path)
-    text, shifts, dropped, pressed = "", set(), False, 0
+    text, dropped, pressed = "", False, 0
+    shifts: set[int] = set()
     try:
         device.grab()
         notify("grabbed")
@@ -95,7 +96,7 @@ def read_evdev_line(node: str | None = None, timeout: float = 60.0) -> dict[str,
 
 def decode_boot_reports(reports: list[bytes]) -> str:
     """Text typed in a sequence of 8-byte boot-keyboard reports (new usages = presses)."""
-    text, held = "", set()
+    text, held = "", set[int]()
     for report in reports:
         shifted = bool(report[0] & 0x22)
         now = {u for u in report[2:] if u}

@@ -9,7 +9,7 @@ import pytest
 from hil.guest import function_ref
 from hil.guest_input import decode_boot_reports
 from hil.qmp import keys_for
-from hil.vm import find_kernel
+from hil.vm import find_kernel, find_prerequisites
 
 
 def make_kernel(boot: Path, modules: Path, version: str) -> Path:
@@ -77,3 +77,12 @@ def test_only_module_level_functions_can_be_shipped_to_the_guest() -> None:
     nested_function_is_refused()
     ref = function_ref(make_kernel)
     assert ref == {"path": __file__, "func": "make_kernel"}
+
+
+def test_a_missing_qemu_is_reported_as_a_reason_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no qemu, no busybox
+    reason = find_prerequisites()
+    assert isinstance(reason, str)
+    assert "qemu-system-x86_64" in reason or "virtme-ng" in reason

@@ -40,10 +40,11 @@ def test_guest_exceptions_reach_the_host_with_the_guest_traceback(guest: Guest) 
 def round_trip_on_guest_broker(port: int, topic: str, payload: bytes) -> bytes:
     """In the guest: publish to and receive from the mosquitto on the guest's loopback."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     received: queue.Queue[bytes] = queue.Queue()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hil-smoke")
-    client.on_message = lambda _c, _u, message: received.put(message.payload)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hil-smoke")
+    client.on_message = lambda _c, _u, message: received.put(bytes(message.payload))
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
 from hil.guest import Guest, GuestGone
 from hil.qmp import Qmp
@@ -37,7 +37,8 @@ KEYBOARD_ID = "kbd0"
 FTDI_ID = "ftdi0"
 FTDI_CHARDEV = "ftdi"
 FTDI_PROPS = f"id={FTDI_ID},bus={USB_BUS},chardev={FTDI_CHARDEV},always-plugged=on"
-BOOT_TIMEOUT = float(os.environ.get("SCANFLEET_HIL_BOOT_TIMEOUT", "300"))
+#: Below pytest-timeout's 300 s, so a slow boot fails with the console log attached.
+BOOT_TIMEOUT = float(os.environ.get("SCANFLEET_HIL_BOOT_TIMEOUT", "240"))
 
 
 class HilBootError(RuntimeError):
@@ -89,10 +90,11 @@ def find_prerequisites() -> Prerequisites | str:
     return Prerequisites(vng=vng, qemu=qemu, busybox=busybox, kernel=kernel)
 
 
-def _copy_to_file(source: IO[bytes] | None, path: Path) -> None:
+def _copy_to_file(source: BinaryIO | None, path: Path) -> None:
     assert source is not None
     with path.open("wb") as sink:
-        while chunk := source.read1(65536):
+        # read1: return what the pipe has now instead of waiting for 64 KiB.
+        while chunk := source.read1(65536):  # type: ignore[attr-defined]
             sink.write(chunk)
             sink.flush()
 
@@ -204,6 +206,9 @@ class HilVm:
                 f"HIL guest failed to boot: {err}\ncommand: {shlex.join(self.command())}\n"
                 f"{self.console_tail()}"
             ) from err
+        except BaseException:
+            self.stop()  # pytest-timeout or ^C mid-boot: still no QEMU left behind
+            raise
 
     def _wait_for_qemu(self, timeout: float) -> None:
         # QEMU creates every chardev socket before it starts the guest; a vng or QEMU
