@@ -22,7 +22,8 @@ from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
 from scanfleet.daemon.duplicates import open_index, policy
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.enroll import ensure_enrolled
+from scanfleet.daemon.errors import ConfigError, EnrollmentError
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.local_api import LocalApi
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE = "journal.sqlite3"
 READY_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
+RENEWAL_CHECK_SECONDS = 6 * 3600.0
+RESTART_SECTIONS = ("identity", "paths", "broker", "publisher", "journal")
+"""Config sections a SIGHUP reload does not apply (the daemon says so)."""
 
 
 class _Stop(Exception):
@@ -54,10 +58,18 @@ class Daemon:
     """One running scanfleet daemon."""
 
     def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+        self.file_config = config
+        """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
         self.config = config
         self.config_path = config_path
         self.alarms = AlarmSet()
-        self.identity: Identity = resolve_identity(config)
+        # Enrollment (a claim in the state dir) or renewal happens before anything
+        # connects; without a claim or fleet certificate it changes nothing.
+        enrolled = ensure_enrolled(config, resolve_identity(config))
+        self.identity: Identity = enrolled.identity
+        self.cert_not_after = enrolled.not_after
+        config = config.model_copy(update={"broker": enrolled.broker})
+        self.config = config
         self.journal = Journal(
             journal_path(config),
             self.identity.device,
@@ -89,6 +101,7 @@ class Daemon:
             self.pipeline.add_listener(self.local_api.on_record)
         self.workers: dict[str, DeviceWorker] = {}
         self.ready = threading.Event()
+        self._stopping = threading.Event()
         self._on_ready: list[Callable[[], None]] = []
         self._on_reload: list[Callable[[str], None]] = []
         self._on_shutdown: list[Callable[[], None]] = []
@@ -134,6 +147,22 @@ class Daemon:
         if not self.config.devices:
             log.warning("no devices configured: nothing will be scanned")
         threading.Thread(target=self._wait_ready, name="readiness", daemon=True).start()
+        if self.cert_not_after is not None:
+            threading.Thread(target=self._renewal_loop, name="cert-renewal", daemon=True).start()
+
+    def _renewal_loop(self) -> None:
+        # The publisher builds a new connection on every reconnect, so renewed files at
+        # the same paths are used from the next reconnect on.
+        while not self._stopping.wait(RENEWAL_CHECK_SECONDS):
+            try:
+                enrolled = ensure_enrolled(self.file_config, self.identity)
+            except EnrollmentError as err:
+                self.alarms.raise_("certificate_renewal", f"certificate renewal failed: {err}")
+                continue
+            self.alarms.clear("certificate_renewal")
+            if enrolled.not_after != self.cert_not_after:
+                log.info("device certificate renewed, valid until %s", enrolled.not_after)
+                self.cert_not_after = enrolled.not_after
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -157,8 +186,8 @@ class Daemon:
             return False
         unchangeable = [
             section
-            for section in ("identity", "paths", "broker", "publisher", "journal")
-            if getattr(new, section) != getattr(self.config, section)
+            for section in RESTART_SECTIONS
+            if getattr(new, section) != getattr(self.file_config, section)
         ]
         if unchangeable:
             log.warning(
@@ -170,7 +199,9 @@ class Daemon:
             if new_devices.get(name) != device:
                 log.info("reload: unbinding %s", name)
                 self.workers.pop(name).stop()
-        self.config = new.model_copy(update={s: getattr(self.config, s) for s in unchangeable})
+        # Sections that only a restart applies keep their running (e.g. enrolled) values.
+        self.file_config = new
+        self.config = new.model_copy(update={s: getattr(self.config, s) for s in RESTART_SECTIONS})
         self.pipeline.update_config(self.config)
         if self.station.index is not None:
             self.station.index.configure(**policy(self.config))
@@ -184,6 +215,7 @@ class Daemon:
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop reading, finish queued reads, flush the publisher, close the journal."""
         deadline = time.monotonic() + timeout
+        self._stopping.set()
         log.info("stopping")
         for callback in self._on_shutdown:
             callback()
