@@ -147,7 +147,7 @@ class ReportDecoder:
             return self._pos.report(data, t)
         if len(data) == 9:
             data = data[1:]  # a report id in front of a boot-format report
-        out: list[Frame | DriverProblem] = []
+        out: list[Frame | DriverProblem] = self.keys.poll(t)
         for code, value in self._boot.report(data):
             out += self.keys.key(code, value, t)
         return out
@@ -353,9 +353,6 @@ class UsbHidDriver(Driver):
             if self._reads:
                 return self._reads.popleft()
             now = time.monotonic()
-            self._handle(self._decoder.poll(now))
-            if self._reads:
-                continue
             if deadline is not None and now >= deadline:
                 return None
             limits = [t - now for t in (deadline, self._decoder.deadline()) if t is not None]
@@ -364,6 +361,8 @@ class UsbHidDriver(Driver):
             try:
                 data = bytes(self._ep_in.read(size, timeout=max(1, round(wait * 1000))))
             except usb.core.USBTimeoutError:
+                # Nothing pending: only now is a silence real.
+                self._handle(self._decoder.poll(time.monotonic()))
                 continue
             except usb.core.USBError as err:
                 if err.errno in GONE_ERRNOS or err.errno is None:

@@ -289,4 +289,6 @@ class EventDecoder:
             return []
         if self._dropping or type_ != EV_KEY:
             return []
-        return self.keys.key(code, value, t)
+        # Silence is judged by event stamps, in order: a reader that woke late must not
+        # mistake its own delay for a gap between keys.
+        return [*self.keys.poll(t), *self.keys.key(code, value, t)]

@@ -166,11 +166,6 @@ class EvdevWedgeDriver(Driver):
             if self._reads:
                 return self._reads.popleft()
             now = time.monotonic()
-            self._handle(self._keys.poll(now))
-            if self._reads:
-                continue
-            if deadline is not None and now >= deadline:
-                return None
             limits = [t - now for t in (deadline, self._keys.deadline()) if t is not None]
             wait = max(0.0, min(limits)) if limits else None
             try:
@@ -179,6 +174,12 @@ class EvdevWedgeDriver(Driver):
                 raise DeviceGoneError(f"{self.port}: select failed: {err}") from err
             if ready:
                 self._drain()
+                continue
+            # Nothing pending: only now is a silence real (never judge it before draining).
+            now = time.monotonic()
+            self._handle(self._keys.poll(now))
+            if not self._reads and deadline is not None and now >= deadline:
+                return None
 
     def _drain(self) -> None:
         """Read every pending event now, then decode them."""
