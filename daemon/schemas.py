@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
-from scanfleet.daemon.model import ParseResult, Scan
 from scanfleet.daemon.manual import ManualEntry
+from scanfleet.daemon.model import ParseResult, Scan
 from scanfleet.daemon.pairing import IdentityRead
 from scanfleet.daemon.receiving import BillSummary
 from scanfleet.daemon.station import ControlRecord
