@@ -71,6 +71,8 @@ TRAIN_AFTER = 256
 TRAIN_SAMPLE = 32
 ROW_OVERHEAD = 24
 """Bytes a row costs beyond its payload (cell header, pointer, time and dict columns)."""
+ROOM_MARGIN_PAGES = 8
+"""Below this many pages of headroom each append checks the page count exactly."""
 RETENTION_PRUNE_INTERVAL = 60.0
 
 
@@ -275,6 +277,9 @@ class Journal(SpacePolicy):
             if self._dict_id == 1 and seq >= TRAIN_AFTER and len(self._recent) >= TRAIN_SAMPLE:
                 self._train_dictionary()
             committed: list[tuple[_Pending, dict[str, Any], bytes]] = []
+            # Room that surely fits without asking SQLite for page counts per record;
+            # close to the budget every record gets the exact check.
+            room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
             for item in batch:
                 try:
                     record, payload = seal(item.body, self.device, seq + 1, prev)
@@ -282,7 +287,10 @@ class Journal(SpacePolicy):
                     item.error = err
                     continue
                 blob = self._codec.compress(self._dict_id, payload)
-                if not self._make_room(len(blob) + ROW_OVERHEAD, after):
+                need = len(blob) + ROW_OVERHEAD
+                if need <= room:
+                    room -= need
+                elif not self._make_room(need, after):
                     item.error = JournalFullError(self.max_bytes, self._used_bytes())
                     continue
                 seq += 1
