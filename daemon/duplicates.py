@@ -221,6 +221,11 @@ def open_index(state_dir: Path, journal: Journal, **policy: Any) -> DuplicateInd
     """Open (or create) the index in *state_dir* and bring it up to the journal."""
     index = DuplicateIndex(state_dir / INDEX_FILE, **policy)
     index.catch_up(journal)
+    pruned = index.prune()
+    if pruned:
+        log.info(
+            "duplicate index: %d scans older than %d days forgotten", pruned, index.window_days
+        )
     return index
 
 
