@@ -18,6 +18,7 @@ journal, so a crash between a journal commit and the index update loses nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -199,6 +200,26 @@ class DuplicateIndex:
         if len(counting) >= limit:
             return DuplicateCheck(counting[-1], len(counting), limit)
         return DuplicateCheck(None, len(counting), limit)
+
+    def save_state(self, state: Mapping[str, Any]) -> None:
+        """Keep the station's context (operation, bill, manifest) for the next start."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('station', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (json.dumps(state, ensure_ascii=False),),
+            )
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The station context saved by :meth:`save_state`, or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'station'").fetchone()
+        if row is None:
+            return None
+        try:
+            state = json.loads(row[0])
+        except ValueError:
+            return None
+        return state if isinstance(state, dict) else None
 
     def prune(self) -> int:
         """Forget scans older than the window; returns how many."""

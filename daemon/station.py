@@ -23,6 +23,7 @@ from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config
 from scanfleet.daemon.duplicates import DuplicateIndex
 from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.manual import EntryRequest, entry_body, parse_entry
 from scanfleet.daemon.model import NAME_PATTERN, Operation, Verdict
 from scanfleet.daemon.receiving import (
@@ -113,6 +114,7 @@ class Station:
         self.progress: BillProgress | None = None
         self.last_summary: dict[str, Any] | None = None
         self._manifests: dict[str, Manifest] = {}
+        self._bill_seq: int | None = None
 
     # -- configuration ------------------------------------------------------------
 
@@ -214,6 +216,8 @@ class Station:
                 )
             self.bill = None
             self.progress = None
+            self._bill_seq = None
+            self._persist()
             return [control, summary]
 
     def load_manifest(self, manifest: Manifest) -> None:
@@ -225,6 +229,7 @@ class Station:
                 self.progress = BillProgress(manifest.bill, manifest)
             else:
                 self._manifests[manifest.bill] = manifest
+            self._persist()
 
     def manual_entry(
         self, request: EntryRequest, *, origin: Origin = "local_api"
@@ -352,8 +357,62 @@ class Station:
             **self.snapshot(),
         }
         record = self._journal(body)
+        if action == "bill" and not refused:
+            self._bill_seq = record["seq"]
+        self._persist()
         log.info("station %s: %s %s (%s)", action, argument, body["verdict"], origin)
         return record
+
+    def _persist(self) -> None:
+        if self.index is None:
+            return
+        manifest = self.progress.manifest if self.progress is not None else None
+        self.index.save_state(
+            {
+                "operation": str(self.operation),
+                "operator": self.operator,
+                "bill": self.bill,
+                "bill_seq": self._bill_seq,
+                "manifest": manifest.model_dump(mode="json") if manifest else None,
+                "pending": [m.model_dump(mode="json") for m in self._manifests.values()],
+            }
+        )
+
+    def restore(self, journal: Journal) -> None:
+        """Come back with the context of the last run; replay the open bill's scans."""
+        state = self.index.load_state() if self.index is not None else None
+        if not state:
+            return
+        with self._lock:
+            try:
+                self.operation = Operation(state["operation"])
+                self.operator = state.get("operator")
+                self._manifests = {
+                    m.bill: m
+                    for m in (Manifest.model_validate(x) for x in state.get("pending", []))
+                }
+                bill, bill_seq = state.get("bill"), state.get("bill_seq")
+                if bill is None or bill_seq is None:
+                    return
+                raw = state.get("manifest")
+                manifest = Manifest.model_validate(raw) if raw else None
+            except (KeyError, ValueError) as err:
+                log.warning("station state not restored: %s", err)
+                return
+            self.bill, self._bill_seq = bill, int(bill_seq)
+            self.progress = BillProgress(bill, manifest)
+            replayed = 0
+            after = self._bill_seq
+            while batch := journal.read_after(after, limit=500, max_bytes=4 << 20):
+                for rec in batch:
+                    after = rec.seq
+                    record = rec.as_dict()
+                    if record.get("type") == "scan" and record.get("bill") == bill:
+                        check = self.progress.check(record["value"])
+                        accepted = record.get("verdict") == str(Verdict.ACCEPTED)
+                        self.progress.commit(record["value"], check, rec.seq, accepted)
+                        replayed += 1
+            log.info("station: bill %s reopened after restart (%d scans replayed)", bill, replayed)
 
     def _manifest_file(self, bill: str) -> Manifest | None:
         directory = self._config.station.manifest_dir

@@ -12,6 +12,7 @@ import pytest
 
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config
+from scanfleet.daemon.duplicates import open_index
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.manual import Category, EntryRequest, parse_entry
 from scanfleet.daemon.model import Operation
@@ -19,6 +20,7 @@ from scanfleet.daemon.receiving import Manifest
 from scanfleet.daemon.station import ControlRecord, Station, StationError
 
 CODE = "83711700200000000051"
+OTHER = "83711700200000000052"
 
 
 @pytest.fixture
@@ -117,3 +119,34 @@ def test_a_reload_changes_the_operation_only_when_the_config_changed_it(journal:
     assert station.operation is Operation.DISPENSE
     station.update_config(Config.model_validate({"station": {"operation": "stocktake"}}))
     assert station.operation is Operation.STOCKTAKE
+
+
+def test_after_a_restart_the_open_bill_and_its_scans_come_back(
+    tmp_path: Path, journal: Journal
+) -> None:
+    index = open_index(tmp_path, journal, window_days=30)
+    station = _station(journal, operation="receiving")
+    station.index = index
+    station.set_operator("wang")
+    station.load_manifest(Manifest(bill="RK-5", items=[{"code": CODE}, {"code": OTHER}]))  # type: ignore[list-item]
+    station.set_bill("RK-5")
+    station.scan(_scan_body(CODE), fixed_operation=False)
+    index.close()
+
+    reopened = open_index(tmp_path, journal, window_days=30)
+    restarted = _station(journal)  # the config says retail_sale: the journaled state wins
+    restarted.index = reopened
+    restarted.restore(journal)
+    assert restarted.snapshot() == {"operation": "receiving", "bill": "RK-5", "operator": "wang"}
+    again = restarted.scan(_scan_body(CODE), fixed_operation=False)
+    assert (again["verdict"], again["expected"]) == ("refused", "already_scanned")
+    *_, summary = restarted.end_bill()
+    assert summary["missing"] == [{"code": OTHER, "quantity": 1}]
+    assert summary["received_units"] == 1
+
+
+def test_without_saved_state_the_config_applies(tmp_path: Path, journal: Journal) -> None:
+    station = _station(journal, operation="dispense")
+    station.index = open_index(tmp_path, journal, window_days=30)
+    station.restore(journal)
+    assert station.snapshot() == {"operation": "dispense", "bill": None, "operator": None}
