@@ -307,11 +307,15 @@ class UsbHidDriver(Driver):
                 dev.detach_kernel_driver(self._intf)
                 self._detached = True
             try:
+                active = dev.get_active_configuration()
+            except usb.core.USBError:
+                active = None
+            if active is None:
+                # Only an unconfigured device is configured: on a configured one libusb's
+                # set_configuration is a lightweight reset.
                 dev.set_configuration()
-            except usb.core.USBError as err:
-                # Already configured (EBUSY once another interface is claimed): keep it.
-                log.debug("%s: set_configuration: %s", self.port, err)
-            intf = dev.get_active_configuration()[(self._intf, 0)]
+                active = dev.get_active_configuration()
+            intf = active[(self._intf, 0)]
             usb.util.claim_interface(dev, self._intf)
             self._claimed = True
             self._ep_in = usb.util.find_descriptor(
