@@ -117,3 +117,17 @@ def test_a_replayed_trace_arrives_through_the_virtual_driver() -> None:
         assert virtual.pending(channel) == 1
     finally:
         virtual.reset(channel)
+
+
+def test_the_daemon_core_imports_neither_evdev_nor_pyusb() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, scanfleet.daemon.cli, scanfleet.daemon.runner, scanfleet.drivers;"
+        "from scanfleet.daemon.cli import build_parser; build_parser();"
+        "import scanfleet.drivers.wedge.decoder, scanfleet.drivers.usbhid;"
+        "print(sorted(m for m in ('evdev', 'usb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
