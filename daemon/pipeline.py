@@ -85,7 +85,8 @@ class Pipeline:
         self.station.update_config(config)
 
     def start(self) -> None:
-        """Start the pipeline thread."""
+        """Restore the station's saved context (before the first read), start the thread."""
+        self.station.restore(self.journal)
         self._thread.start()
 
     @property

@@ -208,3 +208,23 @@ def test_exempt_entries_by_control_barcode_are_journaled_never_as_scans(
     assert all(r["type"] != "scan" for r in records)
     assert _wait(lambda: len(virtual.signals(channel)) == 3)
     assert virtual.signals(channel) == [Signal.GOOD_READ, Signal.BAD_READ, Signal.BAD_READ]
+
+
+def test_a_restarted_daemon_continues_the_open_bill(daemon: Daemon, channel: str) -> None:
+    _scan(channel, "#SF:OP=receiving", "#SF:BILL=RK-2026-001", CASE)
+    assert _wait(lambda: daemon.journal.last_seq == 3)
+    daemon.shutdown()
+    restarted = Daemon(daemon.config)
+    restarted.start()
+    try:
+        assert restarted.ready.wait(15)
+        assert restarted.station.snapshot()["bill"] == "RK-2026-001"
+        # The case was received before the restart: its unit is already received.
+        _scan(channel, CASE_UNITS[0], UNIT_A, UNIT_B, "#SF:END")
+        assert _wait(lambda: restarted.station.last_summary is not None)
+        summary = restarted.station.last_summary
+        assert summary is not None
+        assert (summary["status"], summary["received_units"]) == ("matched", 5)
+        assert (summary["scans"], summary["refused"]) == (3, 1)
+    finally:
+        restarted.shutdown()
