@@ -150,3 +150,11 @@ def test_without_saved_state_the_config_applies(tmp_path: Path, journal: Journal
     station.index = open_index(tmp_path, journal, window_days=30)
     station.restore(journal)
     assert station.snapshot() == {"operation": "dispense", "bill": None, "operator": None}
+
+
+def test_a_backend_warning_is_shown_as_an_alarm(journal: Journal) -> None:
+    alarms = AlarmSet()
+    station = _station(journal, alarms)
+    station.warn("duplicate_settlement", "the platform reports 8371… settled twice")
+    assert "backend_warning:duplicate_settlement" in alarms
+    assert journal.last_seq == 0  # a warning is shown, not journaled as a station change
