@@ -195,12 +195,18 @@ def _cert_identity(cert: x509.Certificate) -> tuple[str, str]:
 
 
 def ensure_enrolled(
-    config: Config, identity: Identity, *, timeout: float = 30.0, force: bool = False
+    config: Config,
+    identity: Identity,
+    *,
+    timeout: float = 30.0,
+    force: bool = False,
+    renew: bool = False,
 ) -> Enrolled:
     """Make sure the device holds a current certificate; return identity and broker to use.
 
     With *force*, enroll with the claim file even when a current certificate exists
-    (``scanfleet enroll --claim``: re-enrollment, e.g. into another site).
+    (``scanfleet enroll --claim``: re-enrollment, e.g. into another site). With *renew*,
+    renew a current certificate now (the ``rotate-cert`` command) and raise if that fails.
 
     Raises :class:`EnrollmentError` when enrollment is needed and fails (and no
     still-valid certificate remains to carry on with).
@@ -215,10 +221,12 @@ def ensure_enrolled(
     now = datetime.now(UTC)
     reenroll = force and claim_path.exists()
     if cert is not None and meta is not None and cert.not_valid_after_utc > now and not reenroll:
-        if needs_renewal(cert, now):
+        if renew or needs_renewal(cert, now):
             try:
                 cert = _renew(config, identity, tls, cert, meta, timeout)
             except EnrollmentError as err:
+                if renew:
+                    raise
                 log.warning("certificate renewal failed, carrying on with the current one: %s", err)
         return _enrolled(config, tls, cert, meta)
     if not claim_path.exists():

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 AckCallback = Callable[[int, int, str], None]
 """``(mid, reason code value, reason name)``, called from inside :meth:`Connection.pump`."""
 
+MessageCallback = Callable[[str, bytes, Properties | None], None]
+"""``(topic, payload, MQTT 5 properties)`` of a received message, called inside ``pump``."""
+
 
 class Backoff:
     """Capped exponential backoff with jitter.
@@ -112,9 +115,11 @@ class Connection:
         inflight: int,
         will: tuple[str, bytes],
         on_ack: AckCallback,
+        on_message: MessageCallback | None = None,
     ) -> None:
         self.broker = broker
         self._on_ack = on_ack
+        self._on_message = on_message
         self._connack: ReasonCode | None = None
         self._lost: str | None = None
         client = mqtt.Client(
@@ -133,6 +138,7 @@ class Connection:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
         self._client = client
 
     # -- paho callbacks -------------------------------------------------------------------
@@ -156,6 +162,11 @@ class Connection:
         props: Properties | None,
     ) -> None:
         self._on_ack(mid, rc.value, rc.getName())
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is not None:
+            props = getattr(msg, "properties", None)
+            self._on_message(msg.topic, bytes(msg.payload), props)
 
     # -- the connection -------------------------------------------------------------------
 
@@ -185,13 +196,27 @@ class Connection:
         """True between a successful CONNACK and the loss of the connection."""
         return self._lost is None and self._client.is_connected()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
         """Hand one QoS 1 message to paho; return its message id."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._lost = self._lost or mqtt.error_string(info.rc)
             raise BrokerConnectionError(f"publish failed: {mqtt.error_string(info.rc)}", info.rc)
         return info.mid
+
+    def subscribe(self, topics: list[str]) -> None:
+        """Subscribe to *topics* at QoS 1 (the SUBACK is processed by :meth:`pump`)."""
+        if topics:
+            result, _ = self._client.subscribe([(t, 1) for t in topics])
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise BrokerConnectionError(f"subscribe failed: {mqtt.error_string(result)}")
 
     def pump(self, timeout: float, wake_fd: socket.socket | None = None) -> None:
         """Wait up to *timeout* for socket activity (or *wake_fd*) and process it."""

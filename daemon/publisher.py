@@ -29,7 +29,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from paho.mqtt.properties import Properties
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
@@ -55,6 +57,35 @@ ALARM_UNREACHABLE = "broker_unreachable"
 ALARM_ERROR = "publisher_error"
 LIVE_WINDOW = 2
 """Most live-lane batches awaiting their PUBACK at once."""
+
+
+Outgoing = tuple[str, bytes, bool, Properties | None]
+"""A control-channel message to publish: ``(topic, payload, retain, properties)``."""
+
+
+class ControlLink(Protocol):
+    """What the control channel (remote config, commands, health) plugs into the connection.
+
+    The device keeps one MQTT connection; the publisher owns it, subscribes to the
+    link's topics at every connect and hands received messages over. Every method is
+    called on the publisher thread and must return quickly (queue, don't work).
+    """
+
+    def topics(self) -> list[str]:
+        """Topics to subscribe to at every connect."""
+        ...
+
+    def deliver(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        """A message arrived on one of :meth:`topics`."""
+        ...
+
+    def take_outgoing(self) -> list[Outgoing]:
+        """Messages waiting to be published (responses, reports, health)."""
+        ...
+
+    def connection_changed(self, connected: bool) -> None:
+        """The broker connection came up (True) or went away (False)."""
+        ...
 
 
 class Publisher:
@@ -83,6 +114,8 @@ class Publisher:
             Off by default: consumers then see strictly ascending seq.
         ack_listener: called as ``(first_seq, last_seq)`` on the publisher thread for every
             batch the broker accepted (benchmarks, tests); must return quickly.
+        control: the control channel sharing this connection (may be set after
+            construction, before :meth:`start`).
     """
 
     def __init__(
@@ -104,6 +137,7 @@ class Publisher:
         unreachable_after: float = 300.0,
         live_lane: bool = False,
         ack_listener: Callable[[int, int], None] | None = None,
+        control: ControlLink | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -119,6 +153,7 @@ class Publisher:
         self.unreachable_after = unreachable_after
         self.live_lane = live_lane
         self.ack_listener = ack_listener
+        self.control = control
         self.counters = PublisherCounters()
         self.boot_id = read_boot_id()
         self._cutter = BatchCutter(
@@ -267,6 +302,8 @@ class Publisher:
         if self._conn is not None:
             self._conn.abort()
             self._conn = None
+            if self.control is not None:
+                self.control.connection_changed(False)
 
     def _wait_backoff(self, delay: float) -> None:
         # Wake-ups for live scans must not cut the backoff short; only stop() does.
@@ -292,9 +329,13 @@ class Publisher:
             inflight=self.window + LIVE_WINDOW + 2,  # + live lane + state messages
             will=(self._state_topic, state_payload(self._compose_state(online=False))),
             on_ack=self._on_ack,
+            on_message=self.control.deliver if self.control is not None else None,
         )
         self._conn = conn
         conn.open(self.connect_timeout)
+        if self.control is not None:
+            conn.subscribe(self.control.topics())
+            self.control.connection_changed(True)
         self._reached_broker = True
         connected_at = time.monotonic()
         delivered_at_connect = self._tracker.delivered_seq
@@ -312,6 +353,7 @@ class Publisher:
                     return
             else:
                 self._fill_window(conn)
+                self._send_control(conn)
                 if self._state_dirty or (
                     time.monotonic() - self._last_state_sent >= self.state_interval
                 ):
@@ -353,6 +395,15 @@ class Publisher:
                 len(batch.payload),
                 mid,
             )
+
+    def _send_control(self, conn: Connection) -> None:
+        if self.control is None:
+            return
+        for topic, payload, retain, properties in self.control.take_outgoing():
+            # Tracked like state messages: a refusal is logged, nothing is retried
+            # (responses and reports are answers to this connection's requests).
+            mid = conn.publish(topic, payload, retain=retain, properties=properties)
+            self._state_mids.add(mid)
 
     def _send_live(self, conn: Connection) -> None:
         newest = self.journal.last_seq

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,15 +21,19 @@ from typing import Any
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
+from scanfleet.daemon.control import ControlChannel
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
 from scanfleet.daemon.duplicates import open_index, policy
 from scanfleet.daemon.enroll import ensure_enrolled
 from scanfleet.daemon.errors import ConfigError, EnrollmentError
+from scanfleet.daemon.health import DEFAULT_INTERVAL, HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.local_api import LocalApi
 from scanfleet.daemon.pipeline import Pipeline
 from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
+from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
 from scanfleet.daemon.status import STATUS_FILE
 
 log = logging.getLogger(__name__)
@@ -57,7 +62,13 @@ def journal_path(config: Config) -> Path:
 class Daemon:
     """One running scanfleet daemon."""
 
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        health_interval: float = DEFAULT_INTERVAL,
+    ) -> None:
         self.file_config = config
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
         self.config = config
@@ -69,6 +80,18 @@ class Daemon:
         self.identity: Identity = enrolled.identity
         self.cert_not_after = enrolled.not_after
         config = config.model_copy(update={"broker": enrolled.broker})
+        self._apply_lock = threading.RLock()
+        self.workers: dict[str, DeviceWorker] = {}
+        # A pushed config overlay (state dir) runs on top of the file from the start.
+        config.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.remote = RemoteConfig(
+            config.paths.state_dir,
+            self.identity.device,
+            apply=lambda new: self.apply_config(new, source="a pushed config"),
+            bound_devices=self._bound_devices,
+            report=self._report_config,
+        )
+        config = self.remote.compose(config)
         self.config = config
         self.journal = Journal(
             journal_path(config),
@@ -99,7 +122,26 @@ class Daemon:
         if config.local_api.enabled:
             self.local_api = LocalApi(self.station, config.local_api, config.paths.state_dir)
             self.pipeline.add_listener(self.local_api.on_record)
-        self.workers: dict[str, DeviceWorker] = {}
+        self.recent_log = RecentLog(
+            {self.identity.site: "<site>", self.identity.device: "<device>"}
+        )
+        logging.getLogger().addHandler(self.recent_log)
+        self.commands = RemoteCommands(self, self.recent_log)
+        self.control = ControlChannel(
+            self.identity.site,
+            self.identity.device,
+            commands=self.commands.run,
+            on_config=self._on_pushed_config,
+            wake=self.publisher.wake,
+            on_connection=self.remote.connection_changed,
+        )
+        self.publisher.control = self.control
+        self.health = HealthReporter(
+            self,
+            lambda topic, payload: self.control.publish(topic, payload),
+            interval=health_interval,
+        )
+        self.pipeline.add_listener(self.health.rate.on_record)
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._on_ready: list[Callable[[], None]] = []
@@ -117,6 +159,23 @@ class Daemon:
     def on_shutdown(self, callback: Callable[[], None]) -> None:
         """Call *callback* when shutdown begins (before anything stops)."""
         self._on_shutdown.append(callback)
+
+    def _bound_devices(self) -> set[str]:
+        return {n for n, w in self.workers.items() if w.state is DeviceState.BOUND}
+
+    def _report_config(self, report: ConfigReport) -> None:
+        topic = f"{self.control.prefix}/config/reported"
+        self.control.publish(topic, report.model_dump_json(by_alias=True).encode(), retain=True)
+
+    def _on_pushed_config(self, payload: bytes) -> None:
+        self.remote.handle(payload, self.file_config)
+
+    def renew_certificate(self) -> datetime | None:
+        """Renew the device certificate now (``rotate-cert``); returns the new expiry."""
+        enrolled = ensure_enrolled(self.file_config, self.identity, renew=True)
+        self.cert_not_after = enrolled.not_after
+        log.info("device certificate renewed on request, valid until %s", enrolled.not_after)
+        return enrolled.not_after
 
     def _state_extra(self) -> dict[str, Any]:
         return {
@@ -139,7 +198,9 @@ class Daemon:
             self.journal.last_seq,
         )
         self.pipeline.start()
+        self.control.start()
         self.publisher.start()
+        self.health.start()
         if self.local_api is not None:
             self.local_api.start()
         for device in self.config.devices:
@@ -193,6 +254,21 @@ class Daemon:
             log.warning(
                 "reload: changes to [%s] take effect at the next restart", ", ".join(unchangeable)
             )
+        self.file_config = new
+        # The remote overlay (if any) stays on top of the file.
+        self.apply_config(self.remote.compose(new), source=str(self.config_path))
+        return True
+
+    def apply_config(self, new: Config, *, source: str) -> None:
+        """Make *new* the running config: rebind changed devices, update pipeline and station.
+
+        Sections in ``RESTART_SECTIONS`` keep their running values. Called by SIGHUP
+        reloads and by remote config pushes (and their rollbacks).
+        """
+        with self._apply_lock:
+            self._apply_config(new, source)
+
+    def _apply_config(self, new: Config, source: str) -> None:
         old_devices = {d.name: d for d in self.config.devices}
         new_devices = {d.name: d for d in new.devices}
         for name, device in old_devices.items():
@@ -200,7 +276,6 @@ class Daemon:
                 log.info("reload: unbinding %s", name)
                 self.workers.pop(name).stop()
         # Sections that only a restart applies keep their running (e.g. enrolled) values.
-        self.file_config = new
         self.config = new.model_copy(update={s: getattr(self.config, s) for s in RESTART_SECTIONS})
         self.pipeline.update_config(self.config)
         if self.station.index is not None:
@@ -209,8 +284,21 @@ class Daemon:
             if name not in self.workers:
                 log.info("reload: binding %s", name)
                 self._start_worker(device)
-        log.info("reload: configuration from %s applied", self.config_path)
-        return True
+        log.info("reload: configuration from %s applied", source)
+
+    def rebind(self, name: str | None = None) -> list[str]:
+        """Close and reopen device *name* (every device when None); returns the names."""
+        with self._apply_lock:
+            devices = {d.name: d for d in self.config.devices}
+            names = [name] if name is not None else list(devices)
+            for each in names:
+                if each not in devices:
+                    raise KeyError(each)
+                worker = self.workers.pop(each, None)
+                if worker is not None:
+                    worker.stop()
+                self._start_worker(devices[each])
+            return names
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop reading, finish queued reads, flush the publisher, close the journal."""
@@ -219,6 +307,8 @@ class Daemon:
         log.info("stopping")
         for callback in self._on_shutdown:
             callback()
+        self.health.stop()
+        self.control.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         for worker in self.workers.values():
             worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         self.pipeline.stop(timeout=max(0.1, min(3.0, deadline - time.monotonic())))
@@ -228,6 +318,7 @@ class Daemon:
         if self.station.index is not None:
             self.station.index.close()
         self.journal.close()
+        logging.getLogger().removeHandler(self.recent_log)
         log.info("stopped")
 
     def device_states(self) -> dict[str, DeviceState]:
