@@ -11,12 +11,15 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from scanfleet.daemon.control import CommandResponse
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
+from scanfleet.daemon.health import Health
 from scanfleet.daemon.manual import ManualEntry
 from scanfleet.daemon.model import ParseResult, Scan
 from scanfleet.daemon.pairing import IdentityRead
 from scanfleet.daemon.receiving import BillSummary
+from scanfleet.daemon.remote_config import ConfigReport, DesiredConfig
 from scanfleet.daemon.station import ControlRecord
 
 SCHEMA_BASE_ID = "https://scanfleet.invalid/schema/"
@@ -36,6 +39,10 @@ def message_models() -> dict[str, type[BaseModel]]:
         "manual-entry": ManualEntry,
         "enroll-request": EnrollRequest,
         "enroll-response": EnrollResponse,
+        "desired-config": DesiredConfig,
+        "config-reported": ConfigReport,
+        "cmd-response": CommandResponse,
+        "health": Health,
     }
 
 

@@ -71,10 +71,10 @@ class Client(TLSClient):
     def reply(self, correlation: bytes, timeout: float = 60.0) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
             for topic, payload, props in self.received:
-                if topic.endswith("/response") and props is not None:
-                    if getattr(props, "CorrelationData", None) == correlation:
-                        result: dict[str, Any] = json.loads(payload)
-                        return result
+                is_reply = topic.endswith("/response") and props is not None
+                if is_reply and getattr(props, "CorrelationData", None) == correlation:
+                    result: dict[str, Any] = json.loads(payload)
+                    return result
             return None
 
         assert self.wait(lambda: find() is not None, timeout), f"no reply to {correlation!r}"
