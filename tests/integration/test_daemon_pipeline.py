@@ -61,10 +61,10 @@ def test_every_read_is_journaled_signalled_and_delivered_in_order(
     try:
         for code in codes:
             virtual.inject(channel, code)
-        assert collector.wait_for(lambda: len(collector.scans()) >= len(codes), 60)
+        assert collector.wait_for(lambda: len(collector.unique_ids()) >= len(codes), 60)
     finally:
         collector.close()
-    scans = [Scan.model_validate(s) for s in collector.scans()[: len(codes)]]
+    scans = [Scan.model_validate(s) for s in collector.ordered()]
     assert [s.seq for s in scans] == list(range(1, len(codes) + 1))
     assert all(s.id == f"dev-1:{s.seq}" for s in scans)
     assert all(s.source.device == "counter" and s.station == "counter-1" for s in scans)

@@ -129,7 +129,7 @@ def test_a_thousand_scans_arrive_in_order_each_beep_after_its_commit(
         with CommitBeforeBeepMonitor(sim, journal) as monitor:
             assert sim.wait_done(120), f"simulator sent {len(sim.sent)}"
             assert _wait(lambda: len(sim.events("good_read")) >= 1000, 60)
-            assert _wait(lambda: len(collector.scans()) >= 1000, 60)
+            assert _wait(lambda: len(collector.unique_ids()) >= 1000, 60)
         assert daemon.stop() == 0
         beeps = sim.events("good_read")
         beep_off = sim.events("beep_off")
@@ -138,7 +138,7 @@ def test_a_thousand_scans_arrive_in_order_each_beep_after_its_commit(
     assert monitor.violations == []
     assert len(beeps) == 1000
     assert beep_off, "the scanner's own decode beep was not turned off at bind"
-    scans = collector.scans()
+    scans = collector.ordered()
     assert [s["seq"] for s in scans] == list(range(1, 1001))
     assert [s["value"] for s in scans] == [s.sample.data.decode() for s in sim.sent]
     assert [s["kind"] for s in scans] == [str(s.sample.kind) for s in sim.sent]
@@ -178,13 +178,13 @@ def test_noise_overlong_wrong_terminators_and_a_replug_lose_no_complete_frame(
         sim.reconnect()
         assert sim.wait_done(120)
         clean = [s for s in sim.sent if s.clean]
-        assert _wait(lambda: len(collector.scans()) >= len(clean), 60)
+        assert _wait(lambda: len(collector.unique_ids()) >= len(clean), 60)
         state = collector.last_json("/state")
         assert daemon.alive()
         assert daemon.stop() == 0
 
     log = daemon.log()
-    scans = collector.scans()
+    scans = collector.ordered()
     assert [s["raw"] for s in scans] == [_escaped(s.frame) for s in clean]
     assert len(clean) < len(sim.sent)
     assert "dock-scanner: bound" in log.split("dock-scanner: absent", 1)[1]
@@ -226,13 +226,12 @@ def test_every_scan_that_beeped_good_reaches_the_broker_across_sigkills(
         journal = tmp_path / "state" / "journal.sqlite3"
         with open_readonly(journal) as reader:
             committed = reader.last_seq
-        assert _wait(lambda: len({s["id"] for s in collector.scans()}) >= committed, 60)
+        assert _wait(lambda: len(collector.unique_ids()) >= committed, 60)
         assert daemon.stop() == 0
 
     assert beeps > 50
-    scans = collector.scans()
-    unique = {s["id"]: s for s in scans}
-    assert sorted(s["seq"] for s in unique.values()) == list(range(1, committed + 1))
+    unique = {s["id"]: s for s in collector.scans()}
+    assert [s["seq"] for s in collector.ordered()] == list(range(1, committed + 1))
     assert committed >= beeps, "a good-read beep was given for a scan that was not kept"
     assert all(s["value"] in sent for s in unique.values())
     with open_readonly(journal) as reader:
@@ -281,12 +280,12 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(
         config.write_text(good + "\n[broker]\nnonsense = 1\n")
         daemon.signal(signal.SIGHUP)
         assert daemon.wait_log("reload refused", 15), daemon.log()
-        seen = len(collector.scans())
-        assert _wait(lambda: len(collector.scans()) > seen + 5, 30)
+        seen = len(collector.unique_ids())
+        assert _wait(lambda: len(collector.unique_ids()) > seen + 5, 30)
         config.write_text(good.replace('operation = "receiving"', 'operation = "stocktake"'))
         daemon.signal(signal.SIGHUP)
         assert daemon.wait_log("configuration from", 15), daemon.log()
-        assert _wait(lambda: collector.scans()[-1]["operation"] == "stocktake", 30)
+        assert _wait(lambda: collector.ordered()[-1]["operation"] == "stocktake", 30)
         assert daemon.alive()
         assert daemon.stop() == 0
 

@@ -73,6 +73,23 @@ class Collector:
             out.extend(json.loads(payload)["scans"])
         return out
 
+    def ordered(self) -> list[dict[str, Any]]:
+        """The in-order stream as a consumer rebuilds it: the last copy of each ``id``.
+
+        A live scan may arrive early (the live lane) and again in order, and a resend
+        repeats records; the last copy of every id is the one of the ordered stream, so
+        these must come in ascending seq.
+        """
+        last: dict[str, int] = {}
+        scans = self.scans()
+        for index, scan in enumerate(scans):
+            last[scan["id"]] = index
+        return [scans[i] for i in sorted(last.values())]
+
+    def unique_ids(self) -> set[str]:
+        """Every record id received at least once."""
+        return {scan["id"] for scan in self.scans()}
+
     def last_json(self, suffix: str) -> dict[str, Any] | None:
         """The newest message whose topic ends with *suffix*, parsed."""
         with self._cond:
