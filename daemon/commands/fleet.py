@@ -18,6 +18,7 @@ from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
 from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name
 from scanfleet.provisioning.claims import ClaimError, create_claim
 from scanfleet.provisioning.inventory import collect_states, inventory, render_table
+from scanfleet.provisioning.remote import FleetClient, build_document, diff, health_table
 from scanfleet.provisioning.service import EnrollmentService, run_reload
 
 DEFAULT_FLEET_DIR = Path(os.environ.get("SCANFLEET_FLEET_DIR", "/var/lib/scanfleet-fleet"))
@@ -105,6 +106,33 @@ def register(subparsers: Any) -> None:
     _broker_args(ls)
     ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     ls.set_defaults(func=_ls)
+
+    config = sub.add_parser("config", help="push configuration to a device")
+    config_sub = config.add_subparsers(title="config actions", metavar="ACTION", required=True)
+    push = config_sub.add_parser("push", help="validate, show the diff, push, wait for the report")
+    _broker_args(push)
+    push.add_argument("target", metavar="SITE/DEVICE")
+    push.add_argument("file", type=Path, help="JSON or TOML file with config sections")
+    push.add_argument("--version", type=int, help="default: the device's current version + 1")
+    push.add_argument("--mode", choices=["overlay", "replace"], default="overlay")
+    push.add_argument("--probation", type=float, default=60.0, help="seconds (default 60)")
+    push.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")
+    push.add_argument("--timeout", type=float, default=120.0)
+    push.set_defaults(func=_config_push)
+
+    cmd = sub.add_parser("cmd", help="send a command to a device and print its reply")
+    _broker_args(cmd)
+    cmd.add_argument("target", metavar="SITE/DEVICE")
+    cmd.add_argument("name", help="status, devices, resend, rebind, restart, diagnostics, …")
+    cmd.add_argument("args", nargs="*", metavar="KEY=VALUE", help="values are JSON or strings")
+    cmd.add_argument("--timeout", type=float, default=30.0)
+    cmd.set_defaults(func=_cmd)
+
+    health = sub.add_parser("health", help="devices with problems first (from health messages)")
+    _broker_args(health)
+    health.add_argument("--wait", type=float, default=5.0, help="seconds to listen")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=_health)
 
 
 def _broker_args(parser: argparse.ArgumentParser) -> None:
@@ -288,4 +316,97 @@ def _ls(args: argparse.Namespace) -> int:
             print(json.dumps(asdict(row), default=str, sort_keys=True))
     else:
         print(render_table(rows))
+    return 0
+
+
+def _fleet_client(args: argparse.Namespace) -> FleetClient:
+    ca = _ca(args)
+    cert, key = _identity_files(ca, args.identity)
+    host, port = _host_port(args.broker)
+    return FleetClient(host, port, ca_file=str(ca.paths.ca_cert), cert_file=cert, key_file=key)
+
+
+def _read_sections(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError("the file must hold an object of config sections")
+    return value
+
+
+def _config_push(args: argparse.Namespace) -> int:
+    from scanfleet.daemon.remote_config import Rejected
+
+    try:
+        sections = _read_sections(args.file)
+        client = _fleet_client(args)
+    except (OSError, ValueError, TypeError, CAError) as err:
+        return _fail(str(err))
+    try:
+        current = client.current_config(args.target)
+        version = args.version or ((current or {}).get("version", 0) + 1)
+        try:
+            doc = build_document(
+                sections,
+                version,
+                mode=args.mode,
+                probation_s=args.probation,
+                sign_key=args.sign_key,
+            )
+        except Rejected as err:
+            for e in err.errors:
+                print(f"invalid: {e.key}: {e.message}", file=sys.stderr)
+            return 1
+        print(diff(current, doc) or "(no change in config sections)")
+        report = client.push(args.target, doc, args.timeout)
+    finally:
+        client.close()
+    if report is None:
+        return _fail(f"no final report from {args.target} within {args.timeout:.0f} s")
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0 if report["result"] == "applied" else 1
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {}
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            return _fail(f"expected KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    try:
+        client = _fleet_client(args)
+    except (OSError, CAError) as err:
+        return _fail(str(err))
+    try:
+        reply = client.command(args.target, args.name, params, args.timeout)
+    finally:
+        client.close()
+    if reply is None:
+        return _fail(f"no reply from {args.target} within {args.timeout:.0f} s")
+    print(json.dumps(reply, indent=2, sort_keys=True))
+    return 0 if reply.get("ok") else 1
+
+
+def _health(args: argparse.Namespace) -> int:
+    try:
+        client = _fleet_client(args)
+    except (OSError, CAError) as err:
+        return _fail(str(err))
+    try:
+        entries = client.health(args.wait)
+    finally:
+        client.close()
+    if args.json:
+        for target, entry in sorted(entries.items()):
+            print(json.dumps({"device": target, **entry}, sort_keys=True, default=str))
+    else:
+        print(health_table(entries))
     return 0

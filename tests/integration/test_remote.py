@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -305,3 +307,49 @@ def test_a_device_cannot_push_config_or_commands_to_another_device(rig: Rig) -> 
     assert [d.name for d in daemon.config.devices] == ["scanner"]
     assert daemon.control.handled == 1
     other.close()
+
+
+def fleet_cli(rig: Rig, *args: str) -> subprocess.CompletedProcess[str]:
+    broker = f"mqtts://127.0.0.1:{rig.broker.port}"
+    common = ["--broker", broker, "--identity", "ops"]
+    argv = [sys.executable, "-m", "scanfleet.daemon", "fleet", "--fleet-dir", str(rig.fleet.root)]
+    return subprocess.run(
+        [*argv, args[0], *args[1:2], *common, *args[2:]]
+        if args[0] == "config"
+        else [*argv, args[0], *common, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_fleet_cli_pushes_config_with_a_diff_and_sends_commands(rig: Rig, tmp_path: Path) -> None:
+    daemon = rig.start_daemon()
+    sections = tmp_path / "station.json"
+    bad = fleet_cli(rig, "config", "push", f"{SITE}/{DEVICE}", str(tmp_path / "missing.json"))
+    assert bad.returncode == 1
+    sections.write_text(json.dumps({"station": {"operation": "no-such-op"}}), encoding="utf-8")
+    invalid = fleet_cli(rig, "config", "push", f"{SITE}/{DEVICE}", str(sections))
+    assert invalid.returncode == 1
+    assert "config.station.operation" in invalid.stderr, "validated locally, never pushed"
+    assert daemon.remote.version is None
+
+    sections.write_text(json.dumps({"station": {"operation": "dispatch"}}), encoding="utf-8")
+    pushed = fleet_cli(rig, "config", "push", f"{SITE}/{DEVICE}", str(sections), "--probation", "1")
+    assert pushed.returncode == 0, pushed.stderr
+    assert '+    "operation": "dispatch"' in pushed.stdout
+    report = json.loads(pushed.stdout[pushed.stdout.rindex("\n{\n") :])
+    assert report["result"] == "applied"
+    assert str(daemon.config.station.operation) == "dispatch"
+
+    status = fleet_cli(rig, "cmd", f"{SITE}/{DEVICE}", "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["result"]["config_version"] == 1
+    refused = fleet_cli(rig, "cmd", f"{SITE}/{DEVICE}", "resend", "from_seq=5", "to_seq=1")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["error"]["code"] == "bad_request"
+
+    health = fleet_cli(rig, "health", "--wait", "3")
+    assert health.returncode == 0, health.stderr
+    assert f"{SITE}/{DEVICE}" in health.stdout
