@@ -218,9 +218,10 @@ class RemoteCommands:
         return {"rebound": names}
 
     def restart(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Stop cleanly (SIGTERM to ourselves); systemd's ``Restart=`` starts the daemon again."""
+        """Stop cleanly, exit with status 75; systemd's ``Restart=on-failure`` starts it again."""
         if not self._restarting:
             self._restarting = True
+            self.daemon.restart_requested = True
             timer = threading.Timer(RESTART_DELAY, os.kill, (os.getpid(), signal.SIGTERM))
             timer.daemon = True
             timer.start()

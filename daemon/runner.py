@@ -42,6 +42,8 @@ JOURNAL_FILE = "journal.sqlite3"
 READY_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 RENEWAL_CHECK_SECONDS = 6 * 3600.0
+RESTART_EXIT_CODE = 75
+"""Exit status after a remote ``restart`` (EX_TEMPFAIL): ``Restart=on-failure`` restarts."""
 RESTART_SECTIONS = ("identity", "paths", "broker", "publisher", "journal")
 """Config sections a SIGHUP reload does not apply (the daemon says so)."""
 
@@ -142,6 +144,8 @@ class Daemon:
             interval=health_interval,
         )
         self.pipeline.add_listener(self.health.rate.on_record)
+        self.restart_requested = False
+        """Set by the ``restart`` command: :meth:`serve` then exits with RESTART_EXIT_CODE."""
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._on_ready: list[Callable[[], None]] = []
@@ -374,4 +378,4 @@ class Daemon:
             self.shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 0
+        return RESTART_EXIT_CODE if self.restart_requested else 0
