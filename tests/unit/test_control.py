@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +180,16 @@ def test_fuzzed_config_documents_always_get_a_report(daemon: Daemon, payload: by
         assert reports.errors
     # Whatever was pushed, the running config is a valid Config for the same identity.
     assert daemon.config.identity == daemon.file_config.identity
+
+
+def test_asyncapi_document_references_existing_schemas_of_every_topic() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "asyncapi.yaml").read_text(encoding="utf-8")
+    refs = set(re.findall(r'\$ref: "(schema/[a-z-]+\.schema\.json)"', text))
+    assert refs, "the document points at the generated schemas"
+    assert all((docs / ref).exists() for ref in refs), refs
+    for name in ["scan-batch", "state", "health", "desired-config", "config-reported"]:
+        assert f"schema/{name}.schema.json" in refs, name
+    assert "schema/cmd-response.schema.json" in refs
+    for topic in ["scans", "state", "health", "config", "config/reported", "cmd/{name}"]:
+        assert f'address: "scanfleet/v1/{{site}}/{{device}}/{topic}"' in text, topic
