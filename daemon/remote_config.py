@@ -235,6 +235,22 @@ class RemoteConfig:
         self.active: DesiredConfig | None = stored.get("active")
         self.last_digest: str | None = stored.get("last_digest")
         self.last_report: ConfigReport | None = stored.get("last_report")
+        self._in_probation = False
+        self._previous: DesiredConfig | None = None
+        """The last good overlay while a new one is in probation (the rollback target)."""
+        self._announce = False
+        if stored.get("in_probation"):
+            # Restarted (or crashed) during probation: the new overlay never proved
+            # itself, so the last good one runs; say so at the first connection.
+            failed = self.active
+            self.active = stored.get("previous")
+            self.last_report = self._make(
+                failed.version if failed else None,
+                "rolled_back",
+                [KeyedError(key="", message="the daemon restarted during probation")],
+            )
+            self._announce = True
+            self._save()
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -242,9 +258,9 @@ class RemoteConfig:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             return {
-                "active": DesiredConfig.model_validate(data["active"])
-                if data.get("active")
-                else None,
+                "active": _doc_or_none(data.get("active")),
+                "previous": _doc_or_none(data.get("previous")),
+                "in_probation": bool(data.get("in_probation")),
                 "last_digest": data.get("last_digest"),
                 "last_report": ConfigReport.model_validate(data["last_report"])
                 if data.get("last_report")
@@ -260,6 +276,10 @@ class RemoteConfig:
     def _save(self) -> None:
         data = {
             "active": self.active.model_dump(mode="json", by_alias=True) if self.active else None,
+            "previous": self._previous.model_dump(mode="json", by_alias=True)
+            if self._previous
+            else None,
+            "in_probation": self._in_probation,
             "last_digest": self.last_digest,
             "last_report": self.last_report.model_dump(mode="json", by_alias=True)
             if self.last_report
@@ -283,6 +303,9 @@ class RemoteConfig:
         """Told by the control channel; a loss during probation rolls back."""
         if not connected:
             self._lost.set()
+        elif self._announce and self.last_report is not None:
+            self._announce = False
+            self._report(self.last_report)
 
     @property
     def version(self) -> int | None:
@@ -311,6 +334,8 @@ class RemoteConfig:
                 return self._make(None, "unchanged")
             cleared = self.active
             self.active = None
+            self._in_probation = False
+            self._previous = None
             if not self._try_apply(base):
                 self.active = cleared
                 return self._make(None, "rejected", [KeyedError(key="", message="apply failed")])
@@ -323,7 +348,8 @@ class RemoteConfig:
             version = _version_of(payload)
             log.warning("pushed config v%s rejected: %s", version, err)
             return self._make(version, "rejected", err.errors)
-        previous = self.active
+        # A push during another's probation falls back to the last *proven* overlay.
+        previous = self._previous if self._in_probation else self.active
         before = self._bound()
         self._lost.clear()
         self.active = doc
@@ -337,6 +363,8 @@ class RemoteConfig:
         if doc.probation_s <= 0:
             return self._make(doc.version, "applied")
         self._generation += 1
+        self._in_probation = True
+        self._previous = previous
         threading.Thread(
             target=self._probation,
             args=(self._generation, doc, previous, before, base),
@@ -373,6 +401,8 @@ class RemoteConfig:
             lost = self._lost.is_set()
             if generation != self._generation or self.active is not doc:
                 return  # a newer push took over
+            self._in_probation = False
+            self._previous = None
             configured = {d.name for d in compose_or_base(base, doc).devices}
             missing = sorted((bound_before & configured) - self._bound())
             errors: list[KeyedError] = []
@@ -416,6 +446,10 @@ def compose_or_base(base: Config, doc: DesiredConfig | None) -> Config:
         return compose(base, doc)
     except Rejected:
         return base
+
+
+def _doc_or_none(data: Any) -> DesiredConfig | None:
+    return DesiredConfig.model_validate(data) if data else None
 
 
 def _version_of(payload: bytes) -> int | None:

@@ -179,3 +179,35 @@ def test_a_config_that_keeps_devices_bound_passes_probation(tmp_path: Path) -> N
     h.remote.handle(doc(1, {"station": {"name": "x"}}, probation_s=0.2), h.base)
     assert h.wait_report("applied").version == 1
     assert h.remote.version == 1
+
+
+def test_a_restart_during_probation_comes_back_with_the_last_good_overlay(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.remote.handle(doc(1, {"station": {"operation": "receiving"}}, probation_s=0), h.base)
+    h.remote.handle(doc(2, {"station": {"operation": "dispatch"}}, probation_s=3600), h.base)
+    assert h.remote.version == 2
+    restarted = Harness(tmp_path)  # the daemon died before v2 proved itself
+    assert restarted.remote.version == 1
+    assert str(restarted.remote.compose(restarted.base).station.operation) == "receiving"
+    assert restarted.reports == []
+    restarted.remote.connection_changed(True)
+    [report] = restarted.reports
+    assert (report.version, report.result, report.active_version) == (2, "rolled_back", 1)
+    # The retained v2 arriving again after the restart is not applied a second time.
+    again = restarted.remote.handle(
+        doc(2, {"station": {"operation": "dispatch"}}, probation_s=3600), restarted.base
+    )
+    assert again.result == "rolled_back"
+    assert restarted.applied == []
+
+
+def test_a_push_during_probation_rolls_back_to_the_last_proven_overlay(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.remote.handle(doc(1, {"station": {"name": "one"}}, probation_s=0), h.base)
+    h.remote.handle(doc(2, {"station": {"name": "two"}}, probation_s=3600), h.base)
+    moved = {"devices": [{"name": "scanner", "driver": "virtual", "channel": "z"}]}
+    h.remote.handle(doc(3, moved, probation_s=0.2), h.base)
+    h.bound.clear()
+    assert h.wait_report("rolled_back").version == 3
+    assert h.remote.version == 1
+    assert h.applied[-1].station.name == "one"
