@@ -264,3 +264,34 @@ def health_table(entries: dict[str, dict[str, Any]]) -> str:
         "  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)), row[3]])
         for row in table
     )
+
+
+def missing_ranges(
+    received: list[tuple[int, int]], last_seq: int, since: int = 1
+) -> list[tuple[int, int]]:
+    """Seq ranges in ``since``…``last_seq`` not covered by the *received* ranges."""
+    gaps: list[tuple[int, int]] = []
+    cursor = since
+    for first, last in sorted(received):
+        if last < cursor:
+            continue
+        if first > cursor:
+            gaps.append((cursor, min(first - 1, last_seq)))
+        cursor = max(cursor, last + 1)
+        if cursor > last_seq:
+            break
+    if cursor <= last_seq:
+        gaps.append((cursor, last_seq))
+    return [(a, b) for a, b in gaps if a <= b]
+
+
+def reported_last_seq(states: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """``SITE/DEVICE`` → newest last seq the device reported (health or retained state)."""
+    out: dict[str, int] = {}
+    for target, entry in states.items():
+        for kind in ("state", "health"):
+            journal = (entry.get(kind) or {}).get("journal") or {}
+            seq = journal.get("last_seq")
+            if isinstance(seq, int) and seq > out.get(target, -1):
+                out[target] = seq
+    return out

@@ -18,7 +18,14 @@ from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
 from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name
 from scanfleet.provisioning.claims import ClaimError, create_claim
 from scanfleet.provisioning.inventory import collect_states, inventory, render_table
-from scanfleet.provisioning.remote import FleetClient, build_document, diff, health_table
+from scanfleet.provisioning.remote import (
+    FleetClient,
+    build_document,
+    diff,
+    health_table,
+    missing_ranges,
+    reported_last_seq,
+)
 from scanfleet.provisioning.service import EnrollmentService, run_reload
 
 DEFAULT_FLEET_DIR = Path(os.environ.get("SCANFLEET_FLEET_DIR", "/var/lib/scanfleet-fleet"))
@@ -133,6 +140,19 @@ def register(subparsers: Any) -> None:
     health.add_argument("--wait", type=float, default=5.0, help="seconds to listen")
     health.add_argument("--json", action="store_true")
     health.set_defaults(func=_health)
+
+    gaps = sub.add_parser("gaps", help="compare a backend's received seq with the devices'")
+    _broker_args(gaps)
+    gaps.add_argument(
+        "--received",
+        type=Path,
+        required=True,
+        help='JSON from the backend: {"SITE/DEVICE": [[first_seq, last_seq], ...]}',
+    )
+    gaps.add_argument("--since", type=int, default=1, help="ignore seq below this")
+    gaps.add_argument("--resend", action="store_true", help="ask devices to resend the gaps")
+    gaps.add_argument("--wait", type=float, default=3.0, help="seconds to collect states")
+    gaps.set_defaults(func=_gaps)
 
 
 def _broker_args(parser: argparse.ArgumentParser) -> None:
@@ -410,3 +430,31 @@ def _health(args: argparse.Namespace) -> int:
     else:
         print(health_table(entries))
     return 0
+
+
+def _gaps(args: argparse.Namespace) -> int:
+    try:
+        raw = json.loads(args.received.read_text(encoding="utf-8"))
+        received = {t: [(int(a), int(b)) for a, b in spans] for t, spans in raw.items()}
+        client = _fleet_client(args)
+    except (OSError, ValueError, TypeError, AttributeError, CAError) as err:
+        return _fail(f"{args.received}: {err}")
+    failed = 0
+    try:
+        reported = reported_last_seq(client.health(args.wait))
+        for target, last_seq in sorted(reported.items()):
+            gaps = missing_ranges(received.get(target, []), last_seq, args.since)
+            for first, last in gaps:
+                line = f"{target}  missing {first}..{last}"
+                if args.resend:
+                    span = {"from_seq": first, "to_seq": last}
+                    reply = client.command(target, "resend", span, 30.0)
+                    ok = bool(reply and reply.get("ok"))
+                    failed += not ok
+                    line += "  resend " + ("requested" if ok else f"failed: {reply}")
+                print(line)
+            if not gaps:
+                print(f"{target}  complete through {last_seq}")
+    finally:
+        client.close()
+    return 1 if failed else 0

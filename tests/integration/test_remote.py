@@ -353,3 +353,34 @@ def test_fleet_cli_pushes_config_with_a_diff_and_sends_commands(rig: Rig, tmp_pa
     health = fleet_cli(rig, "health", "--wait", "3")
     assert health.returncode == 0, health.stderr
     assert f"{SITE}/{DEVICE}" in health.stdout
+
+
+def test_fleet_gaps_finds_a_backend_gap_and_requests_the_resend(rig: Rig, tmp_path: Path) -> None:
+    daemon = rig.start_daemon()
+    backend = rig.client("backend", "backend-gaps")
+    backend.subscribe(f"scanfleet/v1/{SITE}/+/scans")
+    for n in range(6):
+        os.write(rig.master, f"0100000000000{n}21GAP{n}\r".encode())
+    assert wait(lambda: daemon.journal.last_seq >= 6)
+    assert daemon.publisher.wait_delivered(daemon.journal.last_seq, 60)
+    last = daemon.journal.last_seq
+
+    def copies(seq: int) -> int:
+        return sum(
+            1
+            for topic, payload, _ in backend.received
+            if topic.endswith("/scans")
+            for s in json.loads(payload)["scans"]
+            if s["seq"] == seq
+        )
+
+    assert backend.wait(lambda: copies(last) == 1, 60)
+    # The backend lost 2..3 (say, a consumer crashed before committing them).
+    received = tmp_path / "received.json"
+    received.write_text(json.dumps({f"{SITE}/{DEVICE}": [[1, 1], [4, last]]}), encoding="utf-8")
+    out = fleet_cli(rig, "gaps", "--received", str(received), "--resend", "--wait", "3")
+    assert out.returncode == 0, out.stderr
+    assert f"{SITE}/{DEVICE}  missing 2..3  resend requested" in out.stdout
+    assert backend.wait(lambda: copies(2) == 2 and copies(3) == 2, 60)
+    assert copies(1) == 1, "only the gap is resent"
+    backend.close()
