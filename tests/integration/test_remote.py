@@ -19,6 +19,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -384,3 +386,31 @@ def test_fleet_gaps_finds_a_backend_gap_and_requests_the_resend(rig: Rig, tmp_pa
     assert backend.wait(lambda: copies(2) == 2 and copies(3) == 2, 60)
     assert copies(1) == 1, "only the gap is resent"
     backend.close()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    database=None,
+)
+@given(
+    name=st.sampled_from(["status", "devices", "resend", "rebind", "station", "bogus"]),
+    payload=st.one_of(
+        st.binary(max_size=64),
+        st.dictionaries(
+            st.sampled_from(["from_seq", "to_seq", "device", "operation", "bill"]),
+            st.none() | st.integers() | st.text(max_size=8),
+        ).map(lambda d: json.dumps(d).encode()),
+    ),
+    config=st.binary(max_size=64),
+)
+def test_fuzzed_payloads_through_the_broker_are_always_answered(
+    rig: Rig, name: str, payload: bytes, config: bytes
+) -> None:
+    daemon = rig.daemon or rig.start_daemon()
+    rig.ops.publish(f"{PREFIX}/config", config, retain=True)
+    correlation = os.urandom(8)
+    assert rig.ops.request(f"{PREFIX}/cmd/{name}", payload, correlation) < 0x80
+    assert rig.ops.reply(correlation)["command"] == name
+    assert daemon.control.connected
