@@ -131,3 +131,17 @@ def test_the_daemon_core_imports_neither_evdev_nor_pyusb() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_after_a_loss_keys_are_dropped_until_a_terminator_or_a_silence() -> None:
+    # The lost stretch may have held the terminator: the keys that follow could be the
+    # tail of the lost scan, so they are dropped up to Enter or an idle_timeout silence.
+    lost = trace.syn_dropped(0.0)
+    tail = trace.type_text(km.US, "55001", t0=0.01)  # tail of the lost scan + its Enter
+    soon = trace.type_text(km.US, "111", t0=0.2)  # decoded: Enter ended the discard
+    got = trace.decode_events([*lost, *tail, *soon], km.US, idle_timeout=0.1)
+    assert [f.data for f in got if isinstance(f, Frame)] == [b"111\r"]
+    no_enter = trace.type_text(km.US, "55001", t0=0.01, terminator=None)
+    later = trace.type_text(km.US, "222", t0=1.0)  # after a silence: decoded
+    got = trace.decode_events([*lost, *no_enter, *later], km.US, idle_timeout=0.1)
+    assert [f.data for f in got if isinstance(f, Frame)] == [b"222\r"]
