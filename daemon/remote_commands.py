@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RESEND = 100_000
+MAX_RESEND = 20_000
 """Most records one ``resend`` covers (bigger gaps take several requests)."""
 RESEND_BATCH = 500
 RESEND_BATCH_BYTES = 256 * 1024

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanfleet.daemon.config import Config, validate_config
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.model import NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -195,9 +195,12 @@ def load_key(state_dir: Path) -> Ed25519PublicKey | None:
     path = state_dir / KEY_FILE
     if not path.exists():
         return None
-    key = serialization.load_pem_public_key(path.read_bytes())
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ConfigError(str(path), [ConfigProblem("", f"unreadable public key: {err}")]) from err
     if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(str(path), [])
+        raise ConfigError(str(path), [ConfigProblem("", "not an Ed25519 public key")])
     return key
 
 

@@ -211,3 +211,11 @@ def test_a_push_during_probation_rolls_back_to_the_last_proven_overlay(tmp_path:
     assert h.wait_report("rolled_back").version == 3
     assert h.remote.version == 1
     assert h.applied[-1].station.name == "one"
+
+
+def test_an_unusable_trusted_key_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    from scanfleet.daemon.errors import ConfigError
+
+    (tmp_path / KEY_FILE).write_text("not a key", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unreadable public key"):
+        Harness(tmp_path)
