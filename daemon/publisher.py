@@ -11,9 +11,12 @@ With the optional live lane, records journaled during a backlog drain also go
 out at once, ahead of the backlog (and again in order later).
 
 Session choice: the device connects with ``clean_start=True`` and no session
-expiry. It subscribes to nothing here and publishes QoS 1 only, so a broker-side
-session would hold nothing the journal does not already resend; a clean start
-also means no stale in-flight state can collide with new message ids.
+expiry. It publishes QoS 1 only, so a broker-side session would hold nothing the
+journal does not already resend; a clean start also means no stale in-flight state
+can collide with new message ids. The control channel (``ControlLink``: pushed
+config and commands) subscribes again at every connect on this same connection; the
+desired config is retained, and a command sent while the device is offline is lost
+(the fleet tool times out and asks again).
 """
 
 from __future__ import annotations

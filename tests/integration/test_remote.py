@@ -414,3 +414,17 @@ def test_fuzzed_payloads_through_the_broker_are_always_answered(
     assert rig.ops.request(f"{PREFIX}/cmd/{name}", payload, correlation) < 0x80
     assert rig.ops.reply(correlation)["command"] == name
     assert daemon.control.connected
+
+
+def test_rotate_cert_renews_the_enrolled_certificate_early(rig: Rig) -> None:
+    daemon = rig.start_daemon()
+    cert_path = rig.state_dir / "tls" / "device.pem"
+    before = cert_path.read_bytes()
+    rig.ops.request(f"{PREFIX}/cmd/rotate-cert", b"", b"rot")
+    reply = rig.ops.reply(b"rot", timeout=90)
+    assert reply["ok"] is True, reply
+    assert cert_path.read_bytes() != before, "a new certificate (and key) on disk"
+    assert reply["result"]["not_after"] == daemon.cert_not_after.isoformat()  # type: ignore[union-attr]
+    # The running connection carries on; the renewed files are used from the next one.
+    rig.ops.request(f"{PREFIX}/cmd/status", b"", b"after-rot")
+    assert rig.ops.reply(b"after-rot")["ok"] is True
