@@ -27,6 +27,7 @@ from scanfleet.daemon.model import NAME_PATTERN, Kind, Operation
 
 DEFAULT_CONFIG_PATH = Path("/etc/scanfleet/scanfleet.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/scanfleet")
+JOURNAL_FILE = "journal.sqlite3"
 
 
 class _Section(BaseModel):
@@ -45,6 +46,11 @@ class PathsConfig(_Section):
     """Where the daemon keeps its state (journal, generated device id, remote config)."""
 
     state_dir: Path = DEFAULT_STATE_DIR
+
+    @property
+    def journal_file(self) -> Path:
+        """The journal in the state directory."""
+        return self.state_dir / JOURNAL_FILE
 
 
 class BrokerConfig(_Section):

@@ -38,7 +38,6 @@ from scanfleet.daemon.status import STATUS_FILE
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FILE = "journal.sqlite3"
 READY_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 RENEWAL_CHECK_SECONDS = 6 * 3600.0
@@ -58,7 +57,7 @@ class _Reload(Exception):
 
 def journal_path(config: Config) -> Path:
     """Where the journal of *config* lives."""
-    return config.paths.state_dir / JOURNAL_FILE
+    return config.paths.journal_file
 
 
 class Daemon:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from scanfleet.daemon.commands.verify import add_journal_arguments, journal_path
+from scanfleet.daemon.commands.location import add_location_arguments, journal_path_from
 from scanfleet.daemon.errors import ConfigError, JournalError
 from scanfleet.daemon.journal import Journal, Record
 
@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
             "progress bar goes to stderr when it is a terminal. Times without a zone are UTC."
         ),
     )
-    add_journal_arguments(parser)
+    add_location_arguments(parser, journal=True)
     parser.add_argument("--format", choices=("jsonl", "csv", "sqlite"), default="jsonl")
     parser.add_argument("--from-seq", type=int, metavar="N", help="first seq (inclusive)")
     parser.add_argument("--to-seq", type=int, metavar="M", help="last seq (inclusive)")
@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         print("scanfleet export: --format sqlite needs -o FILE", file=sys.stderr)
         return 2
     try:
-        path = journal_path(args)
+        path = journal_path_from(args)
         reader = Journal.open_readonly(path)
     except ConfigError as err:
         print(err, file=sys.stderr)

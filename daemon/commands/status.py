@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, load_config
+from scanfleet.daemon.commands.location import add_location_arguments, state_dir_from
+from scanfleet.daemon.config import JOURNAL_FILE
 from scanfleet.daemon.errors import ConfigError, JournalError
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.status import STATUS_FILE, pid_alive, read_status, status_age_s
 
-JOURNAL_FILE = "journal.sqlite3"
 STALE_AFTER_S = 30.0
 """A running daemon rewrites status.json at least every 10 s; older means it is gone."""
 
@@ -36,9 +36,7 @@ def register(subparsers: Any) -> None:
             "neither a journal nor a status file exists."
         ),
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
-    where.add_argument("--state-dir", type=Path, help="state directory holding journal.sqlite3")
+    add_location_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one JSON document")
     parser.set_defaults(func=_run)
 
@@ -105,15 +103,11 @@ def _journal_figures(path: Path, now: datetime) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.state_dir is not None:
-        state_dir = Path(args.state_dir)
-    else:
-        config_path = args.config or DEFAULT_CONFIG_PATH
-        try:
-            state_dir = load_config(config_path).paths.state_dir
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            return 1
+    try:
+        state_dir = state_dir_from(args)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
     status = collect_status(state_dir)
     if args.json:
         json.dump(status, sys.stdout, indent=2, sort_keys=True)

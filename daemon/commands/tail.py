@@ -6,14 +6,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, load_config
+from scanfleet.daemon.commands.location import add_location_arguments, journal_path_from
 from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, JournalError
-
-JOURNAL_FILE = "journal.sqlite3"
 
 
 def register(subparsers: Any) -> None:
@@ -27,20 +24,11 @@ def register(subparsers: Any) -> None:
             "never delays the daemon."
         ),
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
-    where.add_argument("--state-dir", type=Path, help="state directory holding journal.sqlite3")
+    add_location_arguments(parser)
     parser.add_argument("-n", "--lines", type=int, default=10, help="default: %(default)s")
     parser.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")
     parser.add_argument("--json", action="store_true", help="the canonical records, one per line")
     parser.set_defaults(func=_run)
-
-
-def state_dir_of(args: argparse.Namespace) -> Path:
-    """The state directory named by --state-dir, or by the config file's [paths]."""
-    if args.state_dir is not None:
-        return Path(args.state_dir)
-    return load_config(args.config or DEFAULT_CONFIG_PATH).paths.state_dir
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -58,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     from scanfleet.daemon.journal_reader import open_readonly
 
     try:
-        path = state_dir_of(args) / JOURNAL_FILE
+        path = journal_path_from(args)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1

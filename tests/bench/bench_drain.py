@@ -61,11 +61,6 @@ def mosquitto_executable() -> str:
     raise RuntimeError("mosquitto is not installed (make setup installs it)")
 
 
-def broker_extra_config() -> str:
-    """Keep a root-started mosquitto root, so it can write its persistence file."""
-    return "user root" if os.geteuid() == 0 else ""
-
-
 def build_backlog(journal: Journal, count: int, threads: int = APPENDERS) -> None:
     """Append *count* realistic scans through the normal, durable path."""
     per = [count // threads + (1 if k < count % threads else 0) for k in range(threads)]
@@ -211,9 +206,7 @@ def run() -> Iterator[dict[str, Any]]:
             payload = median_record(journal)
         # close() checkpointed the WAL: the file alone is the whole journal.
         shutil.copyfile(first, second)
-        with running_mosquitto(
-            mosquitto_executable(), workdir / "broker", extra_config=broker_extra_config()
-        ) as broker:
+        with running_mosquitto(mosquitto_executable(), workdir / "broker") as broker:
             with Journal(first, DEVICE, max_bytes=4 << 30) as journal:
                 strict = drain(journal, broker.url)
             with Journal(second, DEVICE, max_bytes=4 << 30) as journal:

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_drain import (
     DEVICE,
     SITE,
-    broker_extra_config,
     build_backlog,
     mosquitto_executable,
 )
@@ -79,9 +78,7 @@ def run() -> Iterator[dict[str, Any]]:
     """One JSON line with the child's figures."""
     with tempfile.TemporaryDirectory(prefix="scanfleet-bench-rss-") as tmp:
         workdir = Path(tmp)
-        with running_mosquitto(
-            mosquitto_executable(), workdir / "broker", extra_config=broker_extra_config()
-        ) as broker:
+        with running_mosquitto(mosquitto_executable(), workdir / "broker") as broker:
             out = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--child", tmp, broker.url, str(N)],
                 capture_output=True,

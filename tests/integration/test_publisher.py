@@ -8,7 +8,6 @@ contract asks of consumers.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -40,16 +39,10 @@ SCANS = f"scanfleet/v1/{SITE}/{DEVICE}/scans"
 STATE = f"scanfleet/v1/{SITE}/{DEVICE}/state"
 
 
-def broker_user_config() -> str:
-    """mosquitto started as root drops to user 'mosquitto', which cannot write its
-    persistence file into the test's root-owned directory; keep it root there."""
-    return "user root" if os.geteuid() == 0 else ""
-
-
 @pytest.fixture
 def broker(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """A persistent mosquitto that can write its database."""
-    return mosquitto_factory(extra_config=broker_user_config())
+    return mosquitto_factory()
 
 
 @pytest.fixture
@@ -175,7 +168,7 @@ def test_refused_publishes_stay_undelivered_raise_an_alarm_and_drain_once_the_ac
 ) -> None:
     acl = tmp_path / "acl"
     acl.write_text(f"topic read scanfleet/#\ntopic write {STATE}\n", encoding="utf-8")
-    broker = mosquitto_factory(extra_config=f"{broker_user_config()}\nacl_file {acl}")
+    broker = mosquitto_factory(extra_config=f"acl_file {acl}")
     append_scans(journal, 50)
     alarms = AlarmSet()
     collector = Collector(broker.host, broker.port, "scanfleet/#", client_id="backend-acl")

@@ -85,7 +85,10 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                err = ""
+                if self.proc.stderr is not None:
+                    err = self.proc.stderr.read().decode(errors="replace")
+                    self.proc.stderr.close()
                 raise RuntimeError(f"mosquitto exited {self.proc.returncode}: {err}{self.log()}")
             with (
                 contextlib.suppress(OSError),
