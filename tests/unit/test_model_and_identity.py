@@ -101,9 +101,7 @@ def test_device_id_is_generated_once_and_kept(tmp_path: Path) -> None:
 
 
 def test_configured_device_id_wins_and_is_not_stored(tmp_path: Path) -> None:
-    config = parse_config(
-        f'[paths]\nstate_dir = "{tmp_path}"\n[identity]\ndevice = "counter-7"\n'
-    )
+    config = parse_config(f'[paths]\nstate_dir = "{tmp_path}"\n[identity]\ndevice = "counter-7"\n')
     assert resolve_identity(config).device == "counter-7"
     assert not (tmp_path / "device-id").exists()
 
