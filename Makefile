@@ -10,9 +10,12 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup test unit lint typecheck bench run schema hil clean
 
+# make install DESTDIR=… PREFIX=… / make uninstall (systemd/README.md)
+include systemd/install.mk
+
 help: ## print this help
 	@echo "scanfleet make targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml .ci/sysdeps
 	./.ci/sysdeps
