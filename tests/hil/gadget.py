@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hil.guestlib import CONFIGFS, wait_for, wait_gone, wait_node
+from hil.guestlib import CONFIGFS, WAIT_TIMEOUT, wait_for, wait_gone, wait_node
 
 if TYPE_CHECKING:
     from hil.guest import Guest
@@ -112,14 +112,14 @@ def _ids(root: Path) -> tuple[int, int]:
     return int((root / "idVendor").read_text(), 16), int((root / "idProduct").read_text(), 16)
 
 
-def unplug(name: str, timeout: float = 30.0) -> None:
+def unplug(name: str, timeout: float = WAIT_TIMEOUT) -> None:
     """Disconnect gadget *name* from its UDC (the cable pulled) and wait until it is gone."""
     root = GADGETS / name
     _write(root / "UDC", "\n")
     wait_gone(*_ids(root), timeout=timeout)
 
 
-def replug(name: str, subsystem: str = "hidraw", timeout: float = 30.0) -> str:
+def replug(name: str, subsystem: str = "hidraw", timeout: float = WAIT_TIMEOUT) -> str:
     """Reconnect gadget *name*; returns its new *subsystem* node once enumerated."""
     root = GADGETS / name
     _write(root / "UDC", _free_udc())

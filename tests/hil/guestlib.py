@@ -18,6 +18,9 @@ T = TypeVar("T")
 CONFIGFS = Path("/sys/kernel/config")
 #: Independent dummy_hcd controllers, so several gadgets can be plugged at once.
 UDC_COUNT = 4
+#: Upper bound for enumeration and removal; generous because a TCG guest on a busy
+#: host can take tens of seconds, and a bound that holds costs nothing.
+WAIT_TIMEOUT = 60.0
 
 GUEST_MODULES = (
     "xhci_pci", "usbhid", "hid_generic", "evdev", "ftdi_sio", "cdc_acm",
@@ -27,7 +30,7 @@ GUEST_MODULES = (
 _processes: dict[str, subprocess.Popen[bytes]] = {}
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = WAIT_TIMEOUT) -> T:
     """Poll *probe* until it returns something other than None/False."""
     deadline = time.monotonic() + timeout
     while True:
@@ -80,7 +83,7 @@ def nodes_of(vid: int, pid: int, subsystem: str) -> list[str]:
     return found
 
 
-def wait_node(vid: int, pid: int, subsystem: str, timeout: float = 30.0) -> str:
+def wait_node(vid: int, pid: int, subsystem: str, timeout: float = WAIT_TIMEOUT) -> str:
     """First /dev node of *subsystem* for *vid*:*pid* once udev created it."""
 
     def probe() -> str | None:
@@ -90,7 +93,7 @@ def wait_node(vid: int, pid: int, subsystem: str, timeout: float = 30.0) -> str:
     return wait_for(probe, f"{subsystem} node of {vid:04x}:{pid:04x}", timeout)
 
 
-def wait_gone(vid: int, pid: int, timeout: float = 30.0) -> None:
+def wait_gone(vid: int, pid: int, timeout: float = WAIT_TIMEOUT) -> None:
     """Wait until USB device *vid*:*pid* left the bus."""
     wait_for(lambda: usb_device(vid, pid) is None, f"{vid:04x}:{pid:04x} unplugged", timeout)
 

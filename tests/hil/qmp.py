@@ -187,7 +187,7 @@ class Qmp:
         pace: float = DEFAULT_PACE,
         acked: Callable[[], int] | None = None,
         window: int = ACK_WINDOW,
-        ack_timeout: float = 30.0,
+        ack_timeout: float = 60.0,
     ) -> None:
         """Type *text* on a US layout, one key per *pace* seconds (never a burst).
 
@@ -215,7 +215,7 @@ class Qmp:
 
     # --- hotplug ------------------------------------------------------------------------
 
-    def device_del(self, device_id: str, timeout: float = 30.0) -> None:
+    def device_del(self, device_id: str, timeout: float = 60.0) -> None:
         """Unplug *device_id* and wait until QEMU reports it deleted."""
         self.execute("device_del", id=device_id)
         self.wait_event(
