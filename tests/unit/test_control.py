@@ -46,6 +46,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     yield d
     for worker in d.workers.values():  # pushed configs may have bound virtual devices
         worker.stop()
+    d.publisher.stop()  # never started: closes its wake-up socket pair
     d.journal.close()
     logging.getLogger().removeHandler(d.recent_log)
 
