@@ -95,6 +95,8 @@ class PublisherConfig(_Section):
     waiting behind the whole backlog. Consumers dedup by ``id`` either way."""
     max_batch_scans: Annotated[int, Field(ge=1, le=5000)] = 500
     max_batch_bytes: Annotated[int, Field(ge=4096, le=16 << 20)] = 256 * 1024
+    health_interval_s: Annotated[float, Field(ge=5, le=3600)] = 60.0
+    """Seconds between ``health`` messages."""
 
 
 class JournalConfig(_Section):

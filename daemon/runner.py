@@ -26,7 +26,7 @@ from scanfleet.daemon.devices import DeviceState, DeviceWorker
 from scanfleet.daemon.duplicates import open_index, policy
 from scanfleet.daemon.enroll import ensure_enrolled
 from scanfleet.daemon.errors import ConfigError, EnrollmentError
-from scanfleet.daemon.health import DEFAULT_INTERVAL, HealthReporter
+from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.local_api import LocalApi
@@ -68,7 +68,7 @@ class Daemon:
         config: Config,
         *,
         config_path: Path | None = None,
-        health_interval: float = DEFAULT_INTERVAL,
+        health_interval: float | None = None,
     ) -> None:
         self.file_config = config
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
@@ -140,7 +140,7 @@ class Daemon:
         self.health = HealthReporter(
             self,
             lambda topic, payload: self.control.publish(topic, payload),
-            interval=health_interval,
+            interval=health_interval or config.publisher.health_interval_s,
         )
         self.pipeline.add_listener(self.health.rate.on_record)
         self.restart_requested = False
