@@ -28,7 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.5
-BACKOFF_CAP = 10.0
+BACKOFF_CAP = 2.0
+"""A replugged scanner is bound again within about this long. A failed reopen costs a
+stat and an open, so a short cap is cheap; it is also what catches hotplug."""
+UNAVAILABLE_RETRY = 60.0
+"""A missing driver library does not appear by itself; retry rarely."""
 READ_TIMEOUT = 0.5
 PROBLEM_QUIET_SECONDS = 600.0
 """A device-problem alarm clears after this long without a new problem."""
@@ -125,7 +129,7 @@ class DeviceWorker:
                 driver = self._open()
             except DriverUnavailableError as err:
                 self._set_state(DeviceState.UNAVAILABLE, str(err))
-                self._stop.wait(BACKOFF_CAP * 6)
+                self._stop.wait(UNAVAILABLE_RETRY)
                 continue
             except (DeviceGoneError, DriverError, OSError) as err:
                 self._set_state(DeviceState.ABSENT, str(err))
