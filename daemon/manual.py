@@ -9,13 +9,13 @@ barcode (``#SF:EXEMPT=herbal;batch=B1;exp=2027-01-31;qty=3``) or the local inter
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scanfleet.daemon.model import NAME_PATTERN, Operation
+from scanfleet.daemon.model import Operation, StationRecord
 
 MANUAL_SCHEMA = "scanfleet.manual-entry/1"
 
@@ -109,26 +109,13 @@ def entry_body(request: EntryRequest, context: dict[str, Any]) -> dict[str, Any]
     }
 
 
-class ManualEntry(BaseModel):
+class ManualEntry(StationRecord):
     """A ``manual_entry`` journal record: never a physical scan."""
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
-    )
 
     schema_: Literal["scanfleet.manual-entry/1"] = Field(
         default="scanfleet.manual-entry/1", alias="schema"
     )
     type: Literal["manual_entry"] = "manual_entry"
-    device: str = Field(pattern=NAME_PATTERN)
-    seq: int = Field(ge=1)
-    id: str
-    time: datetime
-    clock: str | None = None
-    t_mono: float | None = None
-    boot_id: str | None = None
-    origin: Literal["barcode", "local_api", "remote", "config"]
-    source: dict[str, Any] | None = None
     station: str | None = None
     operation: Operation
     bill: str | None = None
@@ -142,5 +129,3 @@ class ManualEntry(BaseModel):
     quantity: int
     unit: str | None = None
     note: str | None = None
-    prev_hash: str
-    hash: str

@@ -102,6 +102,31 @@ class ParseResult(BaseModel):
     problems: list[str] = Field(default_factory=list)
 
 
+class StationRecord(BaseModel):
+    """Fields every station record (``control``, ``bill_summary``, ``manual_entry``) carries.
+
+    Like every journal record they share the scan's identity, time and hash-chain fields;
+    ``origin`` says who made the change (a control barcode, the local interface, a remote
+    command or the configuration).
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
+    )
+
+    device: str = Field(pattern=NAME_PATTERN)
+    seq: int = Field(ge=1)
+    id: str
+    time: datetime
+    clock: str | None = None
+    t_mono: float | None = None
+    boot_id: str | None = None
+    origin: Literal["barcode", "local_api", "remote", "config"]
+    source: dict[str, Any] | None = None
+    prev_hash: str
+    hash: str
+
+
 class Source(BaseModel):
     """Where a read came from."""
 

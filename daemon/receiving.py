@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
-from scanfleet.daemon.model import NAME_PATTERN, Operation
+from scanfleet.daemon.model import Operation, StationRecord
 
 BILL_SUMMARY_SCHEMA = "scanfleet.bill-summary/1"
 
@@ -80,26 +79,13 @@ class CodeQuantity(BaseModel):
     quantity: int
 
 
-class BillSummary(BaseModel):
+class BillSummary(StationRecord):
     """The ``bill_summary`` journal record written when a bill ends (``#SF:END``)."""
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
-    )
 
     schema_: Literal["scanfleet.bill-summary/1"] = Field(
         default="scanfleet.bill-summary/1", alias="schema"
     )
     type: Literal["bill_summary"] = "bill_summary"
-    device: str = Field(pattern=NAME_PATTERN)
-    seq: int = Field(ge=1)
-    id: str
-    time: datetime
-    clock: str | None = None
-    t_mono: float | None = None
-    boot_id: str | None = None
-    origin: Literal["barcode", "local_api", "remote", "config"]
-    source: dict[str, Any] | None = None
     station: str | None = None
     operator: str | None = None
     operation: Operation
@@ -111,8 +97,6 @@ class BillSummary(BaseModel):
     refused: int = Field(description="Refused reads in the bill (unexpected, duplicate, …).")
     missing: list[CodeQuantity] = Field(description="Manifest units never scanned.")
     extra: list[CodeQuantity] = Field(description="Scanned codes not on the manifest.")
-    prev_hash: str
-    hash: str
 
 
 @dataclass

@@ -14,10 +14,9 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config
@@ -25,7 +24,7 @@ from scanfleet.daemon.duplicates import DuplicateIndex
 from scanfleet.daemon.errors import ConfigError
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.manual import EntryRequest, entry_body, parse_entry
-from scanfleet.daemon.model import NAME_PATTERN, Operation, Verdict
+from scanfleet.daemon.model import Operation, StationRecord, Verdict
 from scanfleet.daemon.receiving import (
     BILL_SUMMARY_SCHEMA,
     BillProgress,
@@ -53,23 +52,11 @@ _BILL_RE = re.compile(r"^[^\s/\\]{1,100}$")
 _FILE_SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-class ControlRecord(BaseModel):
+class ControlRecord(StationRecord):
     """A ``control`` journal record: a change of station context. Never a scan."""
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
-    )
 
     schema_: Literal["scanfleet.control/1"] = Field(default="scanfleet.control/1", alias="schema")
     type: Literal["control"] = "control"
-    device: str = Field(pattern=NAME_PATTERN)
-    seq: int = Field(ge=1)
-    id: str
-    time: datetime
-    clock: str | None = None
-    t_mono: float | None = None
-    boot_id: str | None = None
-    origin: Literal["barcode", "local_api", "remote", "config"]
     source: dict[str, Any] | None = Field(
         default=None, description="The scanner, for a control barcode."
     )
@@ -82,8 +69,6 @@ class ControlRecord(BaseModel):
     operation: Operation = Field(description="The operation after this change.")
     bill: str | None = Field(description="The bill after this change.")
     operator: str | None = Field(description="The operator after this change.")
-    prev_hash: str
-    hash: str
 
 
 class StationError(ValueError):
