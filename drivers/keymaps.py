@@ -258,3 +258,21 @@ HID_MODIFIER_KEYS: tuple[int, ...] = (
 KEY_TO_HID_USAGE: dict[int, int] = {}
 for _usage, _code in sorted(HID_USAGE_TO_KEY.items(), reverse=True):
     KEY_TO_HID_USAGE[_code] = _usage  # the lower usage wins for KEY_BACKSLASH (0x31)
+
+
+def key_sequence(
+    layout: Layout, text: str, terminator: int | None = KEY_ENTER
+) -> list[tuple[frozenset[int], int]]:
+    """(modifiers held, key) for every key a scanner set to *layout* types for *text*.
+
+    :raises ValueError: a character the layout cannot type.
+    """
+    keys: list[tuple[frozenset[int], int]] = []
+    for ch in text:
+        stroke = strokes_for(layout, ch)
+        if stroke is None:
+            raise ValueError(f"layout {layout.name} cannot type {ch!r}")
+        keys.extend(stroke.keys)
+    if terminator is not None:
+        keys.append((frozenset(), terminator))
+    return keys

@@ -168,14 +168,7 @@ def boot_reports(
 
     :raises ValueError: a character the layout cannot type.
     """
-    keys: list[tuple[frozenset[int], int]] = []
-    for ch in text:
-        stroke = km.strokes_for(layout, ch)
-        if stroke is None:
-            raise ValueError(f"layout {layout.name} cannot type {ch!r}")
-        keys.extend(stroke.keys)
-    if terminator is not None:
-        keys.append((frozenset(), terminator))
+    keys = km.key_sequence(layout, text, terminator)
     reports = []
     for mods, code in keys:
         bits = sum(1 << km.HID_MODIFIER_KEYS.index(m) for m in mods)

@@ -100,14 +100,7 @@ def type_text(
 
     :raises ValueError: a character the layout cannot type.
     """
-    keys: list[tuple[frozenset[int], int]] = []
-    for ch in text:
-        stroke = km.strokes_for(layout, ch)
-        if stroke is None:
-            raise ValueError(f"layout {layout.name} cannot type {ch!r}")
-        keys.extend(stroke.keys)
-    if terminator is not None:
-        keys.append((frozenset(), terminator))
+    keys = km.key_sequence(layout, text, terminator)
     events, _ = tap(keys, t0, key_interval)
     return events
 
