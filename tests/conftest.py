@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from support.broker import MOSQUITTO_DIRS, Mosquitto
+from support.pki import Fleet, FleetBroker, make_fleet
 from support.prereq import require_executable
 
 
@@ -32,3 +33,19 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """A started mosquitto with persistence on, anonymous access, on a free loopback port."""
     return mosquitto_factory()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    """A fleet CA with its broker certificate, in the test's directory."""
+    return make_fleet(tmp_path)
+
+
+@pytest.fixture
+def fleet_broker(tmp_path: Path, fleet: Fleet) -> Iterator[FleetBroker]:
+    """mosquitto running the product-generated TLS + ACL configuration for *fleet*."""
+    executable = require_executable("mosquitto", *MOSQUITTO_DIRS)
+    broker = FleetBroker(executable, tmp_path / "broker", fleet)
+    broker.start()
+    yield broker
+    broker.stop()

@@ -24,11 +24,6 @@ QUIET = 1.0
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return make_fleet(tmp_path)
-
-
-@pytest.fixture
 def creds(fleet: Fleet) -> dict[str, Credentials]:
     return {
         "a": fleet.device("site-1", "dev-a"),

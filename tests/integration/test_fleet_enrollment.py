@@ -30,9 +30,7 @@ from scanfleet.daemon.mqtt import Connection
 from scanfleet.provisioning.ca import Role, cert_pem, write_public
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.service import EnrollmentService
-from support.broker import MOSQUITTO_DIRS
-from support.pki import Credentials, Fleet, FleetBroker, TLSClient, make_fleet
-from support.prereq import require_executable
+from support.pki import Credentials, Fleet, FleetBroker, TLSClient
 
 pytestmark = pytest.mark.integration
 
@@ -40,30 +38,16 @@ SITE = "pharmacy-12"
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return make_fleet(tmp_path)
-
-
-@pytest.fixture
-def broker(tmp_path: Path, fleet: Fleet) -> Iterator[FleetBroker]:
-    executable = require_executable("mosquitto", *MOSQUITTO_DIRS)
-    mosq = FleetBroker(executable, tmp_path / "broker", fleet)
-    mosq.start()
-    yield mosq
-    mosq.stop()
-
-
-@pytest.fixture
-def service(fleet: Fleet, broker: FleetBroker) -> Iterator[EnrollmentService]:
+def service(fleet: Fleet, fleet_broker: FleetBroker) -> Iterator[EnrollmentService]:
     creds = fleet.role(Role.FLEET, "svc")
-    broker.reload()  # the new fleet identity needs its ACL block
+    fleet_broker.reload()  # the new fleet identity needs its ACL block
     svc = EnrollmentService(
         fleet.ca,
-        host=broker.host,
-        port=broker.port,
+        host=fleet_broker.host,
+        port=fleet_broker.port,
         cert_file=str(creds.cert),
         key_file=str(creds.key),
-        broker_url=f"mqtts://{broker.host}:{broker.port}",
+        broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
     )
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
@@ -83,33 +67,35 @@ def device_config(tmp_path: Path, fleet: Fleet, name: str) -> Config:
     )
 
 
-def put_claim(fleet: Fleet, broker: FleetBroker, config: Config, **kw: object) -> str:
-    _, claim = create_claim(fleet.ca.registry, SITE, broker.host, broker.enroll_port, **kw)  # type: ignore[arg-type]
+def put_claim(fleet: Fleet, fleet_broker: FleetBroker, config: Config, **kw: object) -> str:
+    _, claim = create_claim(
+        fleet.ca.registry, SITE, fleet_broker.host, fleet_broker.enroll_port, **kw
+    )  # type: ignore[arg-type]
     config.paths.state_dir.mkdir(parents=True, exist_ok=True)
     (config.paths.state_dir / CLAIM_FILE).write_text(claim.token + "\n", encoding="utf-8")
     return claim.token
 
 
 def enroll(
-    tmp_path: Path, fleet: Fleet, broker: FleetBroker, device: str
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, device: str
 ) -> tuple[Config, Identity]:
     config = device_config(tmp_path, fleet, device)
-    put_claim(fleet, broker, config)
+    put_claim(fleet, fleet_broker, config)
     enrolled = ensure_enrolled(config, Identity(SITE, device), timeout=20)
     return config.model_copy(update={"broker": enrolled.broker}), enrolled.identity
 
 
 def test_device_enrolls_with_a_claim_and_publishes_scans(
-    tmp_path: Path, fleet: Fleet, broker: FleetBroker, service: EnrollmentService
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, service: EnrollmentService
 ) -> None:
     backend = TLSClient(
-        broker.port, fleet.ca_file, fleet.role(Role.BACKEND, "trace"), client_id="backend"
+        fleet_broker.port, fleet.ca_file, fleet.role(Role.BACKEND, "trace"), client_id="backend"
     )
-    broker.reload()
-    config, identity = enroll(tmp_path, fleet, broker, "sf-000000000001")
+    fleet_broker.reload()
+    config, identity = enroll(tmp_path, fleet, fleet_broker, "sf-000000000001")
     assert identity == Identity(SITE, "sf-000000000001")
     assert not (config.paths.state_dir / CLAIM_FILE).exists(), "a used claim is removed"
-    assert config.broker.url == f"mqtts://127.0.0.1:{broker.port}"
+    assert config.broker.url == f"mqtts://127.0.0.1:{fleet_broker.port}"
     assert backend.connected(), backend.error
     backend.subscribe("scanfleet/v1/+/+/scans")
 
@@ -134,13 +120,15 @@ def test_device_enrolls_with_a_claim_and_publishes_scans(
 
 
 def test_device_key_is_made_on_the_device_0600_and_never_sent(
-    tmp_path: Path, fleet: Fleet, broker: FleetBroker, service: EnrollmentService
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, service: EnrollmentService
 ) -> None:
-    spy = TLSClient(broker.port, fleet.ca_file, fleet.role(Role.FLEET, "spy"), client_id="spy")
-    broker.reload()
+    spy = TLSClient(
+        fleet_broker.port, fleet.ca_file, fleet.role(Role.FLEET, "spy"), client_id="spy"
+    )
+    fleet_broker.reload()
     assert spy.connected(), spy.error
     spy.subscribe("scanfleet/v1/enroll/+/request")
-    config, _ = enroll(tmp_path, fleet, broker, "sf-000000000002")
+    config, _ = enroll(tmp_path, fleet, fleet_broker, "sf-000000000002")
 
     tls = DeviceTLS(config.paths.state_dir / "tls")
     assert stat.S_IMODE(tls.key.stat().st_mode) == 0o600
@@ -174,10 +162,10 @@ def test_device_key_is_made_on_the_device_0600_and_never_sent(
 
 
 def test_reused_or_expired_claim_is_refused(
-    tmp_path: Path, fleet: Fleet, broker: FleetBroker, service: EnrollmentService
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, service: EnrollmentService
 ) -> None:
     config = device_config(tmp_path, fleet, "first")
-    token = put_claim(fleet, broker, config)
+    token = put_claim(fleet, fleet_broker, config)
     ensure_enrolled(config, Identity(SITE, "sf-000000000003"), timeout=20)
 
     second = device_config(tmp_path, fleet, "second")
@@ -189,7 +177,7 @@ def test_reused_or_expired_claim_is_refused(
     third = device_config(tmp_path, fleet, "third")
     put_claim(
         fleet,
-        broker,
+        fleet_broker,
         third,
         ttl=timedelta(hours=1),
         now=datetime.now(UTC) - timedelta(hours=2),
@@ -200,26 +188,26 @@ def test_reused_or_expired_claim_is_refused(
 
 
 def test_enrolled_device_cannot_be_taken_over_with_an_ordinary_claim(
-    tmp_path: Path, fleet: Fleet, broker: FleetBroker, service: EnrollmentService
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, service: EnrollmentService
 ) -> None:
-    enroll(tmp_path, fleet, broker, "sf-000000000006")
+    enroll(tmp_path, fleet, fleet_broker, "sf-000000000006")
     thief = device_config(tmp_path, fleet, "thief")
-    put_claim(fleet, broker, thief)
+    put_claim(fleet, fleet_broker, thief)
     with pytest.raises(EnrollmentError, match="already enrolled"):
         ensure_enrolled(thief, Identity(SITE, "sf-000000000006"), timeout=20)
 
     # A claim bound to the device re-enrolls it and revokes the old certificate.
     owner = device_config(tmp_path, fleet, "reinstalled")
-    put_claim(fleet, broker, owner, device="sf-000000000006")
+    put_claim(fleet, fleet_broker, owner, device="sf-000000000006")
     ensure_enrolled(owner, Identity(SITE, "sf-000000000006"), timeout=20)
     certs = fleet.ca.registry.certs(cn=f"{SITE}/sf-000000000006")
     assert [c.revoked_at is None for c in certs] == [True, False]
 
 
 def test_certificate_is_renewed_before_expiry_with_a_new_key(
-    tmp_path: Path, fleet: Fleet, broker: FleetBroker, service: EnrollmentService
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, service: EnrollmentService
 ) -> None:
-    config, identity = enroll(tmp_path, fleet, broker, "sf-000000000007")
+    config, identity = enroll(tmp_path, fleet, fleet_broker, "sf-000000000007")
     tls = DeviceTLS(config.paths.state_dir / "tls")
     # Replace the certificate with one for the same key that is past two thirds of its life.
     old_key = load_device_key(tls.key)
@@ -244,7 +232,7 @@ def test_certificate_is_renewed_before_expiry_with_a_new_key(
     assert stat.S_IMODE(tls.key.stat().st_mode) == 0o600
     assert fleet.ca.registry.is_revoked(aged.serial_number)
     client = TLSClient(
-        broker.port,
+        fleet_broker.port,
         fleet.ca_file,
         _creds(tls),
         client_id=identity.device,

@@ -20,29 +20,13 @@ from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.mqtt import Backoff
 from scanfleet.daemon.publisher import Publisher
-from support.broker import MOSQUITTO_DIRS
 from support.pki import Fleet, FleetBroker, make_fleet
-from support.prereq import require_executable
 from support.scans import make_scan_body
 
 pytestmark = pytest.mark.integration
 
 SITE = "site-tls"
 DEVICE = "sf-00000000a7e5"
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Fleet:
-    return make_fleet(tmp_path)
-
-
-@pytest.fixture
-def broker(tmp_path: Path, fleet: Fleet) -> Iterator[FleetBroker]:
-    executable = require_executable("mosquitto", *MOSQUITTO_DIRS)
-    mosq = FleetBroker(executable, tmp_path / "broker", fleet)
-    mosq.start()
-    yield mosq
-    mosq.stop()
 
 
 @pytest.fixture
@@ -55,11 +39,11 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 
 def test_scans_are_delivered_over_tls_with_the_device_certificate(
-    broker: FleetBroker, fleet: Fleet, journal: Journal
+    fleet_broker: FleetBroker, fleet: Fleet, journal: Journal
 ) -> None:
     creds = fleet.device(SITE, DEVICE)
     config = BrokerConfig(
-        url=f"mqtts://127.0.0.1:{broker.port}",
+        url=f"mqtts://127.0.0.1:{fleet_broker.port}",
         ca_file=fleet.ca_file,
         cert_file=creds.cert,
         key_file=creds.key,
@@ -74,19 +58,19 @@ def test_scans_are_delivered_over_tls_with_the_device_certificate(
     )
     publisher.start()
     try:
-        assert publisher.wait_delivered(40, 30), broker.log()
+        assert publisher.wait_delivered(40, 30), fleet_broker.log()
         assert publisher.counters.batches_refused == 0
     finally:
         publisher.stop(5)
 
 
 def test_a_broker_certificate_from_another_ca_is_never_trusted(
-    broker: FleetBroker, fleet: Fleet, journal: Journal, tmp_path: Path
+    fleet_broker: FleetBroker, fleet: Fleet, journal: Journal, tmp_path: Path
 ) -> None:
     creds = fleet.device(SITE, DEVICE)
     rogue = make_fleet(tmp_path / "rogue")
     config = BrokerConfig(
-        url=f"mqtts://127.0.0.1:{broker.port}",
+        url=f"mqtts://127.0.0.1:{fleet_broker.port}",
         ca_file=rogue.ca_file,
         cert_file=creds.cert,
         key_file=creds.key,
