@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from scanfleet.drivers import virtual
 from support.broker import MOSQUITTO_DIRS, Mosquitto
 from support.pki import Fleet, FleetBroker, make_fleet
 from support.prereq import require_executable
@@ -49,3 +50,12 @@ def fleet_broker(tmp_path: Path, fleet: Fleet) -> Iterator[FleetBroker]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def channel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A virtual-scanner channel of this test alone, empty before and after it."""
+    name = f"{request.node.module.__name__}-{request.node.name}"
+    virtual.reset(name)
+    yield name
+    virtual.reset(name)

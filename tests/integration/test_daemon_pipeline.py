@@ -36,14 +36,6 @@ def _config(tmp_path: Path, broker: Mosquitto, channel: str) -> Config:
 
 
 @pytest.fixture
-def channel(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"pipeline-{request.node.name}"
-    virtual.reset(name)
-    yield name
-    virtual.reset(name)
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemon]:
     d = Daemon(_config(tmp_path, mosquitto, channel))
     d.start()

@@ -73,14 +73,6 @@ def private_key(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def channel() -> Iterator[str]:
-    name = "idcard-counter"
-    virtual.reset(name)
-    yield name
-    virtual.reset(name)
-
-
-@pytest.fixture
 def reader() -> Iterator[IdCardSimulator]:
     with IdCardSimulator(noise=0.2, seed=11) as sim:
         yield sim

@@ -71,14 +71,6 @@ class WsClient:
 
 
 @pytest.fixture
-def channel(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"local-{request.node.name}"
-    virtual.reset(name)
-    yield name
-    virtual.reset(name)
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemon]:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n", encoding="utf-8")

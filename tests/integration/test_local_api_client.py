@@ -25,14 +25,6 @@ TOKEN = "client-token-0123456789"  # noqa: S105 - a test token
 
 
 @pytest.fixture
-def channel(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"local-client-{request.node.name}"
-    virtual.reset(name)
-    yield name
-    virtual.reset(name)
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemon]:
     config = Config.model_validate(
         {

@@ -33,14 +33,6 @@ STRAY = "83711700200000000099"  # not on the manifest: unexpected
 
 
 @pytest.fixture
-def channel(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"station-{request.node.name}"
-    virtual.reset(name)
-    yield name
-    virtual.reset(name)
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemon]:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
