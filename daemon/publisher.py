@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
+from scanfleet.daemon.clock import boot_id
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
 from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
@@ -49,7 +50,6 @@ from scanfleet.daemon.publisher_state import (
     BrokerState,
     PublisherCounters,
     compose_state,
-    read_boot_id,
 )
 from scanfleet.daemon.status import StatusFile
 
@@ -158,7 +158,7 @@ class Publisher:
         self.ack_listener = ack_listener
         self.control = control
         self.counters = PublisherCounters()
-        self.boot_id = read_boot_id()
+        self.boot_id = boot_id()
         self._cutter = BatchCutter(
             identity.device, max_scans=max_batch_scans, max_bytes=max_batch_bytes
         )

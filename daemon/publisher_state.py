@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.alarms import Alarm
@@ -42,14 +41,6 @@ class PublisherCounters:
     live_batches_published: int = 0
     connects: int = 0
     connection_failures: int = 0
-
-
-def read_boot_id() -> str | None:
-    """The kernel's boot id, or None where there is none (not Linux)."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    except OSError:
-        return None
 
 
 def compose_state(
