@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from scanfleet.daemon.alarms import AlarmSet, Severity
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
 
 if TYPE_CHECKING:
@@ -54,21 +54,6 @@ class Incoming:
 
     worker: DeviceWorker
     read: Read
-
-
-def backoff_delays(
-    first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP, rng: random.Random | None = None
-) -> Callable[[], float]:
-    """Return a function giving the next delay: doubling up to *cap*, with ±25 % jitter."""
-    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-    current = first / 2
-
-    def next_delay() -> float:
-        nonlocal current
-        current = min(cap, current * 2)
-        return current * rng.uniform(0.75, 1.25)
-
-    return next_delay
 
 
 class DeviceWorker:
@@ -123,7 +108,7 @@ class DeviceWorker:
             return True
 
     def _run(self) -> None:
-        delays = backoff_delays()
+        delays = Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         while not self._stop.is_set():
             try:
                 driver = self._open()
@@ -133,9 +118,9 @@ class DeviceWorker:
                 continue
             except (DeviceGoneError, DriverError, OSError) as err:
                 self._set_state(DeviceState.ABSENT, str(err))
-                self._stop.wait(delays())
+                self._stop.wait(delays.next())
                 continue
-            delays = backoff_delays()
+            delays.reset()
             self._set_state(DeviceState.BOUND)
             try:
                 self._read_loop(driver)

@@ -1,7 +1,7 @@
 """The publisher: journal records to the broker in seq order, at least once.
 
 One thread runs the daemon's own reconnect loop (capped exponential backoff with
-jitter, :class:`~scanfleet.daemon.mqtt.Backoff`) and, while connected, cuts
+jitter, :class:`~scanfleet.daemon.backoff.Backoff`) and, while connected, cuts
 batches from the journal in seq order and hands at most ``window`` of them to
 paho at a time. A batch is delivered only when its PUBACK arrives with a reason
 code below 0x80; the journal's watermark advances over the contiguous prefix of
@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.clock import boot_id
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
@@ -45,7 +46,7 @@ from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, s
 from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.mqtt import Backoff, Connection, drain_wake
+from scanfleet.daemon.mqtt import Connection, drain_wake
 from scanfleet.daemon.publisher_state import (
     BrokerState,
     PublisherCounters,

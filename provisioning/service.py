@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from pydantic import ValidationError
 
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
-from scanfleet.daemon.mqtt import Backoff
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
 

@@ -24,12 +24,12 @@ import pytest
 import rfc8785
 
 from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.model import GENESIS_HASH
-from scanfleet.daemon.mqtt import Backoff
 from scanfleet.daemon.publisher import Publisher
 from support.broker import Mosquitto
 from support.mqtt import Collector

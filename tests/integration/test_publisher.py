@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.mqtt import Backoff
 from scanfleet.daemon.publisher import ALARM_REFUSED, Publisher
 from scanfleet.daemon.status import STATUS_FILE
 from support.broker import Mosquitto

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.mqtt import Backoff
 from scanfleet.daemon.publisher import Publisher
 from support.broker import Mosquitto
 from support.mqtt import Collector

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import rfc8785
 
+from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.delivery import Ack, Batch, BatchCutter, DeliveryTracker
 from scanfleet.daemon.envelope import DeviceState, ScanBatch, build_batch, state_payload
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.mqtt import Backoff
 from scanfleet.daemon.schemas import message_models
 from scanfleet.daemon.status import StatusFile, read_status, status_age_s
 from support.scans import make_scan_body
