@@ -108,7 +108,8 @@ class Rig:
         self.service = EnrollmentService(
             self.fleet.ca,
             host=self.broker.host,
-            port=self.broker.port,
+            port=self.broker.service_port,
+            admin_socket=self.broker.admin_socket,
             cert_file=str(self.creds["svc"].cert),
             key_file=str(self.creds["svc"].key),
             broker_url=f"mqtts://{self.broker.host}:{self.broker.port}",
@@ -175,7 +176,7 @@ class Rig:
         self.ops.close()
         self.service.stop()
         self._service_thread.join(10)
-        self.broker.stop()
+        self.broker.close()
         os.close(self.master)
         os.close(self.slave)
 
