@@ -61,7 +61,9 @@ REMOTE_SECTIONS = ("station", "classify", "identity_check", "local_api", "device
 """Top-level sections a pushed document may set."""
 MAX_DOCUMENT_BYTES = 256 * 1024
 
-Result = Literal["applied", "probation", "rejected", "rolled_back", "cleared", "unchanged"]
+Result = Literal[
+    "applied", "restart_required", "probation", "rejected", "rolled_back", "cleared", "unchanged"
+]
 
 
 class DesiredConfig(BaseModel):
@@ -102,6 +104,11 @@ class ConfigReport(BaseModel):
     version: int | None = Field(description="Version of the document this report is about.")
     result: Result
     errors: list[KeyedError] = Field(default_factory=list)
+    restart_required: list[str] = Field(
+        default_factory=list,
+        description="Settings that changed but only take effect at the next restart "
+        "(result 'restart_required' instead of 'applied').",
+    )
     active_version: int | None = Field(description="Version running now; null: file only.")
     time: datetime
 
@@ -211,7 +218,8 @@ class RemoteConfig:
         state_dir: where ``remote-config.json`` (and the trusted key) live.
         device: device id for reports.
         apply: makes a configuration the running one (the daemon rebinds drivers,
-            changes station context and feedback).
+            changes station context and feedback, swaps the local API token); returns
+            the changed settings that only a restart applies.
         bound_devices: names of the devices bound right now.
         report: publishes a report (retained) on ``config/reported``.
     """
@@ -221,7 +229,7 @@ class RemoteConfig:
         state_dir: Path,
         device: str,
         *,
-        apply: Callable[[Config], None],
+        apply: Callable[[Config], list[str] | None],
         bound_devices: Callable[[], set[str]],
         report: Callable[[ConfigReport], None],
     ) -> None:
@@ -239,6 +247,8 @@ class RemoteConfig:
         self.last_digest: str | None = stored.get("last_digest")
         self.last_report: ConfigReport | None = stored.get("last_report")
         self._in_probation = False
+        self._restart: list[str] = []
+        """Settings of the last applied config that wait for a restart."""
         self._previous: DesiredConfig | None = None
         """The last good overlay while a new one is in probation (the rollback target)."""
         self._announce = False
@@ -364,7 +374,7 @@ class RemoteConfig:
             )
         log.info("pushed config v%d applied, probation %.0f s", doc.version, doc.probation_s)
         if doc.probation_s <= 0:
-            return self._make(doc.version, "applied")
+            return self._applied(doc.version)
         self._generation += 1
         self._in_probation = True
         self._previous = previous
@@ -383,7 +393,7 @@ class RemoteConfig:
 
     def _try_apply(self, config: Config) -> bool:
         try:
-            self._apply(config)
+            self._restart = self._apply(config) or []
         except Exception:
             # Whatever applying raised (a driver that cannot be built, a bug), the
             # caller restores the previous configuration.
@@ -425,19 +435,31 @@ class RemoteConfig:
                 report = self._make(doc.version, "rolled_back", errors)
             else:
                 log.info("pushed config v%d passed probation", doc.version)
-                report = self._make(doc.version, "applied")
+                report = self._applied(doc.version)
             self.last_report = report
             self._save()
         self._report(report)
 
+    def _applied(self, version: int) -> ConfigReport:
+        """``applied`` only when everything took effect; else ``restart_required``."""
+        if self._restart:
+            return self._make(version, "restart_required", restart=self._restart)
+        return self._make(version, "applied")
+
     def _make(
-        self, version: int | None, result: Result, errors: list[KeyedError] | None = None
+        self,
+        version: int | None,
+        result: Result,
+        errors: list[KeyedError] | None = None,
+        *,
+        restart: list[str] | None = None,
     ) -> ConfigReport:
         return ConfigReport(
             device=self.device,
             version=version,
             result=result,
             errors=errors or [],
+            restart_required=list(restart or []),
             active_version=self.version,
             time=datetime.now(UTC),
         )

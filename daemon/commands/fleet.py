@@ -434,6 +434,10 @@ def _config_push(args: argparse.Namespace) -> int:
     if report is None:
         return _fail(f"no final report from {args.target} within {args.timeout:.0f} s")
     print(json.dumps(report, indent=2, sort_keys=True))
+    if report["result"] == "restart_required":
+        needs = ", ".join(report.get("restart_required", []))
+        print(f"applied except {needs}: restart the daemon to apply those", file=sys.stderr)
+        return 2
     return 0 if report["result"] == "applied" else 1
 
 
