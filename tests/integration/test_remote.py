@@ -433,8 +433,8 @@ def test_rotate_cert_renews_the_enrolled_certificate_early(rig: Rig) -> None:
     assert rig.ops.reply(b"after-rot")["ok"] is True
 
 
-OLD_TOKEN = "old-token-0123456789abcdef"
-NEW_TOKEN = "new-token-fedcba9876543210"
+OLD_TOKEN = "old-token-0123456789abcdef"  # noqa: S105 - test token
+NEW_TOKEN = "new-token-fedcba9876543210"  # noqa: S105 - test token
 
 
 def _hello(path: Path, token: str) -> tuple[socket.socket, dict[str, Any]]:
@@ -476,4 +476,5 @@ def test_pushed_local_api_token_takes_effect_at_once(rig: Rig) -> None:
     assert rig.push({"version": 2, "probation_s": 0, "config": {"local_api": moved}}) < 0x80
     report = rig.report(2, "restart_required")
     assert report["restart_required"] == ["local_api.websocket_port"]
-    assert daemon.local_api is not None and daemon.local_api.websocket_port is None
+    assert daemon.local_api is not None
+    assert daemon.local_api.websocket_port is None
