@@ -187,7 +187,7 @@ def compose(base: Config, doc: DesiredConfig | None) -> Config:
     else:
         data = {k: v for k, v in base_data.items() if k not in REMOTE_SECTIONS} | doc.config
     try:
-        return validate_config(data, source=f"pushed config v{doc.version}")
+        config = validate_config(data, source=f"pushed config v{doc.version}")
     except ConfigError as err:
         raise Rejected(
             [
@@ -195,6 +195,53 @@ def compose(base: Config, doc: DesiredConfig | None) -> Config:
                 for p in err.problems
             ]
         ) from err
+    _check_paths(base, config)
+    return config
+
+
+PUSHED_PATH_ROOTS = (Path("/run/scanfleet"),)
+"""Besides the state directory, where a pushed path may point (device nodes: /dev too)."""
+
+
+def _check_paths(base: Config, config: Config) -> None:
+    """Refuse a pushed path setting outside the state dir and /run/scanfleet.
+
+    A pushed ``local_api.socket`` elsewhere would let the fleet (or whoever pushes)
+    have the daemon replace any file; a ``token_file`` would have it read one. Paths
+    the local file set are the site's own choice and stay as they are.
+    """
+    before = dict(_path_settings(base))
+    roots = (Path(os.path.normpath(config.paths.state_dir.absolute())), *PUSHED_PATH_ROOTS)
+    errors = []
+    for key, path in _path_settings(config):
+        if before.get(key) == path:
+            continue
+        allowed = (*roots, Path("/dev")) if key.startswith("devices.") else roots
+        where = Path(os.path.normpath(path.absolute()))
+        if not any(where.is_relative_to(root) for root in allowed):
+            message = f"{path} is outside {' and '.join(str(r) for r in allowed)}"
+            errors.append(KeyedError(key=f"config.{key}", message=message))
+    if errors:
+        raise Rejected(errors)
+
+
+def _path_settings(config: Config) -> list[tuple[str, Path]]:
+    """Every Path-valued setting of the remotely settable sections, by dotted key."""
+    found: list[tuple[str, Path]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Path):
+            found.append((key, value))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), f"{key}.{name}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{key}.{getattr(item, 'name', i)}")
+
+    for section in REMOTE_SECTIONS:
+        walk(getattr(config, section), section)
+    return found
 
 
 def load_key(state_dir: Path) -> Ed25519PublicKey | None:
