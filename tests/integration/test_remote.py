@@ -478,3 +478,10 @@ def test_pushed_local_api_token_takes_effect_at_once(rig: Rig) -> None:
     assert report["restart_required"] == ["local_api.websocket_port"]
     assert daemon.local_api is not None
     assert daemon.local_api.websocket_port is None
+
+    # Diagnostics (config, recent log lines) name neither the old nor the new token.
+    assert rig.ops.request(f"{PREFIX}/cmd/diagnostics", b"{}", b"diag") < 0x80
+    diagnostics = json.dumps(rig.ops.reply(b"diag"))
+    assert '"ok": true' in diagnostics
+    assert OLD_TOKEN not in diagnostics
+    assert NEW_TOKEN not in diagnostics
