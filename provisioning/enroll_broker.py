@@ -27,7 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scanfleet.provisioning.broker_layout import BrokerLayout, common_settings
+from scanfleet.provisioning.broker_layout import (
+    BrokerLayout,
+    certificate_listener,
+    common_settings,
+)
 from scanfleet.provisioning.ca import FleetCA, Role, write_public
 
 ENROLL_CLIENT_PREFIX = "enroll-"
@@ -103,18 +107,7 @@ allow_zero_length_clientid false
 acl_file {files.enroll_acl}
 
 # The enrollment service ('fleet serve'), on the broker host only.
-listener {layout.service_port} {layout.service_bind}
-protocol mqtt
-cafile {paths.ca_cert}
-certfile {paths.server_cert}
-keyfile {paths.server_key}
-crlfile {paths.crl}
-require_certificate true
-use_identity_as_username true
-use_username_as_clientid true
-tls_version tlsv1.2
-allow_anonymous false
-acl_file {files.service_acl}
+{certificate_listener(layout.service_port, layout.service_bind, paths, files.service_acl)}
 """
 
 

@@ -66,14 +66,6 @@ def service(
     thread.join(10)
 
 
-@pytest.fixture
-def clients() -> Iterator[list[TLSClient]]:
-    made: list[TLSClient] = []
-    yield made
-    for client in made:
-        client.close()
-
-
 def client(
     clients: list[TLSClient],
     port: int,
