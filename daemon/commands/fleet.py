@@ -233,7 +233,7 @@ def _identity(args: argparse.Namespace) -> int:
     except CAError as err:
         return _fail(str(err))
     print(f"{role_common_name(Role(args.role), args.name)}: {cert} {key}")
-    print("regenerate the broker config (fleet broker-config) and reload the broker")
+    print("regenerate the broker config (fleet broker-config) and reload both brokers")
     return 0
 
 
