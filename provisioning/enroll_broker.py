@@ -18,8 +18,9 @@ Two listeners:
   checked on the id the client *sends*, so the service sends an ``enroll-`` id too.
 
 The process is bounded: no persistence, ``max_packet_size`` a few KiB above the largest
-request, at most 10 in-flight and 10 queued messages (64 KiB) per client, and the
-generated systemd unit caps its memory.
+request, at most 10 in-flight and 10 queued messages (64 KiB) per client, no retained
+messages, sessions that expire within an hour, ``memory_limit``, and the generated
+systemd unit caps its memory again.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ ENROLL_CLIENT_PREFIX = "enroll-"
 MAX_ENROLL_PACKET = 16 * 1024
 """Largest packet on the enrollment broker: a renewal request (CSR, certificate, proof,
 topic) is under 3 KiB, a response (certificate and CA) under 3 KiB."""
+ENROLL_MEMORY_LIMIT = 128 << 20
+"""mosquitto's own ``memory_limit``: past it, it refuses new messages and connections
+instead of growing."""
 ENROLL_MEMORY_MAX = "256M"
 """systemd ``MemoryMax`` of the enrollment broker: whatever anonymous clients do, it
 cannot take the host's memory (the device broker lives beside it)."""
@@ -93,6 +97,11 @@ max_inflight_messages 10
 max_queued_messages 10
 max_queued_bytes 65536
 max_keepalive 60
+# Nothing an anonymous client leaves behind may outlive it for long: no retained
+# messages at all, sessions (clean_start false) gone an hour after the disconnect.
+retain_available false
+persistent_client_expiration 1h
+memory_limit {ENROLL_MEMORY_LIMIT}
 
 # Enrollment: server authentication only; own enrollment topics only.
 listener {layout.enroll_port}{bind}
