@@ -36,7 +36,7 @@ from scanfleet.daemon.publisher import Publisher
 from scanfleet.daemon.redact import Redactor
 from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
 from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
-from scanfleet.daemon.statefiles import restrict_umask, secure_state_dir
+from scanfleet.daemon.statefiles import secure_state_dir
 from scanfleet.daemon.status import STATUS_FILE
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class Daemon:
     ) -> None:
         self.file_config = config
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
-        restrict_umask()
+        # The process umask is set by 'scanfleet run' (statefiles.restrict_umask); the
+        # state dir is tightened here too, for an earlier run that left it open.
         secure_state_dir(config.paths.state_dir)
         self.redactor = Redactor(config_secrets(config))
         """Every log line, diagnostics and command reply goes through it."""
