@@ -161,5 +161,5 @@ def write_enroll_broker(
     write_public(files.enroll_acl, enroll_acl().encode())
     write_public(files.service_acl, service_acl(identities).encode())
     write_public(files.conf, enroll_conf(ca, layout, files).encode())
-    write_public(files.unit, enroll_unit(files.conf).encode())
+    write_public(files.unit, enroll_unit(files.conf.resolve()).encode())
     return files
