@@ -85,7 +85,10 @@ def register(subparsers: Any) -> None:
     crl.add_argument("--reload-command", help="e.g. 'systemctl reload mosquitto'")
     crl.set_defaults(func=_crl)
 
-    conf = sub.add_parser("broker-config", help="write mosquitto.conf and ACL files")
+    conf = sub.add_parser(
+        "broker-config",
+        help="write the device and enrollment brokers' configs, ACLs and the enrollment unit",
+    )
     conf.add_argument("--out", type=Path, required=True, help="directory for the files")
     conf.add_argument(
         "--host",
