@@ -46,11 +46,27 @@ from scanfleet.daemon.journal_reader import (
     VerifyResult,
     open_readonly,
 )
+from scanfleet.daemon.journal_recovery import (
+    RESERVE_BLOCK,
+    Head,
+    HeadFile,
+    Recovery,
+    lost_ranges,
+    pending_rebuild,
+    rebuild,
+)
 from scanfleet.daemon.journal_space import ALARM_PRUNED, SpacePolicy
-from scanfleet.daemon.journal_store import Checkpointer, WriterLock, open_writer
+from scanfleet.daemon.journal_store import (
+    Checkpointer,
+    JournalDamagedError,
+    Opened,
+    WriterLock,
+    open_writer,
+)
 
 __all__ = [
     "ALARM_FULL",
+    "ALARM_LOSS",
     "ALARM_PRUNED",
     "ALARM_QUARANTINED",
     "Journal",
@@ -65,6 +81,7 @@ log = logging.getLogger(__name__)
 
 ALARM_FULL = "journal_full"
 ALARM_QUARANTINED = "journal_quarantined"
+ALARM_LOSS = "journal_loss"
 
 TRAIN_AFTER = 256
 """Records after which a dictionary is trained on this journal's own records."""
@@ -110,8 +127,9 @@ class Journal(SpacePolicy):
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.path)
+        self._head_file = HeadFile(self.path)
         try:
-            opened = open_writer(self.path, device, max_bytes, retention_days, clock())
+            opened, recovery = self._open(device, max_bytes, retention_days)
         except BaseException:
             self._lock.release()
             raise
@@ -122,20 +140,23 @@ class Journal(SpacePolicy):
             self._conn.close()
             self._lock.release()
             raise
-        if opened.quarantined is not None:
-            self.alarms.raise_(
-                ALARM_QUARANTINED,
-                f"corrupt journal set aside as {opened.quarantined.name}; a new one was started",
-                Severity.CRITICAL,
-                file=str(opened.quarantined),
-                continued_from_seq=opened.meta.get("pruned_through_seq", "0"),
-            )
         meta = opened.meta
+        if recovery is not None:
+            self._raise_recovery_alarms(recovery)
         self._last_seq = int(meta["head_seq"])
         self._last_hash = meta["head_hash"]
         self._delivered = int(meta["delivered_seq"])
         self._pruned_through = int(meta["pruned_through_seq"])
         self._dict_id = int(meta["dict_current"])
+        self._epoch = int(meta.get("epoch", "0"))
+        self.lost = lost_ranges(meta)
+        """Declared lost seq ranges (after a rebuild): the publisher steps over them."""
+        self._reserved = 0
+        head = self._head_file.load()
+        if head is not None and head.epoch == self._epoch and head.device == device:
+            self._reserved = head.reserved_seq
+        if self._reserved <= self._last_seq:
+            self._reserve(self._last_seq)
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._codec = Codec()
         for dict_id, data in self._conn.execute("SELECT id, data FROM dictionaries"):
@@ -154,6 +175,78 @@ class Journal(SpacePolicy):
         self.prune()
 
     # -- lifecycle -------------------------------------------------------------------
+
+    def _open(
+        self, device: str, max_bytes: int, retention_days: int
+    ) -> tuple[Opened, Recovery | None]:
+        pending_rebuild(self.path)
+        head = self._head_file.load()
+        if head is not None and head.device != device:
+            head = None
+        seen = head.head_seq if head is not None else 0
+        try:
+            return open_writer(
+                self.path, device, max_bytes, retention_days, self._clock(), head_seq=seen
+            ), None
+        except JournalDamagedError as err:
+            log.error("journal %s is damaged (%s): rebuilding it", self.path, err.reason)  # noqa: TRY400 - the reason is the message
+            recovery = rebuild(
+                self.path,
+                device,
+                head,
+                err.reason,
+                self._clock(),
+                meta_extra={"budget_bytes": str(max_bytes), "retention_days": str(retention_days)},
+            )
+        opened = open_writer(self.path, device, max_bytes, retention_days, self._clock())
+        return opened, recovery
+
+    def _raise_recovery_alarms(self, recovery: Recovery) -> None:
+        loss = recovery.loss
+        where = recovery.quarantined.name if recovery.quarantined else "(file missing)"
+        self.alarms.raise_(
+            ALARM_QUARANTINED,
+            f"damaged journal set aside as {where}; {loss['salvaged']} undelivered records "
+            f"salvaged, the journal continues at seq {loss['seq']}",
+            Severity.CRITICAL,
+            file=str(recovery.quarantined or ""),
+            reason=loss["reason"],
+            loss_seq=loss["seq"],
+        )
+        if loss["lost_count"]:
+            self.alarms.raise_(
+                ALARM_LOSS,
+                f"{loss['lost_count']} seqs could not be salvaged; declared in journal_loss "
+                f"record {loss['seq']}",
+                Severity.CRITICAL,
+                loss_seq=loss["seq"],
+                lost=loss["lost"],
+            )
+
+    def _reserve(self, seq: int) -> None:
+        """Durably reserve seqs through *seq* + RESERVE_BLOCK before handing any out."""
+        reserved = seq + RESERVE_BLOCK
+        try:
+            self._head_file.store(
+                Head(
+                    device=self.device,
+                    epoch=self._epoch,
+                    reserved_seq=reserved,
+                    head_seq=self._last_seq,
+                    head_hash=self._last_hash,
+                    delivered_seq=self._delivered,
+                )
+            )
+        except OSError as err:
+            raise JournalError(f"cannot write the journal head file: {err}") from err
+        self._reserved = reserved
+
+    def lost_through(self, seq: int) -> int | None:
+        """The end of the declared lost range holding *seq*, or None."""
+        for first, last in self.lost:
+            if first <= seq <= last:
+                return last
+        return None
 
     @staticmethod
     def open_readonly(path: Path) -> JournalReader:
@@ -280,6 +373,8 @@ class Journal(SpacePolicy):
             # Room that surely fits without asking SQLite for page counts per record;
             # close to the budget every record gets the exact check.
             room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
+            if seq + len(batch) > self._reserved:
+                self._reserve(seq + len(batch))
             for item in batch:
                 try:
                     record, payload = seal(item.body, self.device, seq + 1, prev)

@@ -41,7 +41,7 @@ from scanfleet.daemon.alarms import AlarmSet, Severity
 from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.clock import boot_id
 from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
+from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker, Gap
 from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
 from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
 from scanfleet.daemon.identity import Identity
@@ -388,6 +388,14 @@ class Publisher:
             batch = self._cutter.cut(self.journal, tracker.next_seq)
             if batch is None:
                 return
+            if isinstance(batch, Gap):
+                log.warning(
+                    "seq %d..%d are declared lost (journal_loss): stepping over them",
+                    batch.first_seq,
+                    batch.last_seq,
+                )
+                tracker.skip(batch)
+                continue
             mid = conn.publish(self._scans_topic, batch.payload)
             tracker.sent(mid, batch)
             self.counters.batches_published += 1
@@ -423,7 +431,7 @@ class Publisher:
         if tracker.live_inflight >= LIVE_WINDOW:
             return
         batch = self._cutter.cut(self.journal, start)
-        if batch is None:
+        if batch is None or isinstance(batch, Gap):
             return
         mid = conn.publish(self._scans_topic, batch.payload)
         tracker.sent_live(mid, batch)
