@@ -234,7 +234,9 @@ class JournalLoss(BaseModel):
         frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
     )
 
-    schema_: Literal["scanfleet.journal-loss/1"] = Field(default=LOSS_SCHEMA, alias="schema")
+    schema_: Literal["scanfleet.journal-loss/1"] = Field(
+        default="scanfleet.journal-loss/1", alias="schema"
+    )
     type: Literal["journal_loss"] = "journal_loss"
     device: Annotated[str, Field(pattern=NAME_PATTERN)]
     seq: Annotated[int, Field(ge=1)]
