@@ -19,6 +19,7 @@ append refused with :class:`JournalFullError` (alarm ``journal_full``). Pruning 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -225,7 +226,11 @@ class Journal(SpacePolicy):
 
     def _reserve(self, seq: int) -> None:
         """Durably reserve seqs through *seq* + RESERVE_BLOCK before handing any out."""
-        reserved = seq + RESERVE_BLOCK
+        self._store_head(seq + RESERVE_BLOCK, sync=True)
+
+    def _store_head(self, reserved: int, *, sync: bool) -> None:
+        # The reservation is fdatasynced; the head itself follows each commit unsynced
+        # (a page-cache write), which tells a later rebuild which reserved seqs were used.
         try:
             self._head_file.store(
                 Head(
@@ -235,9 +240,10 @@ class Journal(SpacePolicy):
                     head_seq=self._last_seq,
                     head_hash=self._last_hash,
                     delivered_seq=self._delivered,
-                )
+                ),
+                sync=sync,
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise JournalError(f"cannot write the journal head file: {err}") from err
         self._reserved = reserved
 
@@ -281,6 +287,7 @@ class Journal(SpacePolicy):
                 log.warning("journal %s: checkpoint at close failed: %s", self.path, err)
             self._conn.close()
         self._reader.close()
+        self._head_file.close()
         self._lock.release()
 
     def _is_closed(self) -> bool:
@@ -408,6 +415,9 @@ class Journal(SpacePolicy):
         self.commits += 1
         self._checkpointer.poke()
         self._last_seq, self._last_hash = seq, prev
+        if committed:
+            with contextlib.suppress(JournalError):  # best effort: the reservation holds
+                self._store_head(self._reserved, sync=False)
         for item, record, payload in committed:
             item.record = record
             self._recent.append(payload)

@@ -81,9 +81,13 @@ class HeadFile:
         except (KeyError, TypeError):
             return None
 
-    def store(self, head: Head) -> None:
-        """Write and fdatasync *head* (in place: works on a full disk)."""
-        self._slots.store(asdict(head))
+    def store(self, head: Head, *, sync: bool = True) -> None:
+        """Write (and fdatasync unless not *sync*) *head*, in place: works on a full disk."""
+        self._slots.store(asdict(head), sync=sync)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._slots.close()
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,14 @@ class Plan:
     keep: list[int]
     """Salvaged undelivered seqs re-journaled verbatim."""
     lost: list[tuple[int, int]]
+    reserved: tuple[int, int] | None
+    """Reserved seqs above the highest one known to be used."""
+
+    @property
+    def reserved_list(self) -> list[tuple[int, int]]:
+        """``reserved`` as a list of ranges (empty or one)."""
+        return [self.reserved] if self.reserved else []
+
     epoch: int
     anchor_seq: int
     anchor_hash: str
@@ -191,6 +203,7 @@ def plan(found: Salvaged, head: Head | None, now: datetime) -> Plan:
     if head is not None:
         epoch = max(epoch, head.epoch)
         delivered = max(delivered, head.delivered_seq)
+        known = max(known, head.head_seq)
         floor = max(known, head.reserved_seq)
         restart = False
     else:
@@ -199,19 +212,19 @@ def plan(found: Salvaged, head: Head | None, now: datetime) -> Plan:
         floor = max(known, int(now.timestamp()) * 1000)
         restart = True
         epoch += 1
-    delivered = min(delivered, floor)
+    delivered = min(delivered, known)
     keep = [s for s in seqs if s > delivered]
-    lost = _missing(delivered + 1, floor, set(keep)) if not restart else []
+    lost = _missing(delivered + 1, known, set(keep))
+    reserved = (known + 1, floor) if floor > known else None
     if restart:
-        lost = [(r[0], r[1]) for r in _missing(delivered + 1, known, set(keep)) if known]
-        return Plan(delivered, floor, keep, lost, epoch, 0, GENESIS_HASH)
+        return Plan(delivered, floor, keep, lost, reserved, epoch, 0, GENESIS_HASH)
     anchor_seq, anchor_hash = 0, GENESIS_HASH
     if seqs:
         anchor_seq = seqs[-1]
         anchor_hash = found.hash_of(anchor_seq) or GENESIS_HASH
     if head is not None and head.head_seq > anchor_seq:
         anchor_seq, anchor_hash = head.head_seq, head.head_hash
-    return Plan(delivered, floor, keep, lost, epoch, anchor_seq, anchor_hash)
+    return Plan(delivered, floor, keep, lost, reserved, epoch, anchor_seq, anchor_hash)
 
 
 def rebuild(
@@ -236,6 +249,11 @@ def rebuild(
         "boot_id": boot_id(),
         "lost": [{"first_seq": a, "last_seq": b} for a, b in decided.lost],
         "lost_count": lost_count,
+        "reserved": (
+            {"first_seq": decided.reserved[0], "last_seq": decided.reserved[1]}
+            if decided.reserved
+            else None
+        ),
         "salvaged": len(decided.keep),
         "reason": reason,
         "quarantined_file": target.name if target else "",
@@ -265,7 +283,7 @@ def rebuild(
             "head_hash": loss["hash"],
             "dict_current": "1",
             "epoch": str(decided.epoch),
-            "lost_ranges": json.dumps(decided.lost),
+            "lost_ranges": json.dumps(sorted([*decided.lost, *decided.reserved_list])),
         }
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
@@ -290,12 +308,13 @@ def rebuild(
     fsync_dir(path.parent)
     log.error(
         "journal %s was damaged (%s): set aside as %s; %d undelivered records salvaged, "
-        "%d seqs declared lost in journal_loss seq %d (%.1f s)",
+        "%d seqs declared lost (%s reserved, unused) in journal_loss seq %d (%.1f s)",
         path,
         reason,
         target.name if target else "-",
         len(decided.keep),
         lost_count,
+        decided.reserved,
         loss_seq,
         time.monotonic() - started,
     )

@@ -245,11 +245,18 @@ class JournalLoss(BaseModel):
     boot_id: str | None = None
     lost: list[SeqRange] = Field(
         description=(
-            "Seq ranges that could not be salvaged from the damaged file and were not marked "
-            "delivered. Ranges may include seqs that were reserved but never used."
+            "Seq ranges up to the highest seq known to have been used that could not be "
+            "salvaged from the damaged file and were not marked delivered."
         )
     )
     lost_count: Annotated[int, Field(ge=0)] = Field(description="Seqs in all of ``lost``.")
+    reserved: SeqRange | None = Field(
+        default=None,
+        description=(
+            "Seqs after the highest one known to have been used, up to the durable "
+            "reservation: most likely never used, possibly lost. Never reused either."
+        ),
+    )
     salvaged: Annotated[int, Field(ge=0)] = Field(
         description="Undelivered records recovered verbatim (same id, bytes, hash)."
     )

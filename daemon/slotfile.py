@@ -33,6 +33,7 @@ class SlotFile:
         self.mode = mode
         self._lock = threading.Lock()
         self._generation: int | None = None
+        self._fd: int | None = None
 
     @property
     def capacity(self) -> int:
@@ -102,13 +103,23 @@ class SlotFile:
             head = _HEAD.pack(MAGIC, generation, len(body)) + body
             slot = head + _CRC.pack(zlib.crc32(head))
             slot += b"\0" * (self.slot_size - len(slot))
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
-            try:
-                if os.fstat(fd).st_size < 2 * self.slot_size:
-                    os.posix_fallocate(fd, 0, 2 * self.slot_size)
-                os.pwrite(fd, slot, (generation % 2) * self.slot_size)
-                if sync:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            if self._fd is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+                try:
+                    if os.fstat(fd).st_size < 2 * self.slot_size:
+                        os.posix_fallocate(fd, 0, 2 * self.slot_size)
+                except OSError:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+            os.pwrite(self._fd, slot, (generation % 2) * self.slot_size)
+            if sync:
+                os.fdatasync(self._fd)
             self._generation = generation
+
+    def close(self) -> None:
+        """Close the file kept open between writes (idempotent)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

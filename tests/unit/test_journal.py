@@ -306,7 +306,8 @@ def test_a_garbage_file_is_quarantined_and_a_new_journal_started(path: Path) -> 
         # continues after the reservation with a journal_loss record, never at seq 1.
         loss = j.read_after(0, limit=10, max_bytes=1 << 20)[-1].as_dict()
         assert loss["type"] == "journal_loss"
-        assert loss["lost"] == [{"first_seq": 1, "last_seq": loss["seq"] - 1}]
+        assert loss["lost"] == [{"first_seq": 1, "last_seq": 50}]
+        assert loss["reserved"] == {"first_seq": 51, "last_seq": loss["seq"] - 1}
         assert j.append(bodies(1)[0])["seq"] == loss["seq"] + 1
         assert j.verify(full=True).ok
 
@@ -333,7 +334,8 @@ def test_a_damaged_page_is_quarantined_and_the_new_journal_continues_the_seq(
         assert (loss["anchor_seq"], loss["prev_hash"]) == (last, head_hash)
         assert loss["seq"] > last
         assert 0 < loss["salvaged"] < 400
-        lost = {s for r in loss["lost"] for s in range(r["first_seq"], r["last_seq"] + 1)}
+        spans = [*loss["lost"], *([loss["reserved"]] if loss["reserved"] else [])]
+        lost = {s for r in spans for s in range(r["first_seq"], r["last_seq"] + 1)}
         assert {r.seq for r in records[:-1]} | lost == set(range(1, loss["seq"]))
         result = j.verify()
         assert result.ok, result
