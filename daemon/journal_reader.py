@@ -92,7 +92,7 @@ class VerifyResult:
             if self.lost:
                 count = sum(b - a + 1 for a, b in self.lost)
                 spans = ", ".join(f"{a}..{b}" for a, b in self.lost[:5])
-                text += f"; {count} seqs declared lost ({spans})"
+                text += f"; {count} seqs declared lost or never used ({spans})"
             return text
         if self.first_bad_seq is not None:
             return f"journal BROKEN at seq {self.first_bad_seq}: {self.problem}"

@@ -34,7 +34,7 @@ from typing import Any
 
 from scanfleet.daemon.clock import boot_id
 from scanfleet.daemon.journal_codec import Codec, builtin_dictionary, seal, to_micros
-from scanfleet.daemon.journal_salvage import Salvaged, scan
+from scanfleet.daemon.journal_salvage import Salvaged, missing_ranges, scan
 from scanfleet.daemon.journal_store import configure, connect_writer, fsync_dir, migrate
 from scanfleet.daemon.model import GENESIS_HASH, LOSS_SCHEMA
 from scanfleet.daemon.slotfile import SlotFile
@@ -145,31 +145,6 @@ def move_aside(path: Path, target: Path) -> None:
     fsync_dir(path.parent)
 
 
-def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for seq in seqs:
-        if out and out[-1][1] == seq - 1:
-            out[-1] = (out[-1][0], seq)
-        else:
-            out.append((seq, seq))
-    return out
-
-
-def _missing(first: int, last: int, present: set[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    start: int | None = None
-    for seq in range(first, last + 1):
-        if seq in present:
-            if start is not None:
-                out.append((start, seq - 1))
-                start = None
-        elif start is None:
-            start = seq
-    if start is not None:
-        out.append((start, last))
-    return out
-
-
 @dataclass(frozen=True)
 class Plan:
     """The new journal's content, decided from the salvage and the head file."""
@@ -214,7 +189,7 @@ def plan(found: Salvaged, head: Head | None, now: datetime) -> Plan:
         epoch += 1
     delivered = min(delivered, known)
     keep = [s for s in seqs if s > delivered]
-    lost = _missing(delivered + 1, known, set(keep))
+    lost = missing_ranges(delivered + 1, known, set(keep))
     reserved = (known + 1, floor) if floor > known else None
     if restart:
         return Plan(delivered, floor, keep, lost, reserved, epoch, 0, GENESIS_HASH)

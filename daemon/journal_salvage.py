@@ -307,3 +307,48 @@ def _verified(codec: Codec, device: str, seq: int, dict_id: int, blob: bytes) ->
     except (zlib.error, ValueError, RecordError):
         return None
     return payload
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What a page scan of a damaged file could and could not read."""
+
+    found: Salvaged
+    first_seq: int
+    """First seq the file should hold (after its pruning anchor)."""
+    last_seq: int
+    """Highest seq the file is known to have held."""
+    missing: list[tuple[int, int]]
+
+    def __str__(self) -> str:
+        count = sum(b - a + 1 for a, b in self.missing)
+        spans = ", ".join(f"{a}..{b}" for a, b in self.missing[:8])
+        more = ", …" if len(self.missing) > 8 else ""
+        text = f"{len(self.found.records)} records readable (seq {self.first_seq}..{self.last_seq})"
+        if count:
+            return f"{text}; {count} unreadable: {spans}{more}"
+        return f"{text}; none missing"
+
+
+def assess(path: Path, device: str | None = None) -> Damage:
+    """Scan *path* and say exactly which seqs it should hold but cannot give back."""
+    found = scan(path, device)
+    seqs = sorted(found.records)
+    first = int(found.meta.get("pruned_through_seq", "0")) + 1
+    if seqs:
+        first = min(first, seqs[0])
+    last = max([int(found.meta.get("head_seq", "0")), *seqs[-1:]])
+    return Damage(found, first, last, missing_ranges(first, last, set(seqs)))
+
+
+def missing_ranges(first: int, last: int, present: set[int]) -> list[tuple[int, int]]:
+    """Inclusive ranges of the seqs in [first, last] not in *present*."""
+    out: list[tuple[int, int]] = []
+    for seq in range(first, last + 1):
+        if seq in present:
+            continue
+        if out and out[-1][1] == seq - 1:
+            out[-1] = (out[-1][0], seq)
+        else:
+            out.append((seq, seq))
+    return out
