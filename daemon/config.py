@@ -119,6 +119,11 @@ class StationConfig(_Section):
     """Kinds of code that count as a trace-code scan. Anything else (an EAN-13 product
     barcode, a 本位码, a leaflet URL) is journaled as refused with a bad-read signal, so
     the operator knows to scan the trace code instead."""
+    gs1_required_ais: list[Annotated[str, Field(pattern=r"^[0-9]{2,4}$")]] = Field(
+        default_factory=lambda: ["01", "21"]
+    )
+    """A ``gs1`` read is a trace code only with all of these AIs (GTIN and serial by
+    default: what identifies a unit); otherwise it is refused naming the missing AI."""
     control_prefix: Annotated[str, Field(min_length=2, max_length=16, pattern=r"^[!-~]+$")] = "#SF:"
     """Reads starting with this are station control barcodes (``#SF:OP=receiving``),
     journaled as ``type: "control"`` records, never as scans (docs/station.md)."""

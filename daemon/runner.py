@@ -364,6 +364,7 @@ class Daemon:
                                 callback("end")
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
                     while not stop.wait(0.5):
+                        self.pipeline.ensure_running()
                         if tick is not None:
                             tick()
                 except _Reload:
