@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from scanfleet.daemon import __version__
-from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.control import ControlChannel
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
@@ -74,7 +74,8 @@ class Daemon:
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
         self.config = config
         self.config_path = config_path
-        self.alarms = AlarmSet()
+        # Critical alarms (a quarantined journal, declared losses) outlive restarts.
+        self.alarms = AlarmSet(config.paths.state_dir / ALARMS_FILE)
         # Enrollment (a claim in the state dir) or renewal happens before anything
         # connects; without a claim or fleet certificate it changes nothing.
         enrolled = ensure_enrolled(config, resolve_identity(config))
@@ -365,6 +366,7 @@ class Daemon:
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
                     while not stop.wait(0.5):
                         self.pipeline.ensure_running()
+                        self.alarms.sync()
                         if tick is not None:
                             tick()
                 except _Reload:
