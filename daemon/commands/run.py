@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.commands.config import print_config_error
+from scanfleet.daemon.commands.location import DEMO_STATE_DIR
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
 from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, ScanfleetError
@@ -17,8 +18,6 @@ log = logging.getLogger(__name__)
 
 EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the configuration is wrong; restarting will not help."""
-
-DEMO_STATE_DIR = Path("state/demo")
 
 
 def register(subparsers: Any) -> None:
