@@ -226,6 +226,8 @@ class Publisher:
             log.error("publisher thread did not stop in time")
             return
         self._close_wake()
+        if self._status is not None:
+            self._status.close()
 
     def wake(self) -> None:
         """Look at the journal now (a live scan was appended). Thread-safe, never blocks."""
