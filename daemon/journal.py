@@ -40,6 +40,7 @@ from scanfleet.daemon.journal_codec import (
     seal,
     train_dictionary,
 )
+from scanfleet.daemon.journal_disk import DiskSpace, is_disk_full
 from scanfleet.daemon.journal_reader import (
     JournalReader,
     JournalStats,
@@ -135,6 +136,7 @@ class Journal(SpacePolicy):
             self._lock.release()
             raise
         self._conn = opened.conn
+        self._space = DiskSpace(self.path, self.alarms)
         try:
             self._reader = JournalReader(self.path)
         except BaseException:
@@ -347,16 +349,23 @@ class Journal(SpacePolicy):
     def _commit(self, batch: list[_Pending]) -> None:
         after: list[Callable[[], None]] = []
         try:
-            with self._write_lock:
-                self._commit_locked(batch, after)
+            try:
+                with self._write_lock:
+                    self._commit_locked(batch, after)
+            except sqlite3.Error as err:
+                if not (is_disk_full(err) and self._space.release()):
+                    raise
+                after.clear()
+                with self._write_lock:  # the spare's room: the same batch again
+                    self._commit_locked(batch, after)
         except BaseException as err:
             # The transaction rolled back: no record of this batch exists, every
             # appender in it hears why (as a JournalError when SQLite failed).
-            failure = (
-                JournalError(f"journal commit failed: {err}")
-                if isinstance(err, sqlite3.Error)
-                else err
-            )
+            failure: BaseException = err
+            if is_disk_full(err):
+                failure = self._space.refuse(self._room_needed(batch))
+            elif isinstance(err, sqlite3.Error):
+                failure = JournalError(f"journal commit failed: {err}")
             if failure is not err:
                 failure.__cause__ = err
             for item in batch:
@@ -365,8 +374,16 @@ class Journal(SpacePolicy):
                     item.error = failure
             if not isinstance(err, (sqlite3.Error, JournalError)):
                 raise
+            return
+        if self._space.full:
+            self._space.committed()
         for action in after:
             action()
+
+    def _room_needed(self, batch: list[_Pending]) -> int:
+        # A commit appends WAL frames: the pages it touches (a leaf, the meta page, an
+        # interior page now and then) plus a header each.
+        return (len(batch) + 3) * (self._page_size + 24)
 
     def _commit_locked(self, batch: list[_Pending], after: list[Callable[[], None]]) -> None:
         conn = self._conn
@@ -409,8 +426,14 @@ class Journal(SpacePolicy):
                 )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # In-memory state first: SQLite may already have rolled back by itself (a full
+            # disk does that), and then an explicit ROLLBACK fails and would hide the cause.
             self._pruned_through, self._dict_id = pruned_before, dict_before
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as err:
+                    log.warning("journal %s: rollback failed: %s", self.path, err)
             raise
         self.commits += 1
         self._checkpointer.poke()
@@ -463,6 +486,13 @@ class Journal(SpacePolicy):
                 self._conn.execute(
                     "UPDATE meta SET value = ? WHERE key = 'delivered_seq'", (str(through_seq),)
                 )
+            except sqlite3.Error as err:
+                if not is_disk_full(err):
+                    raise
+                # The watermark waits for space; delivery goes on (a later mark catches
+                # up, a crash meanwhile only re-delivers, which the backend ignores).
+                log.debug("journal %s: delivered watermark not saved: %s", self.path, err)
+                return
             finally:
                 self._conn.execute("PRAGMA synchronous = FULL")
             self._delivered = through_seq

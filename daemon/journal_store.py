@@ -263,6 +263,16 @@ def _init_meta(
         "head_hash": GENESIS_HASH,
         "dict_current": "1",
     }
+    current = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    wanted = {"budget_bytes": str(budget_bytes), "retention_days": str(retention_days)}
+    if (
+        current
+        and all(k in current for k in defaults)
+        and all(current.get(k) == v for k, v in wanted.items())
+    ):
+        # Nothing to write: opening needs no free space (a restart on a full disk).
+        _require_device(current, path, device)
+        return current
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", defaults.items())
@@ -323,6 +333,7 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._pending = 0
         self._seen = 0
+        self._failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"journal-checkpoint:{path.name}", daemon=True
@@ -347,9 +358,16 @@ class Checkpointer:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as err:
-                # A failed checkpoint loses nothing (the WAL keeps the frames); retry later.
-                log.warning("journal checkpoint failed: %s", err)
+                # A failed checkpoint loses nothing (the WAL keeps the frames); retry
+                # later, and say so once, not every half second (a full disk).
+                if not self._failing:
+                    log.warning("journal checkpoint failed (retrying quietly): %s", err)
+                self._failing = True
                 self.poke()
+            else:
+                if self._failing:
+                    log.info("journal checkpoint works again")
+                self._failing = False
 
     def stop(self) -> None:
         """Stop the thread and close its connection (idempotent)."""

@@ -23,7 +23,7 @@ from scanfleet.daemon.classify import classify, gs1_refusal
 from scanfleet.daemon.clock import ClockState, boot_id
 from scanfleet.daemon.config import Config, DeviceConfig
 from scanfleet.daemon.devices import Incoming
-from scanfleet.daemon.errors import JournalError, JournalFullError
+from scanfleet.daemon.errors import JournalDiskFullError, JournalError, JournalFullError
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
 from scanfleet.daemon.pairing import IdentityWindow, is_card_read
@@ -203,7 +203,7 @@ class Pipeline:
         """Run *write* (which journals); signal good only when it committed and was accepted."""
         try:
             records, ok = write()
-        except JournalFullError as err:
+        except (JournalFullError, JournalDiskFullError) as err:
             self._failed(incoming, err, None)  # the journal raised its own alarm
             return None
         except JournalError as err:
