@@ -62,7 +62,7 @@ def probe_delay(rng: random.Random | None = None) -> float:
     return (rng or random).uniform(*PROBE_INTERVAL)
 
 
-_DOWN = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET})
+_DOWN = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 
 def unreachable(err: BaseException) -> bool:

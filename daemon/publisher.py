@@ -270,7 +270,9 @@ class Publisher:
                     self._session()
                 except (OSError, BrokerConnectionError) as err:
                     # OSError covers refused/unreachable TCP, TLS failures and timeouts.
-                    self._unreachable = unreachable(err)
+                    # Only a connect nothing answered; a broker that accepted and then
+                    # dropped us keeps the exponential backoff.
+                    self._unreachable = not self._reached_broker and unreachable(err)
                     self.counters.connection_failures += 1
                     log.warning("broker %s: %s", self.broker.url, err)
                 except Exception as err:
