@@ -9,10 +9,8 @@ recorded again; every good-read beep is a delivered record.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +18,18 @@ import pytest
 
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 from support.broker import Mosquitto
-from support.daemon import DaemonProcess, write_config
+from support.daemon import DaemonProcess
+from support.faults import scanfleet, serial_daemon_config, wait_for
 from support.mqtt import Collector
 from support.smallfs import fill, small_tmpfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ALL_KINDS = '["gs1", "trace20", "ean13", "drug_standard_code", "ma", "url", "trace_other"]'
-
-
-def _wait(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def status(state: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "scanfleet.daemon", "status", "--state-dir", str(state), "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+    result: dict[str, Any] = json.loads(
+        scanfleet("status", "--state-dir", str(state), "--json").stdout
     )
-    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
@@ -60,33 +43,14 @@ def test_a_full_disk_is_a_state_the_daemon_reports_and_leaves_when_space_returns
     link = tmp_path / "scanner"
     with small_tmpfs(tmp_path / "fs", "12m") as fs:
         state = fs / "state"
-        config = write_config(
+        config = serial_daemon_config(
             tmp_path / "scanfleet.toml",
-            f"""
-[identity]
-site = "site-d"
-device = "dev-d"
-
-[paths]
-state_dir = "{state}"
-
-[broker]
-url = "{mosquitto.url}"
-
-[station]
-operation = "receiving"
-accept_kinds = {ALL_KINDS}
-
-[[devices]]
-name = "scanner"
-driver = "serial"
-port = "{link}"
-baudrate = 115200
-framing = "cr"
-aim_prefix = true
-feedback = "honeywell"
-bad_read_hex = "1642414430"
-""",
+            site="site-d",
+            device="dev-d",
+            state=state,
+            broker=mosquitto,
+            link=link,
+            extra='bad_read_hex = "1642414430"',
         )
         collector = Collector(
             mosquitto.host, mosquitto.port, "scanfleet/v1/site-d/dev-d/#", client_id="df-backend"
@@ -105,12 +69,12 @@ bad_read_hex = "1642414430"
                 daemon.start()
                 assert daemon.wait_log("ready:", 60), daemon.log()
                 sim.start()
-                assert _wait(lambda: len(sim.events("good_read")) > 50, 30)
+                assert wait_for(lambda: len(sim.events("good_read")) > 50, 30)
                 filler = fill(fs)
                 lines_before = len(daemon.log().splitlines())
                 full_at = time.monotonic()
                 # Reads go on: first on the journal's spare room, then they are refused.
-                assert _wait(lambda: len(sim.events("bad_read")) > 20, 60), daemon.run_log()
+                assert wait_for(lambda: len(sim.events("bad_read")) > 20, 60), daemon.run_log()
                 full = status(state)
                 assert full["daemon"]["running"], full
                 codes = {a["code"] for a in full["alarms"]}
@@ -131,18 +95,18 @@ bad_read_hex = "1642414430"
                 filler.unlink()
                 freed_at = time.monotonic()
                 freed, bad_then = len(sim.events("good_read")), len(sim.events("bad_read"))
-                assert _wait(lambda: len(sim.events("good_read")) > freed, 10)
+                assert wait_for(lambda: len(sim.events("good_read")) > freed, 10)
                 recovered_in = time.monotonic() - freed_at
-                assert _wait(lambda: len(sim.events("good_read")) > freed + 10, 10)
+                assert wait_for(lambda: len(sim.events("good_read")) > freed + 10, 10)
                 # The very next reads are recorded: no read is refused once space is back
                 # (a few may still be in flight between the pty and the pipeline).
                 assert len(sim.events("bad_read")) - bad_then <= 3
-                assert _wait(lambda: "disk_full" not in alarm_codes(state), 15)
+                assert wait_for(lambda: "disk_full" not in alarm_codes(state), 15)
                 sim.pause()
                 time.sleep(1.0)
                 beeps = len(sim.events("good_read"))
                 last = status(state)["journal"]["last_seq"]
-                assert _wait(lambda: f"dev-d:{last}" in collector.unique_ids(), 60)
+                assert wait_for(lambda: f"dev-d:{last}" in collector.unique_ids(), 60)
                 assert daemon.stop() == 0
         finally:
             if daemon.alive():

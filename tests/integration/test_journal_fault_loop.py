@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,33 +32,14 @@ from support.corrupt import (
     smash_page,
     smash_wal_frame,
 )
-from support.daemon import DaemonProcess, write_config
+from support.daemon import DaemonProcess
+from support.faults import scanfleet, serial_daemon_config, wait_for
 from support.mqtt import Collector
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 20261207
 ROUNDS = 6
-ALL_KINDS = '["gs1", "trace20", "ean13", "drug_standard_code", "ma", "url", "trace_other"]'
-
-
-def _wait(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def scanfleet(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scanfleet.daemon", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 def damage(path: Path, rng: random.Random, round_no: int) -> str:
@@ -101,33 +80,13 @@ def test_every_good_read_is_delivered_or_declared_lost_through_kills_and_damage(
     link = tmp_path / "scanner"
     state = tmp_path / "state"
     journal = state / "journal.sqlite3"
-    config = write_config(
+    config = serial_daemon_config(
         tmp_path / "scanfleet.toml",
-        f"""
-[identity]
-site = "site-f"
-device = "dev-f"
-
-[paths]
-state_dir = "{state}"
-
-[broker]
-url = "{mosquitto.url}"
-
-[station]
-operation = "receiving"
-accept_kinds = {ALL_KINDS}
-duplicate_check = false
-
-[[devices]]
-name = "scanner"
-driver = "serial"
-port = "{link}"
-baudrate = 115200
-framing = "cr"
-aim_prefix = true
-feedback = "honeywell"
-""",
+        site="site-f",
+        device="dev-f",
+        state=state,
+        broker=mosquitto,
+        link=link,
     )
     collector = Collector(
         mosquitto.host, mosquitto.port, "scanfleet/v1/site-f/dev-f/#", client_id="fault-backend"
@@ -153,7 +112,7 @@ feedback = "honeywell"
             assert daemon.alive()
             status = json.loads(scanfleet("status", "--state-dir", str(state), "--json").stdout)
             last = status["journal"]["last_seq"]
-            assert _wait(lambda: f"dev-f:{last}" in collector.unique_ids(), 60)
+            assert wait_for(lambda: f"dev-f:{last}" in collector.unique_ids(), 60)
             # The critical alarm survives a restart, until acknowledged.
             assert daemon.stop() == 0
             daemon.start()
