@@ -30,7 +30,7 @@ from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.local_api import LocalApi
-from scanfleet.daemon.pipeline import Pipeline
+from scanfleet.daemon.pipeline import ALARM_THREAD, Pipeline
 from scanfleet.daemon.publisher import Publisher
 from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
 from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
@@ -325,6 +325,22 @@ class Daemon:
         logging.getLogger().removeHandler(self.recent_log)
         log.info("stopped")
 
+    def supervise(self) -> None:
+        """Replace worker threads that died; pick up alarms acknowledged by the CLI.
+
+        serve() calls it every 0.5 s. A publisher that stops turning is the systemd
+        watchdog's to notice (no more WATCHDOG=1 pings, systemd restarts the daemon).
+        """
+        self.pipeline.ensure_running()
+        for name, worker in list(self.workers.items()):
+            if worker.died and not self._stopping.is_set():
+                log.error("the worker thread of device %s died; rebinding it", name)
+                self.alarms.raise_(
+                    ALARM_THREAD, f"the worker thread of {name} died and was restarted"
+                )
+                self.rebind(name)
+        self.alarms.sync()
+
     def device_states(self) -> dict[str, DeviceState]:
         """Configured device name → its current state."""
         return {name: worker.state for name, worker in self.workers.items()}
@@ -365,8 +381,7 @@ class Daemon:
                                 callback("end")
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
                     while not stop.wait(0.5):
-                        self.pipeline.ensure_running()
-                        self.alarms.sync()
+                        self.supervise()
                         if tick is not None:
                             tick()
                 except _Reload:

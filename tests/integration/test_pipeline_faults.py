@@ -123,3 +123,25 @@ def test_an_unexpected_failure_costs_one_read_and_a_dead_thread_is_replaced(
     assert record is not None
     assert (record["verdict"], signal) == ("accepted", Signal.GOOD_READ)
     assert "pipeline_error" not in daemon.alarms
+
+
+class _DeadEnd:
+    def put(self, item: object, *args: object, **kwargs: object) -> None:
+        raise SystemExit("device thread killer")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_device_worker_that_dies_is_noticed_and_rebound(
+    daemon: Daemon, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = daemon.workers["scanner"]
+    monkeypatch.setattr(worker, "_out", _DeadEnd())
+    virtual.inject(channel, DATAMATRIX + b"\r")
+    assert _wait(lambda: worker.died)
+    daemon.supervise()  # what serve() does every 0.5 s
+    assert "thread_died" in daemon.alarms
+    assert daemon.workers["scanner"] is not worker
+    assert _wait(lambda: str(daemon.workers["scanner"].state) == "bound")
+    record, signal = read(daemon, channel, b"]d2010950110102091717270630101234A\x1d21SN0003")
+    assert record is not None
+    assert (record["verdict"], signal) == ("accepted", Signal.GOOD_READ)
