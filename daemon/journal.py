@@ -496,6 +496,8 @@ class Journal(SpacePolicy):
             finally:
                 self._conn.execute("PRAGMA synchronous = FULL")
             self._delivered = through_seq
+            with contextlib.suppress(JournalError):  # a rebuild then re-sends less
+                self._store_head(self._reserved, sync=False)
         now = time.monotonic()
         if now >= self._next_retention_prune:
             self._next_retention_prune = now + RETENTION_PRUNE_INTERVAL

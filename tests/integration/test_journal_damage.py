@@ -144,3 +144,36 @@ def test_damage_is_salvaged_declared_and_never_reuses_an_id(
             assert len(lines) < RECORDS
         else:
             assert len(lines) == RECORDS
+
+
+def test_a_lost_journal_file_continues_after_the_head_file(
+    originals: dict[str, Path], tmp_path: Path
+) -> None:
+    shutil.copytree(originals["closed"].parent, tmp_path / "state")
+    path = tmp_path / "state" / "journal.sqlite3"
+    path.unlink()  # replaced SD card image, operator "reset": the seq must not restart
+    with Journal(path, DEVICE, clock=clock) as j:
+        (record,) = j.read_after(0, limit=10, max_bytes=1 << 20)
+        loss = record.as_dict()
+        assert loss["type"] == "journal_loss"
+        assert loss["seq"] > RECORDS
+        assert loss["lost"] == [{"first_seq": DELIVERED + 1, "last_seq": RECORDS}]
+        assert loss["quarantined_file"] == ""
+
+
+def test_without_a_head_file_the_chain_restarts_under_a_new_epoch(
+    originals: dict[str, Path], tmp_path: Path
+) -> None:
+    shutil.copytree(originals["closed"].parent, tmp_path / "state")
+    path = tmp_path / "state" / "journal.sqlite3"
+    (tmp_path / "state" / "journal.sqlite3.head").unlink()
+    smash(path, "header")
+    with Journal(path, DEVICE, clock=clock) as j:
+        loss = j.read_after(RECORDS + 1, limit=10, max_bytes=1 << 20)[-1].as_dict()
+        assert loss["type"] == "journal_loss"
+        assert (loss["epoch"], loss["anchor_seq"]) == (1, 0)
+        assert loss["prev_hash"] == "0" * 64
+        # Above any seq the device can have used: 1000 per second since 1970.
+        assert loss["seq"] > int(clock().timestamp()) * 1000
+        assert j.append(make_scan_body(0, random.Random(2)))["seq"] == loss["seq"] + 1
+        assert j.verify().ok
