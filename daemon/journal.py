@@ -41,6 +41,7 @@ from scanfleet.daemon.journal_codec import (
     train_dictionary,
 )
 from scanfleet.daemon.journal_disk import DiskSpace, is_disk_full
+from scanfleet.daemon.journal_heads import ALARM_LOSS, ALARM_QUARANTINED, HeadKeeping
 from scanfleet.daemon.journal_reader import (
     JournalReader,
     JournalStats,
@@ -48,22 +49,11 @@ from scanfleet.daemon.journal_reader import (
     VerifyResult,
     open_readonly,
 )
-from scanfleet.daemon.journal_recovery import (
-    RESERVE_BLOCK,
-    Head,
-    HeadFile,
-    Recovery,
-    lost_ranges,
-    pending_rebuild,
-    rebuild,
-)
+from scanfleet.daemon.journal_recovery import HeadFile, lost_ranges
 from scanfleet.daemon.journal_space import ALARM_PRUNED, SpacePolicy
 from scanfleet.daemon.journal_store import (
     Checkpointer,
-    JournalDamagedError,
-    Opened,
     WriterLock,
-    open_writer,
 )
 
 __all__ = [
@@ -82,8 +72,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALARM_FULL = "journal_full"
-ALARM_QUARANTINED = "journal_quarantined"
-ALARM_LOSS = "journal_loss"
 
 TRAIN_AFTER = 256
 """Records after which a dictionary is trained on this journal's own records."""
@@ -108,7 +96,7 @@ class _Pending:
     done: bool = False
 
 
-class Journal(SpacePolicy):
+class Journal(SpacePolicy, HeadKeeping):
     """The device's append-only, hash-chained journal (the single writer)."""
 
     def __init__(
@@ -178,83 +166,6 @@ class Journal(SpacePolicy):
         self.prune()
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def _open(
-        self, device: str, max_bytes: int, retention_days: int
-    ) -> tuple[Opened, Recovery | None]:
-        pending_rebuild(self.path)
-        head = self._head_file.load()
-        if head is not None and head.device != device:
-            head = None
-        seen = head.head_seq if head is not None else 0
-        try:
-            return open_writer(
-                self.path, device, max_bytes, retention_days, self._clock(), head_seq=seen
-            ), None
-        except JournalDamagedError as err:
-            log.error("journal %s is damaged (%s): rebuilding it", self.path, err.reason)  # noqa: TRY400 - the reason is the message
-            recovery = rebuild(
-                self.path,
-                device,
-                head,
-                err.reason,
-                self._clock(),
-                meta_extra={"budget_bytes": str(max_bytes), "retention_days": str(retention_days)},
-            )
-        opened = open_writer(self.path, device, max_bytes, retention_days, self._clock())
-        return opened, recovery
-
-    def _raise_recovery_alarms(self, recovery: Recovery) -> None:
-        loss = recovery.loss
-        where = recovery.quarantined.name if recovery.quarantined else "(file missing)"
-        self.alarms.raise_(
-            ALARM_QUARANTINED,
-            f"damaged journal set aside as {where}; {loss['salvaged']} undelivered records "
-            f"salvaged, the journal continues at seq {loss['seq']}",
-            Severity.CRITICAL,
-            file=str(recovery.quarantined or ""),
-            reason=loss["reason"],
-            loss_seq=loss["seq"],
-        )
-        if loss["lost_count"]:
-            self.alarms.raise_(
-                ALARM_LOSS,
-                f"{loss['lost_count']} seqs could not be salvaged; declared in journal_loss "
-                f"record {loss['seq']}",
-                Severity.CRITICAL,
-                loss_seq=loss["seq"],
-                lost=loss["lost"],
-            )
-
-    def _reserve(self, seq: int) -> None:
-        """Durably reserve seqs through *seq* + RESERVE_BLOCK before handing any out."""
-        self._store_head(seq + RESERVE_BLOCK, sync=True)
-
-    def _store_head(self, reserved: int, *, sync: bool) -> None:
-        # The reservation is fdatasynced; the head itself follows each commit unsynced
-        # (a page-cache write), which tells a later rebuild which reserved seqs were used.
-        try:
-            self._head_file.store(
-                Head(
-                    device=self.device,
-                    epoch=self._epoch,
-                    reserved_seq=reserved,
-                    head_seq=self._last_seq,
-                    head_hash=self._last_hash,
-                    delivered_seq=self._delivered,
-                ),
-                sync=sync,
-            )
-        except (OSError, ValueError) as err:
-            raise JournalError(f"cannot write the journal head file: {err}") from err
-        self._reserved = reserved
-
-    def lost_through(self, seq: int) -> int | None:
-        """The end of the declared lost range holding *seq*, or None."""
-        for first, last in self.lost:
-            if first <= seq <= last:
-                return last
-        return None
 
     @staticmethod
     def open_readonly(path: Path) -> JournalReader:
