@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.journal_recovery import quarantined_files
 from scanfleet.daemon.journal_store import Checkpointer
 from scanfleet.daemon.model import JournalLoss
+from support.broker import Mosquitto
 from support.corrupt import smash
+from support.daemon import DaemonProcess, write_config
+from support.faults import scanfleet, wait_for
+from support.mqtt import Collector
 from support.scans import EPOCH, make_scan_body
 
 pytestmark = pytest.mark.integration
@@ -177,3 +182,40 @@ def test_without_a_head_file_the_chain_restarts_under_a_new_epoch(
         assert loss["seq"] > int(clock().timestamp()) * 1000
         assert j.append(make_scan_body(0, random.Random(2)))["seq"] == loss["seq"] + 1
         assert j.verify().ok
+
+
+@pytest.mark.parametrize("pattern", ["header", "index", "data", "wal"])
+def test_the_daemon_delivers_what_was_salvaged_and_the_loss_record_without_stalling(
+    originals: dict[str, Path], tmp_path: Path, mosquitto: Mosquitto, pattern: str
+) -> None:
+    source = originals["walled" if pattern == "wal" else "closed"]
+    expected = payloads(originals["closed"])
+    state = tmp_path / "state"
+    shutil.copytree(source.parent, state)
+    smash(state / "journal.sqlite3", pattern)
+    config = write_config(
+        tmp_path / "scanfleet.toml",
+        f'[identity]\nsite = "site-x"\ndevice = "{DEVICE}"\n\n[paths]\nstate_dir = "{state}"\n'
+        f'\n[broker]\nurl = "{mosquitto.url}"\n',
+    )
+    backend = Collector(mosquitto.host, mosquitto.port, f"scanfleet/v1/site-x/{DEVICE}/#")
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", log_level="info").start()
+    try:
+        assert wait_for(lambda: any(s["type"] == "journal_loss" for s in backend.scans()), 60), (
+            daemon.run_log()
+        )
+        status = json.loads(scanfleet("status", "--state-dir", str(state), "--json").stdout)
+        assert "journal_quarantined" in {a["code"] for a in status["alarms"]}
+        assert daemon.stop() == 0
+    finally:
+        if daemon.alive():
+            daemon.kill()
+        backend.close()
+    received = {s["seq"]: s for s in backend.scans()}
+    (loss,) = [s for s in received.values() if s["type"] == "journal_loss"]
+    # The publisher went on past the gaps to the loss record (it used to loop forever).
+    assert status["journal"]["delivered_seq"] == loss["seq"]
+    for seq, record in received.items():
+        if seq != loss["seq"]:
+            assert rfc8785.dumps(record) == expected[seq], "salvaged records travel verbatim"
+    assert set(received) | spans(loss) == set(range(DELIVERED + 1, loss["seq"] + 1))
