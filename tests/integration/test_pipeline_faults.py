@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from scanfleet.daemon.alarms import Severity
 from scanfleet.daemon.config import Config
+from scanfleet.daemon.control import CommandError
 from scanfleet.daemon.runner import Daemon
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal
@@ -145,3 +147,14 @@ def test_a_device_worker_that_dies_is_noticed_and_rebound(
     record, signal = read(daemon, channel, b"]d2010950110102091717270630101234A\x1d21SN0003")
     assert record is not None
     assert (record["verdict"], signal) == ("accepted", Signal.GOOD_READ)
+
+
+def test_the_ack_remote_command_ends_a_sticky_alarm(daemon: Daemon) -> None:
+    daemon.alarms.raise_("journal_quarantined", "set aside", Severity.CRITICAL)
+    assert daemon.commands.run("ack", {"code": "journal_quarantined"}) == {
+        "acknowledged": "journal_quarantined"
+    }
+    assert "journal_quarantined" not in daemon.alarms
+    with pytest.raises(CommandError) as refused:
+        daemon.commands.run("ack", {"code": "journal_quarantined"})
+    assert refused.value.code == "not_found"
