@@ -1,9 +1,16 @@
 """Capped exponential backoff with jitter: the publisher's reconnects and the device
-workers' reopens wait the same way."""
+workers' reopens wait the same way. A cheap TCP probe lets a long backoff end as soon
+as the other side listens again."""
 
 from __future__ import annotations
 
+import errno
 import random
+import socket
+
+PROBE_INTERVAL = (1.0, 3.0)
+"""Seconds between probes during a backoff, drawn uniformly: the jitter spreads a fleet
+that lost the same broker, and a probe is one TCP handshake, no TLS and no MQTT."""
 
 
 class Backoff:
@@ -39,3 +46,30 @@ class Backoff:
     def reset(self) -> None:
         """Start again from ``initial`` (after a connection that worked)."""
         self.attempts = 0
+
+
+def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a TCP connection to *host*:*port* opens (then closed at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def probe_delay(rng: random.Random | None = None) -> float:
+    """Seconds until the next probe during a backoff."""
+    return (rng or random).uniform(*PROBE_INTERVAL)
+
+
+_DOWN = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def unreachable(err: BaseException) -> bool:
+    """True when *err* (or its cause) says nothing listened: refused or unreachable."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DOWN:
+            return True
+        seen = seen.__cause__
+    return False

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -218,15 +219,33 @@ def _apply_rules(
     # Rule 6
     if _TRACE_OTHER.fullmatch(text):
         return Kind.TRACE_OTHER, text, {}
-    # Rule 7: whatever biip accepts as an element string (no separator needed).
+    # Rule 7: whatever biip accepts as an element string (no separator needed), but
+    # never a fragment shorter than a GTIN: biip reads "37000" or "99x" as GS1 too.
     attempt = []
-    value, fields = _gs1_message(text, attempt, strict=False)
+    value, fields = _gs1_message(text, attempt, strict=False) if len(text) >= 14 else (text, {})
     if fields:
         problems.extend(attempt)
         return Kind.GS1, value, fields
     # Rule 8
     problems.append("matches no known code shape")
     return Kind.UNKNOWN, text, {}
+
+
+DEFAULT_REQUIRED_AIS = ("01", "21")
+"""AIs a GS1 read needs to identify a unit (a trace code): GTIN and serial."""
+AI_NAMES = {"01": "GTIN", "21": "serial", "10": "batch", "17": "expiry", "11": "production date"}
+
+
+def gs1_refusal(result: ParseResult, required: Sequence[str] = DEFAULT_REQUIRED_AIS) -> str | None:
+    """Why a ``gs1`` read is not a trace code (the first missing required AIs), or None."""
+    if result.kind is not Kind.GS1:
+        return None
+    elements = result.fields.get("elements") or {}
+    missing = [ai for ai in required if ai not in elements]
+    if not missing:
+        return None
+    names = ", ".join(f"({ai}) {AI_NAMES.get(ai, 'element')}".rstrip() for ai in missing)
+    return f"not a trace code: GS1 data without {names}"
 
 
 def _check(digits: str, problems: list[str]) -> bool:

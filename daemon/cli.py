@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.simulate",
     "scanfleet.daemon.commands.verify",
     "scanfleet.daemon.commands.export",
+    "scanfleet.daemon.commands.alarms",
     "scanfleet.daemon.commands.enroll",
     "scanfleet.daemon.commands.fleet",
     "scanfleet.daemon.commands.local",

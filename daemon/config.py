@@ -102,8 +102,9 @@ class PublisherConfig(_Section):
 class JournalConfig(_Section):
     """Size budget and retention of the local journal."""
 
-    max_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
-    retention_days: Annotated[int, Field(ge=1)] = 100
+    max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 256 << 20
+    retention_days: Annotated[int, Field(ge=1, le=36500)] = 100
+    """At most 100 years: a cutoff before year 1 would crash the daemon."""
 
 
 DEFAULT_ACCEPT_KINDS = (Kind.TRACE20, Kind.GS1, Kind.TRACE_OTHER, Kind.MA)
@@ -119,6 +120,11 @@ class StationConfig(_Section):
     """Kinds of code that count as a trace-code scan. Anything else (an EAN-13 product
     barcode, a 本位码, a leaflet URL) is journaled as refused with a bad-read signal, so
     the operator knows to scan the trace code instead."""
+    gs1_required_ais: list[Annotated[str, Field(pattern=r"^[0-9]{2,4}$")]] = Field(
+        default_factory=lambda: ["01", "21"]
+    )
+    """A ``gs1`` read is a trace code only with all of these AIs (GTIN and serial by
+    default: what identifies a unit); otherwise it is refused naming the missing AI."""
     control_prefix: Annotated[str, Field(min_length=2, max_length=16, pattern=r"^[!-~]+$")] = "#SF:"
     """Reads starting with this are station control barcodes (``#SF:OP=receiving``),
     journaled as ``type: "control"`` records, never as scans (docs/station.md)."""
@@ -126,7 +132,7 @@ class StationConfig(_Section):
     """Where receiving manifests are looked up as ``<bill>.json`` when a bill starts."""
     duplicate_check: bool = True
     """Flag a code scanned again for the same operation at this device (duplicate_of)."""
-    duplicate_window_days: Annotated[int | None, Field(ge=1)] = None
+    duplicate_window_days: Annotated[int | None, Field(ge=1, le=36500)] = None
     """How far back a repeat counts; default: the journal's retention."""
     split_packs: dict[
         Annotated[str, Field(pattern=r"^[0-9A-Za-z]{7,}$")], Annotated[int, Field(ge=2)]

@@ -38,6 +38,8 @@ class RecordSource(Protocol):
         self, after_seq: int, *, limit: int, max_bytes: int
     ) -> Sequence[StoredRecord]: ...
 
+    def lost_through(self, seq: int) -> int | None: ...
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -53,6 +55,15 @@ class Batch:
         return self.last_seq - self.first_seq + 1
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Seqs ``first_seq`` … ``last_seq`` declared lost: nothing to send, the watermark
+    steps over them (the journal_loss record after them tells the backend)."""
+
+    first_seq: int
+    last_seq: int
+
+
 class BatchCutter:
     """Cuts contiguous batches from the journal, bounded in records and bytes."""
 
@@ -65,13 +76,21 @@ class BatchCutter:
         # Room for the records once the envelope (with the widest seq) is accounted for.
         self.record_budget = max(1, max_bytes - batch_overhead(device, 10**15, max_scans))
 
-    def cut(self, source: RecordSource, next_seq: int) -> Batch | None:
-        """The batch starting at *next_seq*, or None when the journal has nothing there."""
-        records = source.read_after(
-            next_seq - 1, limit=self.max_scans, max_bytes=self.record_budget
+    def cut(self, source: RecordSource, next_seq: int) -> Batch | Gap | None:
+        """The batch starting at *next_seq*, the declared gap there, or None when the
+        journal has nothing there."""
+        end = source.lost_through(next_seq)
+        if end is not None:
+            return Gap(next_seq, end)
+        records = list(
+            source.read_after(next_seq - 1, limit=self.max_scans, max_bytes=self.record_budget)
         )
         if not records:
             return None
+        for i, record in enumerate(records):
+            if record.seq != next_seq + i and source.lost_through(next_seq + i) is not None:
+                del records[i:]  # the batch ends where a declared gap begins
+                break
         if records[0].seq != next_seq or records[-1].seq != next_seq + len(records) - 1:
             raise JournalError(
                 f"journal returned seq {records[0].seq}..{records[-1].seq} for a batch "
@@ -146,6 +165,13 @@ class DeliveryTracker:
             raise ValueError(f"batch starts at {batch.first_seq}, expected {self.next_seq}")
         self._inflight[mid] = (batch.first_seq, batch.last_seq)
         self.next_seq = batch.last_seq + 1
+
+    def skip(self, gap: Gap) -> None:
+        """The declared lost *gap* follows the cursor: count it as delivered."""
+        if gap.first_seq != self.next_seq:
+            raise ValueError(f"gap starts at {gap.first_seq}, expected {self.next_seq}")
+        self._acked_ahead[gap.first_seq] = gap.last_seq
+        self.next_seq = gap.last_seq + 1
 
     def sent_live(self, mid: int, batch: Batch) -> None:
         """*batch*, ahead of the in-order cursor, was handed to paho as message *mid*."""

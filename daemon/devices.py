@@ -88,6 +88,15 @@ class DeviceWorker:
         """Start the worker thread."""
         self._thread.start()
 
+    @property
+    def died(self) -> bool:
+        """True when the worker thread ended without being asked to stop."""
+        return (
+            self._thread.ident is not None
+            and not self._thread.is_alive()
+            and not (self._stop.is_set())
+        )
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, close the device and wait for the thread."""
         self._stop.set()

@@ -84,6 +84,19 @@ class JournalFullError(JournalError, OSError):
         )
 
 
+class JournalDiskFullError(JournalError, OSError):
+    """The file system is full: the journal cannot commit until space returns."""
+
+    def __init__(self, path: str, needed_bytes: int, free_bytes: int) -> None:
+        self.path = path
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        super().__init__(
+            f"disk full: the journal at {path} needs about {needed_bytes // 1024 + 1} KiB free "
+            f"to commit, {free_bytes // 1024} KiB are left"
+        )
+
+
 class JournalSchemaError(JournalError):
     """The database was written by a newer scanfleet, or its schema is unknown."""
 

@@ -19,6 +19,7 @@ append refused with :class:`JournalFullError` (alarm ``journal_full``). Pruning 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -39,6 +40,8 @@ from scanfleet.daemon.journal_codec import (
     seal,
     train_dictionary,
 )
+from scanfleet.daemon.journal_disk import DiskSpace, is_disk_full
+from scanfleet.daemon.journal_heads import ALARM_LOSS, ALARM_QUARANTINED, HeadKeeping
 from scanfleet.daemon.journal_reader import (
     JournalReader,
     JournalStats,
@@ -46,11 +49,16 @@ from scanfleet.daemon.journal_reader import (
     VerifyResult,
     open_readonly,
 )
+from scanfleet.daemon.journal_recovery import HeadFile, lost_ranges
 from scanfleet.daemon.journal_space import ALARM_PRUNED, SpacePolicy
-from scanfleet.daemon.journal_store import Checkpointer, WriterLock, open_writer
+from scanfleet.daemon.journal_store import (
+    Checkpointer,
+    WriterLock,
+)
 
 __all__ = [
     "ALARM_FULL",
+    "ALARM_LOSS",
     "ALARM_PRUNED",
     "ALARM_QUARANTINED",
     "Journal",
@@ -64,7 +72,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALARM_FULL = "journal_full"
-ALARM_QUARANTINED = "journal_quarantined"
 
 TRAIN_AFTER = 256
 """Records after which a dictionary is trained on this journal's own records."""
@@ -89,7 +96,7 @@ class _Pending:
     done: bool = False
 
 
-class Journal(SpacePolicy):
+class Journal(SpacePolicy, HeadKeeping):
     """The device's append-only, hash-chained journal (the single writer)."""
 
     def __init__(
@@ -110,32 +117,37 @@ class Journal(SpacePolicy):
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.path)
+        self._head_file = HeadFile(self.path)
         try:
-            opened = open_writer(self.path, device, max_bytes, retention_days, clock())
+            opened, recovery = self._open(device, max_bytes, retention_days)
         except BaseException:
             self._lock.release()
             raise
         self._conn = opened.conn
+        self._space = DiskSpace(self.path, self.alarms)
         try:
             self._reader = JournalReader(self.path)
         except BaseException:
             self._conn.close()
             self._lock.release()
             raise
-        if opened.quarantined is not None:
-            self.alarms.raise_(
-                ALARM_QUARANTINED,
-                f"corrupt journal set aside as {opened.quarantined.name}; a new one was started",
-                Severity.CRITICAL,
-                file=str(opened.quarantined),
-                continued_from_seq=opened.meta.get("pruned_through_seq", "0"),
-            )
         meta = opened.meta
+        if recovery is not None:
+            self._raise_recovery_alarms(recovery)
         self._last_seq = int(meta["head_seq"])
         self._last_hash = meta["head_hash"]
         self._delivered = int(meta["delivered_seq"])
         self._pruned_through = int(meta["pruned_through_seq"])
         self._dict_id = int(meta["dict_current"])
+        self._epoch = int(meta.get("epoch", "0"))
+        self.lost = lost_ranges(meta)
+        """Declared lost seq ranges (after a rebuild): the publisher steps over them."""
+        self._reserved = 0
+        head = self._head_file.load()
+        if head is not None and head.epoch == self._epoch and head.device == device:
+            self._reserved = head.reserved_seq
+        if self._reserved <= self._last_seq:
+            self._reserve(self._last_seq)
         self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         self._codec = Codec()
         for dict_id, data in self._conn.execute("SELECT id, data FROM dictionaries"):
@@ -188,6 +200,7 @@ class Journal(SpacePolicy):
                 log.warning("journal %s: checkpoint at close failed: %s", self.path, err)
             self._conn.close()
         self._reader.close()
+        self._head_file.close()
         self._lock.release()
 
     def _is_closed(self) -> bool:
@@ -247,16 +260,23 @@ class Journal(SpacePolicy):
     def _commit(self, batch: list[_Pending]) -> None:
         after: list[Callable[[], None]] = []
         try:
-            with self._write_lock:
-                self._commit_locked(batch, after)
+            try:
+                with self._write_lock:
+                    self._commit_locked(batch, after)
+            except sqlite3.Error as err:
+                if not (is_disk_full(err) and self._space.release()):
+                    raise
+                after.clear()
+                with self._write_lock:  # the spare's room: the same batch again
+                    self._commit_locked(batch, after)
         except BaseException as err:
             # The transaction rolled back: no record of this batch exists, every
             # appender in it hears why (as a JournalError when SQLite failed).
-            failure = (
-                JournalError(f"journal commit failed: {err}")
-                if isinstance(err, sqlite3.Error)
-                else err
-            )
+            failure: BaseException = err
+            if is_disk_full(err):
+                failure = self._space.refuse(self._room_needed(batch))
+            elif isinstance(err, sqlite3.Error):
+                failure = JournalError(f"journal commit failed: {err}")
             if failure is not err:
                 failure.__cause__ = err
             for item in batch:
@@ -265,8 +285,16 @@ class Journal(SpacePolicy):
                     item.error = failure
             if not isinstance(err, (sqlite3.Error, JournalError)):
                 raise
+            return
+        if self._space.full:
+            self._space.committed()
         for action in after:
             action()
+
+    def _room_needed(self, batch: list[_Pending]) -> int:
+        # A commit appends WAL frames: the pages it touches (a leaf, the meta page, an
+        # interior page now and then) plus a header each.
+        return (len(batch) + 3) * (self._page_size + 24)
 
     def _commit_locked(self, batch: list[_Pending], after: list[Callable[[], None]]) -> None:
         conn = self._conn
@@ -280,6 +308,8 @@ class Journal(SpacePolicy):
             # Room that surely fits without asking SQLite for page counts per record;
             # close to the budget every record gets the exact check.
             room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
+            if seq + len(batch) > self._reserved:
+                self._reserve(seq + len(batch))
             for item in batch:
                 try:
                     record, payload = seal(item.body, self.device, seq + 1, prev)
@@ -307,12 +337,21 @@ class Journal(SpacePolicy):
                 )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # In-memory state first: SQLite may already have rolled back by itself (a full
+            # disk does that), and then an explicit ROLLBACK fails and would hide the cause.
             self._pruned_through, self._dict_id = pruned_before, dict_before
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as err:
+                    log.warning("journal %s: rollback failed: %s", self.path, err)
             raise
         self.commits += 1
         self._checkpointer.poke()
         self._last_seq, self._last_hash = seq, prev
+        if committed:
+            with contextlib.suppress(JournalError):  # best effort: the reservation holds
+                self._store_head(self._reserved, sync=False)
         for item, record, payload in committed:
             item.record = record
             self._recent.append(payload)
@@ -358,9 +397,18 @@ class Journal(SpacePolicy):
                 self._conn.execute(
                     "UPDATE meta SET value = ? WHERE key = 'delivered_seq'", (str(through_seq),)
                 )
+            except sqlite3.Error as err:
+                if not is_disk_full(err):
+                    raise
+                # The watermark waits for space; delivery goes on (a later mark catches
+                # up, a crash meanwhile only re-delivers, which the backend ignores).
+                log.debug("journal %s: delivered watermark not saved: %s", self.path, err)
+                return
             finally:
                 self._conn.execute("PRAGMA synchronous = FULL")
             self._delivered = through_seq
+            with contextlib.suppress(JournalError):  # a rebuild then re-sends less
+                self._store_head(self._reserved, sync=False)
         now = time.monotonic()
         if now >= self._next_retention_prune:
             self._next_retention_prune = now + RETENTION_PRUNE_INTERVAL

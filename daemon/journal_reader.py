@@ -31,6 +31,7 @@ from scanfleet.daemon.journal_codec import (
     record_hash,
     to_micros,
 )
+from scanfleet.daemon.journal_recovery import lost_ranges
 from scanfleet.daemon.journal_store import connect_reader, ensure_readable, quick_check
 from scanfleet.daemon.model import GENESIS_HASH
 
@@ -79,13 +80,20 @@ class VerifyResult:
     first_bad_seq: int | None = None
     problem: str | None = None
     integrity_problems: tuple[str, ...] = field(default_factory=tuple)
+    lost: tuple[tuple[int, int], ...] = ()
+    """Seq ranges declared lost by a journal_loss record (links across them are unchecked)."""
 
     def __str__(self) -> str:
         if self.ok:
-            return (
+            text = (
                 f"journal OK: {self.checked} records verified "
                 f"(seq {self.anchor_seq + 1}..{self.last_seq}, anchor {self.anchor_seq})"
             )
+            if self.lost:
+                count = sum(b - a + 1 for a, b in self.lost)
+                spans = ", ".join(f"{a}..{b}" for a, b in self.lost[:5])
+                text += f"; {count} seqs declared lost or never used ({spans})"
+            return text
         if self.first_bad_seq is not None:
             return f"journal BROKEN at seq {self.first_bad_seq}: {self.problem}"
         return "journal BROKEN: integrity check: " + "; ".join(self.integrity_problems[:5])
@@ -280,16 +288,24 @@ class JournalReader:
         anchor = int(meta.get("pruned_through_seq", "0"))
         prev = meta.get("pruned_hash", GENESIS_HASH) if anchor else GENESIS_HASH
         head = int(meta.get("head_seq", "0"))
+        lost = tuple(lost_ranges(meta))
         expected = anchor + 1
         checked = 0
+        # After a rebuild the anchor's hash may be unknown (pruned_hash ""): unchecked link.
+        unlinked = not prev
 
         def bad(seq: int, problem: str) -> VerifyResult:
-            return VerifyResult(False, checked, anchor, head, seq, problem)
+            return VerifyResult(False, checked, anchor, head, seq, problem, lost=lost)
+
+        def lost_end(seq: int) -> int | None:
+            return next((b for a, b in lost if a <= seq <= b), None)
 
         rows = self._conn.execute("SELECT seq, time_us, dict, payload FROM records ORDER BY seq")
         for seq, time_us, dict_id, blob in rows:
             if seq < expected:
                 return bad(seq, f"record {seq} lies at or below the pruning anchor {anchor}")
+            while seq != expected and (end := lost_end(expected)) is not None and end < seq:
+                expected, unlinked = end + 1, True
             if seq != expected:
                 return bad(expected, f"record {expected} is missing (next present: {seq})")
             try:
@@ -302,8 +318,11 @@ class JournalReader:
                     return bad(seq, "seq/id inside the record do not match its position")
                 if record.get("device") != device:
                     return bad(seq, f"device {record.get('device')!r} is not {device!r}")
-                if record.get("prev_hash") != prev:
+                # A journal_loss record links to its anchor_seq, not to seq - 1.
+                unlinked = unlinked or record.get("type") == "journal_loss"
+                if not unlinked and record.get("prev_hash") != prev:
                     return bad(seq, f"prev_hash does not link to record {seq - 1}")
+                unlinked = False
                 if record_hash(record) != stored_hash:
                     return bad(seq, "hash does not match the record's contents")
                 if to_micros(parse_time(str(record.get("time")))) != time_us:
@@ -313,13 +332,15 @@ class JournalReader:
             prev = str(stored_hash)
             expected += 1
             checked += 1
+        while (end := lost_end(expected)) is not None and end <= head:
+            expected = end + 1
         if expected - 1 != head:
             if expected - 1 < head:
                 return bad(expected, f"records {expected}..{head} are missing (head is {head})")
             return bad(head + 1, f"records beyond the recorded head {head}")
         if head > anchor and prev != meta.get("head_hash"):
             return bad(head, "last record's hash differs from the recorded head hash")
-        return VerifyResult(True, checked, anchor, head)
+        return VerifyResult(True, checked, anchor, head, lost=lost)
 
 
 def _range_clause(

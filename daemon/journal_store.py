@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from scanfleet.daemon.errors import JournalCorruptError, JournalError, JournalSchemaError
 from scanfleet.daemon.journal_codec import builtin_dictionary
+from scanfleet.daemon.journal_salvage import wal_damaged
 from scanfleet.daemon.model import GENESIS_HASH
 
 log = logging.getLogger(__name__)
@@ -155,50 +156,8 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
         raise JournalSchemaError(f"incomplete SQL statement in schema: {statement!r}")
 
 
-@dataclass(frozen=True)
-class Salvage:
-    """What could still be read from a corrupt journal before it was set aside."""
-
-    head_seq: int
-    head_hash: str
-    delivered_seq: int
-
-
-def salvage(path: Path) -> Salvage | None:
-    """Read the chain head of a damaged file, so a fresh journal continues its seq."""
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return None
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        return Salvage(
-            int(meta["head_seq"]), str(meta["head_hash"]), int(meta.get("delivered_seq", 0))
-        )
-    except (sqlite3.Error, KeyError, ValueError):
-        return None
-    finally:
-        conn.close()
-
-
-def quarantine(path: Path, now: datetime) -> Path:
-    """Rename a corrupt journal and its -wal/-shm aside (never delete); return the new name."""
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    for suffix in SIDE_FILES:
-        side = Path(str(path) + suffix)
-        if side.exists():
-            side.rename(Path(str(target) + suffix))
-    path.rename(target)
-    _fsync_dir(path.parent)
-    return target
-
-
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make renames in *directory* durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -219,45 +178,71 @@ def ensure_readable(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+class JournalDamagedError(JournalCorruptError):
+    """The journal must be rebuilt (see journal_recovery); *reason* says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Opened:
     """A writer connection on a checked, migrated journal."""
 
     conn: sqlite3.Connection
     meta: dict[str, str]
-    quarantined: Path | None
-    """Where a corrupt file found at open was moved, if one was."""
 
 
 def open_writer(
-    path: Path, device: str, budget_bytes: int, retention_days: int, now: datetime
+    path: Path,
+    device: str,
+    budget_bytes: int,
+    retention_days: int,
+    now: datetime,
+    *,
+    head_seq: int = 0,
 ) -> Opened:
-    """Open (or create) the journal: version check, quick_check, quarantine, migrate."""
+    """Open (or create) the journal: version check, quick_check, WAL check, migrate.
+
+    *head_seq* is the highest seq the head file saw handed out: a journal that ends
+    below it (or is missing) lost records. Every kind of damage raises
+    :class:`JournalDamagedError`; the file is left as it is.
+    """
+    if head_seq and not path.exists():
+        raise JournalDamagedError(path, f"journal file missing (seq {head_seq} was handed out)")
+    if wal_damaged(path):
+        raise JournalDamagedError(path, "WAL frames fail their checksums")
     conn = connect_writer(path)
-    quarantined: Path | None = None
-    saved: Salvage | None = None
     try:
         version = check_version(conn, path)
         _require_intact(conn, path)
         configure(conn)
+        migrate(conn, path, version)
+        meta = _init_meta(conn, path, device, budget_bytes, retention_days, now)
+        _require_head(meta, path, head_seq)
+    except JournalDamagedError:
+        conn.close()
+        raise
     except (sqlite3.DatabaseError, JournalCorruptError) as err:
         conn.close()
-        log.error("journal %s is corrupt (%s): setting it aside", path, err)  # noqa: TRY400 - the cause is in the message; a traceback adds nothing
-        saved = salvage(path)
-        quarantined = quarantine(path, now)
-        conn = connect_writer(path)
-        version = 0
-        configure(conn)
+        if not is_damage(err):
+            raise JournalError(f"cannot open journal {path}: {err}") from err
+        raise JournalDamagedError(path, str(err)) from err
     except BaseException:
         conn.close()
         raise
-    try:
-        migrate(conn, path, version)
-        meta = _init_meta(conn, path, device, budget_bytes, retention_days, now, saved)
-    except BaseException:
-        conn.close()
-        raise
-    return Opened(conn, meta, quarantined)
+    return Opened(conn, meta)
+
+
+def is_damage(err: BaseException) -> bool:
+    """True for errors that mean a damaged file, not a full disk, a lock or a permission."""
+    if isinstance(err, JournalCorruptError):
+        return True
+    name = str(getattr(err, "sqlite_errorname", ""))
+    return isinstance(err, sqlite3.DatabaseError) and (
+        name == "SQLITE_NOTADB" or name.startswith("SQLITE_CORRUPT")
+    )
 
 
 def _init_meta(
@@ -267,22 +252,27 @@ def _init_meta(
     budget_bytes: int,
     retention_days: int,
     now: datetime,
-    saved: Salvage | None,
 ) -> dict[str, str]:
-    # A journal rebuilt after quarantine continues the old chain's seq and hash, so
-    # ids stay unique for the backend; what was lost is in the quarantined file.
-    head_seq = str(saved.head_seq) if saved else "0"
-    head_hash = saved.head_hash if saved else GENESIS_HASH
     defaults = {
         "device": device,
         "created": now.isoformat(),
-        "delivered_seq": str(saved.delivered_seq) if saved else "0",
-        "pruned_through_seq": head_seq,
-        "pruned_hash": head_hash,
-        "head_seq": head_seq,
-        "head_hash": head_hash,
+        "delivered_seq": "0",
+        "pruned_through_seq": "0",
+        "pruned_hash": GENESIS_HASH,
+        "head_seq": "0",
+        "head_hash": GENESIS_HASH,
         "dict_current": "1",
     }
+    current = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    wanted = {"budget_bytes": str(budget_bytes), "retention_days": str(retention_days)}
+    if (
+        current
+        and all(k in current for k in defaults)
+        and all(current.get(k) == v for k, v in wanted.items())
+    ):
+        # Nothing to write: opening needs no free space (a restart on a full disk).
+        _require_device(current, path, device)
+        return current
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", defaults.items())
@@ -301,6 +291,14 @@ def _init_meta(
         conn.execute("ROLLBACK")
         raise
     return meta
+
+
+def _require_head(meta: Mapping[str, str], path: Path, head_seq: int) -> None:
+    have = int(meta["head_seq"])
+    if have < head_seq:
+        raise JournalDamagedError(
+            path, f"journal ends at seq {have} but seq {head_seq} was handed out"
+        )
 
 
 def _require_intact(conn: sqlite3.Connection, path: Path) -> None:
@@ -335,6 +333,7 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._pending = 0
         self._seen = 0
+        self._failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"journal-checkpoint:{path.name}", daemon=True
@@ -359,9 +358,16 @@ class Checkpointer:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as err:
-                # A failed checkpoint loses nothing (the WAL keeps the frames); retry later.
-                log.warning("journal checkpoint failed: %s", err)
+                # A failed checkpoint loses nothing (the WAL keeps the frames); retry
+                # later, and say so once, not every half second (a full disk).
+                if not self._failing:
+                    log.warning("journal checkpoint failed (retrying quietly): %s", err)
+                self._failing = True
                 self.poke()
+            else:
+                if self._failing:
+                    log.info("journal checkpoint works again")
+                self._failing = False
 
     def stop(self) -> None:
         """Stop the thread and close its connection (idempotent)."""

@@ -199,3 +199,80 @@ class Scan(BaseModel):
         if self.id != f"{self.device}:{self.seq}":
             raise ValueError(f"id must be '{self.device}:{self.seq}', not {self.id!r}")
         return self
+
+
+LOSS_SCHEMA = "scanfleet.journal-loss/1"
+"""Schema tag of a ``journal_loss`` record."""
+
+
+class SeqRange(BaseModel):
+    """An inclusive range of a device's seqs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    first_seq: Annotated[int, Field(ge=1)]
+    last_seq: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeqRange:
+        if self.last_seq < self.first_seq:
+            raise ValueError("last_seq must not be below first_seq")
+        return self
+
+
+class JournalLoss(BaseModel):
+    """A ``journal_loss`` record: seqs the terminal handed out (or may have) and cannot deliver.
+
+    Written once, right after a damaged journal was set aside, at the next free seq. Every
+    seq in ``lost`` is one the backend may never receive; a backend that already holds
+    some of them keeps them (they were delivered before the damage). Its ``prev_hash``
+    links to the last record whose hash survived (``anchor_seq``), or is 64 zeros when
+    the chain restarts under a new ``epoch`` because even that was lost.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
+    )
+
+    schema_: Literal["scanfleet.journal-loss/1"] = Field(
+        default="scanfleet.journal-loss/1", alias="schema"
+    )
+    type: Literal["journal_loss"] = "journal_loss"
+    device: Annotated[str, Field(pattern=NAME_PATTERN)]
+    seq: Annotated[int, Field(ge=1)]
+    id: str = Field(description="'{device}:{seq}', like every record.")
+    time: datetime = Field(description="When the damage was found (the daemon's start).")
+    boot_id: str | None = None
+    lost: list[SeqRange] = Field(
+        description=(
+            "Seq ranges up to the highest seq known to have been used that could not be "
+            "salvaged from the damaged file and were not marked delivered."
+        )
+    )
+    lost_count: Annotated[int, Field(ge=0)] = Field(description="Seqs in all of ``lost``.")
+    reserved: SeqRange | None = Field(
+        default=None,
+        description=(
+            "Seqs after the highest one known to have been used, up to the durable "
+            "reservation: most likely never used, possibly lost. Never reused either."
+        ),
+    )
+    salvaged: Annotated[int, Field(ge=0)] = Field(
+        description="Undelivered records recovered verbatim (same id, bytes, hash)."
+    )
+    reason: str = Field(description="What was damaged, for people.")
+    quarantined_file: str = Field(description="File name the damaged journal was renamed to.")
+    epoch: Annotated[int, Field(ge=0)] = Field(
+        description="Chain epoch: 0 for the original chain, +1 for every chain restart."
+    )
+    anchor_seq: Annotated[int, Field(ge=0)] = Field(
+        description="Seq whose hash prev_hash links to; 0 when the chain restarts (epoch > 0)."
+    )
+    prev_hash: HashHex
+    hash: HashHex
+
+    @model_validator(mode="after")
+    def _id_matches(self) -> JournalLoss:
+        if self.id != f"{self.device}:{self.seq}":
+            raise ValueError(f"id must be '{self.device}:{self.seq}', not {self.id!r}")
+        return self

@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.classify import classify
+from scanfleet.daemon.classify import classify, gs1_refusal
 from scanfleet.daemon.clock import ClockState, boot_id
 from scanfleet.daemon.config import Config, DeviceConfig
 from scanfleet.daemon.devices import Incoming
-from scanfleet.daemon.errors import JournalError, JournalFullError
+from scanfleet.daemon.errors import JournalDiskFullError, JournalError, JournalFullError
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
 from scanfleet.daemon.pairing import IdentityWindow, is_card_read
@@ -33,6 +33,8 @@ from scanfleet.drivers.base import Signal
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+ALARM_PIPELINE = "pipeline_error"
+ALARM_THREAD = "thread_died"
 
 
 @dataclass
@@ -43,6 +45,8 @@ class PipelineCounters:
     refused: int = 0
     unrecorded: int = 0
     feedback_missed: int = 0
+    failures: int = 0
+    """Reads that failed unexpectedly (a store on the read path, a bug): bad-read signal."""
     last_progress: float = field(default_factory=time.monotonic)
 
 
@@ -72,6 +76,7 @@ class Pipeline:
         self.station = Station(config, self._record, self._now_context, alarms=alarms)
         """Operation, bill, operator and the per-scan checks (the runner adds the index)."""
         self._stop = threading.Event()
+        self._last_failure: str | None = None
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
 
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
@@ -101,6 +106,16 @@ class Pipeline:
         if self._thread.is_alive():
             log.error("pipeline did not finish within %.1f s", timeout)
 
+    def ensure_running(self) -> bool:
+        """Restart the pipeline thread if it died (the supervisor calls this); True if it did."""
+        if self._thread.is_alive() or self._stop.is_set() or self._thread.ident is None:
+            return False
+        log.error("the pipeline thread died; starting a new one")
+        self._alarms.raise_(ALARM_THREAD, "the pipeline thread died and was restarted")
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+        return True
+
     def _run(self) -> None:
         while True:
             try:
@@ -110,8 +125,36 @@ class Pipeline:
                 if self._stop.is_set():
                     return
                 continue
-            self.handle(incoming)
+            try:
+                self.handle(incoming)
+            except Exception as err:  # noqa: BLE001 - one bad read must never stop every later one
+                self._unexpected(incoming, err)
             self.counters.last_progress = time.monotonic()
+
+    def _unexpected(self, incoming: Incoming, err: Exception) -> None:
+        self._failed(incoming, err, ALARM_PIPELINE, traceback=True)
+
+    def _failed(
+        self, incoming: Incoming, err: Exception, alarm: str | None, *, traceback: bool = False
+    ) -> None:
+        """A read that was not recorded: bad-read signal, alarm, and a log line only when
+        the failure differs from the last one (then a counter): a failing store must not
+        flood the log, and a full disk, with one line or traceback per read."""
+        self.counters.unrecorded += 1
+        self.counters.failures += 1
+        text = f"{type(err).__name__}: {err}"
+        if text != self._last_failure:
+            self._last_failure = text
+            log.error(
+                "read from %s not recorded: %s (logged once until it changes)",
+                incoming.worker.config.name,
+                text,
+                exc_info=err if traceback else None,
+            )
+        if alarm is not None:
+            # No counter in the alarm: an alarm that changes per read republishes state.
+            self._alarms.raise_(alarm, f"reads are not recorded: {err}")
+        self._feedback(incoming, Signal.BAD_READ)
 
     def handle(self, incoming: Incoming) -> dict[str, Any] | None:
         """Classify, journal and acknowledge one read; returns the record, or None."""
@@ -160,18 +203,17 @@ class Pipeline:
         """Run *write* (which journals); signal good only when it committed and was accepted."""
         try:
             records, ok = write()
-        except JournalFullError as err:
-            self.counters.unrecorded += 1
-            log.error("read from %s not recorded: %s", device.name, err)  # noqa: TRY400 - alarm raised by the journal
-            self._feedback(incoming, Signal.BAD_READ)
+        except (JournalFullError, JournalDiskFullError) as err:
+            self._failed(incoming, err, None)  # the journal raised its own alarm
             return None
         except JournalError as err:
-            self.counters.unrecorded += 1
-            log.exception("read from %s not recorded", device.name)
-            self._alarms.raise_("journal_error", f"journal append failed: {err}")
-            self._feedback(incoming, Signal.BAD_READ)
+            self._failed(incoming, err, "journal_error")
             return None
         self._alarms.clear("journal_error")
+        if self._last_failure is not None:
+            self._last_failure = None
+            log.info("reads are recorded again (%d failed so far)", self.counters.failures)
+            self._alarms.clear(ALARM_PIPELINE)
         record = records[-1]
         accepted = record.get("verdict") == str(Verdict.ACCEPTED) if ok is None else ok
         if record["type"] == "identity_read" and accepted:
@@ -190,6 +232,9 @@ class Pipeline:
                 detail = "; ".join(result.problems) or "unrecognised code"
                 return Verdict.REFUSED, f"not a trace code: {detail}"
             return Verdict.REFUSED, f"not a trace code ({result.kind}); scan the trace code"
+        refusal = gs1_refusal(result, self._config.station.gs1_required_ais)
+        if refusal is not None:
+            return Verdict.REFUSED, refusal
         return Verdict.ACCEPTED, None
 
     def _body(

@@ -38,10 +38,10 @@ from paho.mqtt.properties import Properties
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
-from scanfleet.daemon.backoff import Backoff
+from scanfleet.daemon.backoff import Backoff, listening, probe_delay, unreachable
 from scanfleet.daemon.clock import boot_id
 from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
+from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker, Gap
 from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
 from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
 from scanfleet.daemon.identity import Identity
@@ -189,6 +189,9 @@ class Publisher:
         self._warned_no_subscribers = False
         self._healthy = False
         self._reached_broker = False
+        self._unreachable = False
+        """The last attempt found nothing listening: a probe may end the backoff early
+        (never after a refusal by a listening broker, which would turn into a hot loop)."""
         self._live_through = 0
         self.last_progress = time.monotonic()
         """Monotonic time the publishing thread last turned its loop (the watchdog's cue)."""
@@ -223,6 +226,8 @@ class Publisher:
             log.error("publisher thread did not stop in time")
             return
         self._close_wake()
+        if self._status is not None:
+            self._status.close()
 
     def wake(self) -> None:
         """Look at the journal now (a live scan was appended). Thread-safe, never blocks."""
@@ -265,6 +270,9 @@ class Publisher:
                     self._session()
                 except (OSError, BrokerConnectionError) as err:
                     # OSError covers refused/unreachable TCP, TLS failures and timeouts.
+                    # Only a connect nothing answered; a broker that accepted and then
+                    # dropped us keeps the exponential backoff.
+                    self._unreachable = not self._reached_broker and unreachable(err)
                     self.counters.connection_failures += 1
                     log.warning("broker %s: %s", self.broker.url, err)
                 except Exception as err:
@@ -310,13 +318,23 @@ class Publisher:
                 self.control.connection_changed(False)
 
     def _wait_backoff(self, delay: float) -> None:
-        # Wake-ups for live scans must not cut the backoff short; only stop() does.
+        # Wake-ups for live scans must not cut the backoff short; only stop() does, or,
+        # when the broker could not even be reached, a TCP probe that finds it listening
+        # again: the daemon reconnects within a probe interval of the broker's return
+        # instead of after the rest of a long backoff.
         deadline = time.monotonic() + delay
+        probe_at = time.monotonic() + probe_delay()
         while not self._stopped.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):
-            self.last_progress = time.monotonic()
+            now = time.monotonic()
+            self.last_progress = now
             self._write_status()
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 return
+            if self._unreachable and now >= probe_at:
+                if listening(self.broker.host, self.broker.port):
+                    log.info("broker %s listens again: reconnecting now", self.broker.url)
+                    return
+                probe_at = time.monotonic() + probe_delay()
 
     # -- one connection ---------------------------------------------------------------------
 
@@ -341,6 +359,7 @@ class Publisher:
             conn.subscribe(self.control.topics())
             self.control.connection_changed(True)
         self._reached_broker = True
+        self._unreachable = False
         connected_at = time.monotonic()
         delivered_at_connect = self._tracker.delivered_seq
         self.counters.connects += 1
@@ -388,6 +407,14 @@ class Publisher:
             batch = self._cutter.cut(self.journal, tracker.next_seq)
             if batch is None:
                 return
+            if isinstance(batch, Gap):
+                log.warning(
+                    "seq %d..%d are declared lost (journal_loss): stepping over them",
+                    batch.first_seq,
+                    batch.last_seq,
+                )
+                tracker.skip(batch)
+                continue
             mid = conn.publish(self._scans_topic, batch.payload)
             tracker.sent(mid, batch)
             self.counters.batches_published += 1
@@ -423,7 +450,7 @@ class Publisher:
         if tracker.live_inflight >= LIVE_WINDOW:
             return
         batch = self._cutter.cut(self.journal, start)
-        if batch is None:
+        if batch is None or isinstance(batch, Gap):
             return
         mid = conn.publish(self._scans_topic, batch.payload)
         tracker.sent_live(mid, batch)

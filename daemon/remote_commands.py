@@ -82,6 +82,7 @@ class RemoteCommands:
             "diagnostics": self.diagnostics,
             "rotate-cert": self.rotate_cert,
             "station": self.station,
+            "ack": self.ack,
         }
         self._restarting = False
 
@@ -123,6 +124,15 @@ class RemoteCommands:
             "station": d.station.snapshot(),
             "devices": {n: str(s) for n, s in d.device_states().items()},
         }
+
+    def ack(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Acknowledge alarm ``code`` (ends a sticky alarm such as journal_quarantined)."""
+        code = args.get("code")
+        if not isinstance(code, str) or not code:
+            raise CommandError("bad_request", 'ack needs {"code": "<alarm code>"}')
+        if not self.daemon.alarms.ack(code):
+            raise CommandError("not_found", f"no active alarm {code[:64]!r}")
+        return {"acknowledged": code}
 
     def devices(self, args: dict[str, Any]) -> dict[str, Any]:
         """Configured devices: driver, state, reads, problems."""

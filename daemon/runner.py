@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from scanfleet.daemon import __version__, redact
-from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.control import ControlChannel
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
@@ -31,7 +31,7 @@ from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.local_api import LocalApi, read_token
-from scanfleet.daemon.pipeline import Pipeline
+from scanfleet.daemon.pipeline import ALARM_THREAD, Pipeline
 from scanfleet.daemon.publisher import Publisher
 from scanfleet.daemon.redact import Redactor
 from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
@@ -92,7 +92,8 @@ class Daemon:
         redact.install(self.redactor)
         self.config = config
         self.config_path = config_path
-        self.alarms = AlarmSet()
+        # Critical alarms (a quarantined journal, declared losses) outlive restarts.
+        self.alarms = AlarmSet(config.paths.state_dir / ALARMS_FILE)
         # Enrollment (a claim in the state dir) or renewal happens before anything
         # connects; without a claim or fleet certificate it changes nothing.
         enrolled = ensure_enrolled(config, resolve_identity(config))
@@ -355,6 +356,22 @@ class Daemon:
         logging.getLogger().removeHandler(self.recent_log)
         log.info("stopped")
 
+    def supervise(self) -> None:
+        """Replace worker threads that died; pick up alarms acknowledged by the CLI.
+
+        serve() calls it every 0.5 s. A publisher that stops turning is the systemd
+        watchdog's to notice (no more WATCHDOG=1 pings, systemd restarts the daemon).
+        """
+        self.pipeline.ensure_running()
+        for name, worker in list(self.workers.items()):
+            if worker.died and not self._stopping.is_set():
+                log.error("the worker thread of device %s died; rebinding it", name)
+                self.alarms.raise_(
+                    ALARM_THREAD, f"the worker thread of {name} died and was restarted"
+                )
+                self.rebind(name)
+        self.alarms.sync()
+
     def device_states(self) -> dict[str, DeviceState]:
         """Configured device name → its current state."""
         return {name: worker.state for name, worker in self.workers.items()}
@@ -395,6 +412,7 @@ class Daemon:
                                 callback("end")
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
                     while not stop.wait(0.5):
+                        self.supervise()
                         if tick is not None:
                             tick()
                 except _Reload:

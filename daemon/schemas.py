@@ -16,7 +16,7 @@ from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
 from scanfleet.daemon.envelope import DeviceState, ScanBatch
 from scanfleet.daemon.health import Health
 from scanfleet.daemon.manual import ManualEntry
-from scanfleet.daemon.model import ParseResult, Scan
+from scanfleet.daemon.model import JournalLoss, ParseResult, Scan
 from scanfleet.daemon.pairing import IdentityRead
 from scanfleet.daemon.receiving import BillSummary
 from scanfleet.daemon.remote_config import ConfigReport, DesiredConfig
@@ -37,6 +37,7 @@ def message_models() -> dict[str, type[BaseModel]]:
         "control": ControlRecord,
         "bill-summary": BillSummary,
         "manual-entry": ManualEntry,
+        "journal-loss": JournalLoss,
         "enroll-request": EnrollRequest,
         "enroll-response": EnrollResponse,
         "desired-config": DesiredConfig,

@@ -22,6 +22,7 @@ from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config
 from scanfleet.daemon.duplicates import DuplicateIndex
 from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.index_guard import IndexGuard
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.manual import EntryRequest, entry_body, parse_entry
 from scanfleet.daemon.model import Operation, StationRecord, Verdict
@@ -100,6 +101,7 @@ class Station:
         self.last_summary: dict[str, Any] | None = None
         self._manifests: dict[str, Manifest] = {}
         self._bill_seq: int | None = None
+        self._guard = IndexGuard(self._alarms)
 
     # -- configuration ------------------------------------------------------------
 
@@ -281,11 +283,13 @@ class Station:
             check: Check | None = None
             if body["verdict"] == str(Verdict.ACCEPTED):
                 reasons = []
-                if self.index is not None:
-                    dup = self.index.check(body["value"], Operation(body["operation"]))
-                    if dup.duplicate_of is not None:
-                        body["duplicate_of"] = dup.duplicate_of
-                        reasons.append(dup.reason)
+                op = Operation(body["operation"])
+                dup = self._guard.run(self.index, "check", lambda i: i.check(body["value"], op))
+                if dup is None and self.index is not None:
+                    body["problems"] = [*body.get("problems", []), "duplicate check unavailable"]
+                if dup is not None and dup.duplicate_of is not None:
+                    body["duplicate_of"] = dup.duplicate_of
+                    reasons.append(dup.reason)
                 if self.progress is not None:
                     check = self.progress.check(body["value"])
                     if check is not None:
@@ -315,8 +319,7 @@ class Station:
 
     def _journal(self, body: dict[str, Any]) -> dict[str, Any]:
         record = self._append(body)
-        if self.index is not None:
-            self.index.add_record(record)
+        self._guard.run(self.index, "add", lambda i: i.add_record(record))
         return record
 
     def _control(
@@ -352,20 +355,20 @@ class Station:
         if self.index is None:
             return
         manifest = self.progress.manifest if self.progress is not None else None
-        self.index.save_state(
-            {
-                "operation": str(self.operation),
-                "operator": self.operator,
-                "bill": self.bill,
-                "bill_seq": self._bill_seq,
-                "manifest": manifest.model_dump(mode="json") if manifest else None,
-                "pending": [m.model_dump(mode="json") for m in self._manifests.values()],
-            }
-        )
+        state = {
+            "operation": str(self.operation),
+            "operator": self.operator,
+            "bill": self.bill,
+            "bill_seq": self._bill_seq,
+            "manifest": manifest.model_dump(mode="json") if manifest else None,
+            "pending": [m.model_dump(mode="json") for m in self._manifests.values()],
+        }
+        self._guard.run(self.index, "save state", lambda i: i.save_state(state))
 
     def restore(self, journal: Journal) -> None:
         """Come back with the context of the last run; replay the open bill's scans."""
-        state = self.index.load_state() if self.index is not None else None
+        self._guard.journal = journal
+        state = self._guard.run(self.index, "load state", lambda i: i.load_state())
         if not state:
             return
         with self._lock:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, example_config, load_config
+from scanfleet.daemon.config_env import environment_problems
 from scanfleet.daemon.errors import ConfigError
 
 
@@ -36,6 +37,11 @@ def _check(args: argparse.Namespace) -> int:
         config = load_config(args.file)
     except ConfigError as err:
         print_config_error(err)
+        return 1
+    # What the document cannot tell: paths the daemon must write (run would fail there).
+    problems = environment_problems(config, args.file.read_text(encoding="utf-8"))
+    if problems:
+        print_config_error(ConfigError(str(args.file), problems))
         return 1
     print(f"{args.file}: OK ({len(config.devices)} device(s), site {config.identity.site!r})")
     return 0

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from scanfleet.daemon.commands.location import add_location_arguments, journal_path_from
-from scanfleet.daemon.errors import ConfigError, JournalError
-from scanfleet.daemon.journal import Journal, Record
+from scanfleet.daemon.errors import ConfigError, JournalError, ScanfleetError
+from scanfleet.daemon.journal import Record
+from scanfleet.daemon.journal_recovery import quarantined_files
+from scanfleet.daemon.readable import Readable, Selection
 
 CSV_COLUMNS = (
     "seq",
@@ -173,31 +176,42 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         path = journal_path_from(args)
-        reader = Journal.open_readonly(path)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 1
-    except JournalError as err:
-        print(f"scanfleet export: {err}", file=sys.stderr)
+    if not path.exists():
+        print(f"scanfleet export: no journal at {path}", file=sys.stderr)
         return 1
-    selection = {
-        "from_seq": args.from_seq,
-        "to_seq": args.to_seq,
-        "since": args.since,
-        "until": args.until,
-    }
-    with reader:
-        progress = Progress(reader.count(**selection) if sys.stderr.isatty() else 0, sys.stderr)
-        records = reader.iter_records(**selection)
+    source = Readable(path, Selection(args.from_seq, args.to_seq, args.since, args.until))
+    with source:
+        progress = Progress(source.count() if sys.stderr.isatty() else 0, sys.stderr)
         try:
-            count = _write(args, records, progress)
-        except JournalError as err:
+            count = _write(args, source.records(), progress)
+        except (JournalError, ExportError) as err:
             print(f"scanfleet export: {err}", file=sys.stderr)
             return 1
         finally:
             progress.finish()
     print(f"scanfleet export: {count} records from {path}", file=sys.stderr)
+    if source.damage is not None:
+        print(
+            f"scanfleet export: {path} is damaged, read page by page: {source.damage}",
+            file=sys.stderr,
+        )
+    for aside in quarantined_files(path):
+        print(f"scanfleet export: quarantined journal beside it: {aside}", file=sys.stderr)
     return 0
+
+
+class ExportError(ScanfleetError):
+    """An export that cannot be written as asked."""
+
+
+def _regular_or_missing(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return True
 
 
 def _write(args: argparse.Namespace, records: Iterable[Record], progress: Progress) -> int:
@@ -206,8 +220,18 @@ def _write(args: argparse.Namespace, records: Iterable[Record], progress: Progre
         count = (write_csv if args.format == "csv" else write_jsonl)(records, out, progress)
         out.flush()
         return count
-    # Write beside the target and rename: a half-written backup never looks complete.
     target = Path(args.output)
+    if not _regular_or_missing(target):
+        # A device, FIFO, /dev/stdout or terminal is written in place: renaming a file
+        # over it would replace the device node (as root: /dev/null itself).
+        if args.format == "sqlite":
+            raise ExportError(f"--format sqlite needs a regular file, not {target}")
+        with target.open("wb") as out:
+            write = write_csv if args.format == "csv" else write_jsonl
+            count = write(records, out, progress)
+            out.flush()
+        return count
+    # Write beside the target and rename: a half-written backup never looks complete.
     tmp = target.with_name(f".{target.name}.partial")
     tmp.unlink(missing_ok=True)
     try:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
-from scanfleet.daemon.classify import classify
+from scanfleet.daemon.classify import classify, gs1_refusal
 from scanfleet.daemon.model import ParseResult
 from scanfleet.daemon.rawtext import unescape_raw
 
@@ -25,7 +25,9 @@ One JSON object per read is printed, with exactly these keys:
 kind is one of gs1, trace20, ean13, drug_standard_code, ma, url, trace_other,
 unknown (docs/code-kinds.md); raw is the read losslessly: printable ASCII as is, a
 backslash as \\, every other byte as \xNN. The exit status is 0 even for unknown
-reads; 2 means the command line (or an --escaped input) was wrong.
+reads; 2 means the command line (or an --escaped input) was wrong. A gs1 read
+without (01) GTIN and (21) serial gets the problem "not a trace code: …" (a
+station refuses it; [station] gs1_required_ais changes the list).
 
 examples:
   printf '%s\n' ']C082001234567890123456' | scanfleet parse
@@ -125,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
                 bad_input = True
                 continue
         result = classify(data, aim=args.aim, fnc1_substitute=args.fnc1)
+        refusal = gs1_refusal(result)
+        if refusal is not None:
+            # What a station with the default [station] gs1_required_ais would say.
+            result = result.model_copy(update={"problems": [*result.problems, refusal]})
         line = _table_row(result) if args.format == "table" else _json_line(result)
         out.write(line.encode("utf-8"))
         out.flush()

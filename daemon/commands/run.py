@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.commands.config import print_config_error
+from scanfleet.daemon.commands.location import DEMO_STATE_DIR
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
+from scanfleet.daemon.config_env import state_dir_problem
 from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, ScanfleetError
 from scanfleet.daemon.statefiles import restrict_umask
@@ -18,8 +20,6 @@ log = logging.getLogger(__name__)
 
 EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the configuration is wrong; restarting will not help."""
-
-DEMO_STATE_DIR = Path("state/demo")
 
 
 def register(subparsers: Any) -> None:
@@ -85,6 +85,11 @@ def _run(args: argparse.Namespace) -> int:
         print_config_error(err)
         print("scanfleet run: invalid configuration, not started", file=sys.stderr)
         return EX_CONFIG
+    problem = state_dir_problem(config.paths.state_dir)
+    if problem is not None:
+        print(f"{path or '<demo>'}: paths.state_dir: {problem}", file=sys.stderr)
+        print("scanfleet run: cannot use the state directory, not started", file=sys.stderr)
+        return EX_CONFIG
     from scanfleet.daemon.runner import Daemon  # the daemon's imports only when running it
 
     simulator = None
@@ -94,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         simulator, config = start_demo_scanner(config, rate=args.demo_rate)
     try:
         daemon = Daemon(config, config_path=path)
-    except ScanfleetError as err:
+    except (ScanfleetError, OSError) as err:
         log.error("cannot start: %s", err)  # noqa: TRY400 - the message says what is wrong
         if simulator is not None:
             simulator.stop()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scanfleet.daemon.alarms import ALARMS_FILE, load_sticky
 from scanfleet.daemon.commands.location import add_location_arguments, state_dir_from
 from scanfleet.daemon.config import JOURNAL_FILE
 from scanfleet.daemon.errors import ConfigError, JournalError
@@ -75,6 +76,11 @@ def collect_status(state_dir: Path, now: datetime | None = None) -> dict[str, An
     else:
         out["broker"] = {"state": "unknown (no status file)"}
         out["alarms"] = []
+    # Alarms that wait for an acknowledgement are shown even with the daemon down.
+    shown = {a.get("code") for a in out["alarms"]}
+    for code, alarm in load_sticky(state_dir / ALARMS_FILE).items():
+        if code not in shown:
+            out["alarms"].append(alarm.as_json())
     out["daemon"] = daemon
     return out
 

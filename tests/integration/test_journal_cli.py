@@ -158,12 +158,14 @@ def test_export_reads_while_the_daemon_holds_the_journal(state_dir: Path) -> Non
     assert len(done.stdout.splitlines()) == N + 1
 
 
-def test_export_draws_a_progress_bar_only_on_a_terminal(state_dir: Path) -> None:
-    quiet = scanfleet("export", "--state-dir", str(state_dir), "-o", os.devnull)
+def test_export_draws_a_progress_bar_only_on_a_terminal(state_dir: Path, tmp_path: Path) -> None:
+    # Never a system path: writing to /dev/null as root once replaced the device node.
+    out = str(tmp_path / "out.jsonl")
+    quiet = scanfleet("export", "--state-dir", str(state_dir), "-o", out)
     assert b"export [" not in quiet.stderr
     controller, terminal = pty.openpty()
     try:
-        done = scanfleet("export", "--state-dir", str(state_dir), "-o", os.devnull, stderr=terminal)
+        done = scanfleet("export", "--state-dir", str(state_dir), "-o", out, stderr=terminal)
         os.close(terminal)
         terminal = -1
         shown = b""

@@ -302,7 +302,13 @@ def test_a_garbage_file_is_quarantined_and_a_new_journal_started(path: Path) -> 
         set_aside = list(path.parent.glob("journal.sqlite3.corrupt-*Z"))  # not -wal/-shm
         assert len(set_aside) == 1
         assert set_aside[0].stat().st_size == size  # kept, never deleted
-        assert j.append(bodies(1)[0])["seq"] == 1  # nothing of the old head was readable
+        # Nothing was readable, but the head file says how far the seq went: the journal
+        # continues after the reservation with a journal_loss record, never at seq 1.
+        loss = j.read_after(0, limit=10, max_bytes=1 << 20)[-1].as_dict()
+        assert loss["type"] == "journal_loss"
+        assert loss["lost"] == [{"first_seq": 1, "last_seq": 50}]
+        assert loss["reserved"] == {"first_seq": 51, "last_seq": loss["seq"] - 1}
+        assert j.append(bodies(1)[0])["seq"] == loss["seq"] + 1
         assert j.verify(full=True).ok
 
 
@@ -320,11 +326,19 @@ def test_a_damaged_page_is_quarantined_and_the_new_journal_continues_the_seq(
     alarms = AlarmSet()
     with Journal(path, DEVICE, alarms=alarms, clock=fixed_clock) as j:
         assert "journal_quarantined" in alarms
-        record = j.append(bodies(1)[0])
-        assert (record["seq"], record["prev_hash"]) == (last + 1, head_hash)
+        records = j.read_after(0, limit=1000, max_bytes=1 << 30)
+        loss = records[-1].as_dict()
+        # Every record not on the smashed page was salvaged verbatim; the chain goes on
+        # from the last surviving record.
+        assert loss["type"] == "journal_loss"
+        assert (loss["anchor_seq"], loss["prev_hash"]) == (last, head_hash)
+        assert loss["seq"] > last
+        assert 0 < loss["salvaged"] < 400
+        spans = [*loss["lost"], *([loss["reserved"]] if loss["reserved"] else [])]
+        lost = {s for r in spans for s in range(r["first_seq"], r["last_seq"] + 1)}
+        assert {r.seq for r in records[:-1]} | lost == set(range(1, loss["seq"]))
         result = j.verify()
-        assert result.ok
-        assert result.anchor_seq == last
+        assert result.ok, result
 
 
 def test_readonly_reader_sees_the_daemons_records_without_the_writer_lock(
