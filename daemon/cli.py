@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.fleet",
     "scanfleet.daemon.commands.local",
     "scanfleet.daemon.commands.record",
+    "scanfleet.hub.cli",
 )
 
 

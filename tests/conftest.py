@@ -59,3 +59,7 @@ def channel(request: pytest.FixtureRequest) -> Iterator[str]:
     virtual.reset(name)
     yield name
     virtual.reset(name)
+
+
+# The private PostgreSQL cluster (session) and a fresh database per test, for the hub.
+from support.postgres import hub_database, postgres_cluster  # noqa: E402, F401
