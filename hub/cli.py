@@ -11,7 +11,10 @@ import argparse
 import importlib
 from typing import Any
 
-HUB_COMMAND_MODULES = ("scanfleet.hub.commands.db",)
+HUB_COMMAND_MODULES = (
+    "scanfleet.hub.commands.db",
+    "scanfleet.hub.commands.ingest",
+)
 
 
 def register(subparsers: Any) -> None:
