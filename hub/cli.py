@@ -15,6 +15,7 @@ HUB_COMMAND_MODULES = (
     "scanfleet.hub.commands.db",
     "scanfleet.hub.commands.ingest",
     "scanfleet.hub.commands.audit",
+    "scanfleet.hub.commands.export",
 )
 
 

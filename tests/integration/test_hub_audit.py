@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,29 @@ def test_a_declared_loss_is_explained_and_passes(
     assert dev["gaps"] == []
     assert dev["explained"] == [[6, 7, "bad card"]]
     assert dev["completeness"] == 1.0
+
+
+def test_export_verifies_offline_and_catches_an_edited_line(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chain = Chain(SITE, DEVICE)
+    for _ in range(30):
+        chain.add()
+    _store(dsn, chain, 1, 30)
+    out = tmp_path / "q4"
+    assert main(["hub", "export", "--database", dsn, "--out", str(out), "--site", SITE]) == 0
+    assert "exported 30 records of 1 devices" in capsys.readouterr().out
+    lines = (out / "records.jsonl").read_bytes().splitlines()
+    assert lines == [chain.payloads[s] for s in range(1, 31)]
+    assert (out / "records.csv").read_text().count("\n") == 31
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, check=False).returncode == 0
+    assert main(["hub", "verify-export", str(out)]) == 0
+    # Refuses to overwrite an earlier export.
+    assert main(["hub", "export", "--database", dsn, "--out", str(out)]) == 1
+    capsys.readouterr()
+    lines[4] = lines[4].replace(b'"accepted"', b'"refused"')
+    (out / "records.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["hub", "verify-export", str(out)]) == 1
+    report = capsys.readouterr().out
+    assert "records.jsonl: SHA-256 differs" in report
+    assert "sf-0000000000aa:5): hash mismatch" in report
