@@ -74,7 +74,7 @@ class IngestSettings:
     """Receive Maximum: unacknowledged messages the broker may send before waiting."""
     batch_max: int = 500
     batch_wait: float = 0.05
-    """Seconds the oldest message of a batch may wait for more before the batch commits."""
+    """Seconds a batch may keep reading before it commits even though more keep coming."""
     session_expiry: int = 7 * 24 * 3600
     repair: RepairSettings = field(default_factory=RepairSettings)
 
@@ -162,11 +162,15 @@ class IngestWorker:
         repairer = Repairer(db, conn.publish, self.settings.repair)
         while not self.stop.is_set():
             before = len(self._pending)
-            conn.pump(self.settings.batch_wait)
+            # Natural batching: read while messages keep coming (they pile up during a
+            # commit under load), commit as soon as the socket has nothing more, so a
+            # quiet fleet's scan is stored within milliseconds and a busy one in big batches.
+            conn.pump(0 if before else 0.2)
             if before == 0 and self._pending:
                 self._first_at = time.monotonic()
             if self._pending and (
-                len(self._pending) >= self.settings.batch_max
+                len(self._pending) == before
+                or len(self._pending) >= self.settings.batch_max
                 or time.monotonic() - self._first_at >= self.settings.batch_wait
             ):
                 self._flush(conn, db)
