@@ -63,6 +63,8 @@ def test_an_unexplained_gap_fails_the_audit_in_every_format(
     (day,) = dev["days"].values()
     assert day["scans"] == 15
     assert sum(day["operation"].values()) == 15
+    assert day["missing"] == 5  # on the day of seq 10, the last held before the gap
+    assert day["completeness"] == 0.75
     code, out = _audit(capsys, dsn, "--csv")
     assert code == 1
     rows = list(csv.DictReader(io.StringIO(out)))
