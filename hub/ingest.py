@@ -38,6 +38,21 @@ from scanfleet.hub.store import Batch, StoreResult, alert, store
 log = logging.getLogger(__name__)
 
 RESPONSE_TOPIC = "scanfleet/v1/+/+/cmd/resend/response"
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+"""The database (or our connection to it) failed, not the data: reconnect, redeliver."""
+ROLLBACK_RETRIES = 5
+
+
+def store_retrying(db: psycopg.Connection[tuple[Any, ...]], batch: Batch) -> StoreResult:
+    """:func:`store`, again when PostgreSQL rolled the transaction back (deadlock)."""
+    for attempt in range(ROLLBACK_RETRIES):
+        try:
+            return store(db, batch)
+        except psycopg.errors.TransactionRollback as err:
+            if attempt == ROLLBACK_RETRIES - 1:
+                raise
+            log.info("batch rolled back by PostgreSQL (%s); retrying", err)
+    raise AssertionError("unreachable")
 
 
 def subscriptions(group: str) -> list[str]:
@@ -111,12 +126,7 @@ class IngestWorker:
                 conn = self._connect()
                 backoff.reset()
                 self._serve(conn, db)
-            except (
-                BrokerConnectionError,
-                HubDatabaseError,
-                psycopg.OperationalError,
-                OSError,
-            ) as err:
+            except (BrokerConnectionError, HubDatabaseError, OSError, *CONNECTION_ERRORS) as err:
                 log.warning("ingest %s: %s; reconnecting", self.settings.client_id, err)
             finally:
                 self._pending.clear()
@@ -180,8 +190,8 @@ class IngestWorker:
         messages, self._pending = self._pending, []
         batch, bad = build_batch(messages)
         try:
-            result = store(db, batch)
-        except psycopg.OperationalError:
+            result = store_retrying(db, batch)
+        except CONNECTION_ERRORS:
             raise
         except psycopg.Error as err:
             # Not the connection: one message breaks the batch. Store them one by one so
@@ -192,8 +202,8 @@ class IngestWorker:
             for msg in messages:
                 single, single_bad = build_batch([msg])
                 try:
-                    part = store(db, single)
-                except psycopg.OperationalError:
+                    part = store_retrying(db, single)
+                except CONNECTION_ERRORS:
                     raise
                 except psycopg.Error as one_err:
                     bad.append((msg, str(one_err)))
