@@ -20,7 +20,7 @@ from scanfleet.daemon.envelope import build_batch
 from scanfleet.daemon.journal_codec import canonical
 from scanfleet.hub.db import connect, upgrade
 from support.broker import Mosquitto
-from support.hub import Chain, Publisher, query, start_ingest, stop, wait_for
+from support.hub import Chain, Publisher, query, start_ingest, state_message, stop, wait_for
 from support.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
@@ -155,22 +155,7 @@ def test_a_journal_loss_record_explains_its_gap(hub: Hub) -> None:
 
 
 def test_retained_state_gives_the_devices_delivered_seq(hub: Hub) -> None:
-    state = {
-        "schema": "scanfleet.state/1",
-        "device": DEVICE,
-        "site": SITE,
-        "online": True,
-        "version": "0.1.0",
-        "boot_id": None,
-        "journal": {
-            "depth": 0,
-            "last_seq": 42,
-            "delivered_seq": 40,
-            "oldest_undelivered_age_s": None,
-        },
-        "alarms": [],
-        "time": "2026-12-07T10:00:00Z",
-    }
+    state = state_message(DEVICE, SITE, last_seq=42, delivered_seq=40)
     hub.pub.send(f"scanfleet/v1/{SITE}/{DEVICE}/state", json.dumps(state).encode(), retain=True)
     wait_for(
         lambda: (
@@ -254,22 +239,7 @@ def test_records_the_broker_gave_nobody_are_fetched_by_resend(
     try:
         wait_for(lambda: "subscribed" in (tmp_path / "ingest.log").read_text(), 30, "the hub")
         device.send(chain.topic, chain.batch(1, 10))
-        state = {
-            "schema": "scanfleet.state/1",
-            "device": DEVICE,
-            "site": SITE,
-            "online": True,
-            "version": "0.1.0",
-            "boot_id": None,
-            "journal": {
-                "depth": 0,
-                "last_seq": 15,
-                "delivered_seq": 15,
-                "oldest_undelivered_age_s": None,
-            },
-            "alarms": [],
-            "time": "2026-12-07T10:00:00Z",
-        }
+        state = state_message(DEVICE, SITE, last_seq=15, delivered_seq=15)
         device.send(f"{prefix}/state", json.dumps(state).encode(), retain=True)
         wait_for(lambda: bool(requests), 30, "a resend request")
         (args, props), *more = requests
