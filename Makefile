@@ -36,12 +36,12 @@ hil: $(STAMP) ## only the QEMU hardware-in-the-loop tests (apt-installs QEMU and
 	./.ci/sysdeps hil
 	$(BIN)/pytest -m hil $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff + mypy --strict on daemon/ and provisioning/
+lint: $(STAMP) ## ruff + mypy --strict on daemon/, provisioning/ and hub/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@mkdir -p .typecheck/scanfleet
-	@for d in daemon drivers provisioning; do ln -sfn ../../$$d .typecheck/scanfleet/$$d; done
-	$(BIN)/mypy -p scanfleet.daemon -p scanfleet.provisioning
+	@for d in daemon drivers provisioning hub; do ln -sfn ../../$$d .typecheck/scanfleet/$$d; done
+	$(BIN)/mypy -p scanfleet.daemon -p scanfleet.provisioning -p scanfleet.hub
 
 typecheck: lint
 

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.fleet",
     "scanfleet.daemon.commands.local",
     "scanfleet.daemon.commands.record",
+    "scanfleet.hub.cli",
 )
 
 

@@ -287,6 +287,11 @@ class Station:
                 dup = self._guard.run(self.index, "check", lambda i: i.check(body["value"], op))
                 if dup is None and self.index is not None:
                     body["problems"] = [*body.get("problems", []), "duplicate check unavailable"]
+                if dup is not None and dup.limit > 1:
+                    # 拆零: say which unit of how many, so the centre needs no config.
+                    body["split_units"] = dup.limit
+                    if dup.duplicate_of is None:
+                        body["split_unit"] = dup.uses + 1
                 if dup is not None and dup.duplicate_of is not None:
                     body["duplicate_of"] = dup.duplicate_of
                     reasons.append(dup.reason)

@@ -1,0 +1,1 @@
+"""The scanfleet hub: ingest into PostgreSQL, completeness audit, gap repair, export."""
