@@ -11,7 +11,10 @@ import argparse
 import importlib
 from typing import Any
 
-HUB_COMMAND_MODULES = ("scanfleet.hub.commands.db",)
+HUB_COMMAND_MODULES = (
+    "scanfleet.hub.commands.db",
+    "scanfleet.hub.console.cli",
+)
 
 
 def register(subparsers: Any) -> None:
