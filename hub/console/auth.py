@@ -199,6 +199,8 @@ def login(db: Connection[Any], username: str, password: str, address: str) -> tu
             "INSERT INTO console_login_failures (username, address) VALUES (%s, %s)",
             (username, address),
         )
+        # Committed now: the caller's transaction is rolled back by the refusal below.
+        db.commit()
         raise AuthError("wrong username or password")
     user = _user(row[:6])
     if _hasher.check_needs_rehash(row[6]):
