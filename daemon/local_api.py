@@ -145,6 +145,31 @@ class LocalApi:
                 loop.call_soon_threadsafe(stopped.set)
         self._thread.join(timeout)
 
+    def update_config(self, config: LocalApiConfig) -> list[str]:
+        """Apply a new ``local_api`` section; return the settings only a restart applies.
+
+        A new token takes effect at once: the old one is refused from now on, and every
+        open session (all of them authenticated with the old token) is closed.
+        Raises ConfigError when the new token cannot be read (nothing changes then).
+        """
+        restart = [
+            f"local_api.{name}"
+            for name in ("enabled", "socket", "websocket_port")
+            if getattr(config, name) != getattr(self.config, name)
+        ]
+        token = read_token(config)
+        self.config = self.config.model_copy(
+            update={"token": config.token, "token_file": config.token_file}
+        )
+        if not hmac.compare_digest(token.encode(), self._token.encode()):
+            self._token = token
+            log.info("local API: token changed; closing %d session(s)", len(self._clients))
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # loop closed meanwhile
+                    loop.call_soon_threadsafe(self._drop_all)
+        return restart
+
     def on_record(self, record: dict[str, Any]) -> None:
         """Pipeline listener: stream *record* to every client (never blocks)."""
         loop = self._loop
@@ -201,10 +226,17 @@ class LocalApi:
         for client in list(self._clients):
             if not client.offer(text):
                 log.warning("local API client %s too far behind: disconnected", client.name)
-                self._clients.discard(client)
-                task = asyncio.ensure_future(client.close())
-                self._closing.add(task)  # keep a reference until done
-                task.add_done_callback(self._closing.discard)
+                self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        self._clients.discard(client)
+        task = asyncio.ensure_future(client.close())
+        self._closing.add(task)  # keep a reference until done
+        task.add_done_callback(self._closing.discard)
+
+    def _drop_all(self) -> None:
+        for client in list(self._clients):
+            self._drop(client)
 
     async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def send(text: str) -> None:

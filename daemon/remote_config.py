@@ -61,7 +61,9 @@ REMOTE_SECTIONS = ("station", "classify", "identity_check", "local_api", "device
 """Top-level sections a pushed document may set."""
 MAX_DOCUMENT_BYTES = 256 * 1024
 
-Result = Literal["applied", "probation", "rejected", "rolled_back", "cleared", "unchanged"]
+Result = Literal[
+    "applied", "restart_required", "probation", "rejected", "rolled_back", "cleared", "unchanged"
+]
 
 
 class DesiredConfig(BaseModel):
@@ -102,6 +104,11 @@ class ConfigReport(BaseModel):
     version: int | None = Field(description="Version of the document this report is about.")
     result: Result
     errors: list[KeyedError] = Field(default_factory=list)
+    restart_required: list[str] = Field(
+        default_factory=list,
+        description="Settings that changed but only take effect at the next restart "
+        "(result 'restart_required' instead of 'applied').",
+    )
     active_version: int | None = Field(description="Version running now; null: file only.")
     time: datetime
 
@@ -180,7 +187,7 @@ def compose(base: Config, doc: DesiredConfig | None) -> Config:
     else:
         data = {k: v for k, v in base_data.items() if k not in REMOTE_SECTIONS} | doc.config
     try:
-        return validate_config(data, source=f"pushed config v{doc.version}")
+        config = validate_config(data, source=f"pushed config v{doc.version}")
     except ConfigError as err:
         raise Rejected(
             [
@@ -188,6 +195,53 @@ def compose(base: Config, doc: DesiredConfig | None) -> Config:
                 for p in err.problems
             ]
         ) from err
+    _check_paths(base, config)
+    return config
+
+
+PUSHED_PATH_ROOTS = (Path("/run/scanfleet"),)
+"""Besides the state directory, where a pushed path may point (device nodes: /dev too)."""
+
+
+def _check_paths(base: Config, config: Config) -> None:
+    """Refuse a pushed path setting outside the state dir and /run/scanfleet.
+
+    A pushed ``local_api.socket`` elsewhere would let the fleet (or whoever pushes)
+    have the daemon replace any file; a ``token_file`` would have it read one. Paths
+    the local file set are the site's own choice and stay as they are.
+    """
+    before = dict(_path_settings(base))
+    roots = (Path(os.path.normpath(config.paths.state_dir.absolute())), *PUSHED_PATH_ROOTS)
+    errors = []
+    for key, path in _path_settings(config):
+        if before.get(key) == path:
+            continue
+        allowed = (*roots, Path("/dev")) if key.startswith("devices.") else roots
+        where = Path(os.path.normpath(path.absolute()))
+        if not any(where.is_relative_to(root) for root in allowed):
+            message = f"{path} is outside {' and '.join(str(r) for r in allowed)}"
+            errors.append(KeyedError(key=f"config.{key}", message=message))
+    if errors:
+        raise Rejected(errors)
+
+
+def _path_settings(config: Config) -> list[tuple[str, Path]]:
+    """Every Path-valued setting of the remotely settable sections, by dotted key."""
+    found: list[tuple[str, Path]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Path):
+            found.append((key, value))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name), f"{key}.{name}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{key}.{getattr(item, 'name', i)}")
+
+    for section in REMOTE_SECTIONS:
+        walk(getattr(config, section), section)
+    return found
 
 
 def load_key(state_dir: Path) -> Ed25519PublicKey | None:
@@ -211,7 +265,8 @@ class RemoteConfig:
         state_dir: where ``remote-config.json`` (and the trusted key) live.
         device: device id for reports.
         apply: makes a configuration the running one (the daemon rebinds drivers,
-            changes station context and feedback).
+            changes station context and feedback, swaps the local API token); returns
+            the changed settings that only a restart applies.
         bound_devices: names of the devices bound right now.
         report: publishes a report (retained) on ``config/reported``.
     """
@@ -221,7 +276,7 @@ class RemoteConfig:
         state_dir: Path,
         device: str,
         *,
-        apply: Callable[[Config], None],
+        apply: Callable[[Config], list[str] | None],
         bound_devices: Callable[[], set[str]],
         report: Callable[[ConfigReport], None],
     ) -> None:
@@ -239,6 +294,8 @@ class RemoteConfig:
         self.last_digest: str | None = stored.get("last_digest")
         self.last_report: ConfigReport | None = stored.get("last_report")
         self._in_probation = False
+        self._restart: list[str] = []
+        """Settings of the last applied config that wait for a restart."""
         self._previous: DesiredConfig | None = None
         """The last good overlay while a new one is in probation (the rollback target)."""
         self._announce = False
@@ -364,7 +421,7 @@ class RemoteConfig:
             )
         log.info("pushed config v%d applied, probation %.0f s", doc.version, doc.probation_s)
         if doc.probation_s <= 0:
-            return self._make(doc.version, "applied")
+            return self._applied(doc.version)
         self._generation += 1
         self._in_probation = True
         self._previous = previous
@@ -383,7 +440,7 @@ class RemoteConfig:
 
     def _try_apply(self, config: Config) -> bool:
         try:
-            self._apply(config)
+            self._restart = self._apply(config) or []
         except Exception:
             # Whatever applying raised (a driver that cannot be built, a bug), the
             # caller restores the previous configuration.
@@ -425,19 +482,31 @@ class RemoteConfig:
                 report = self._make(doc.version, "rolled_back", errors)
             else:
                 log.info("pushed config v%d passed probation", doc.version)
-                report = self._make(doc.version, "applied")
+                report = self._applied(doc.version)
             self.last_report = report
             self._save()
         self._report(report)
 
+    def _applied(self, version: int) -> ConfigReport:
+        """``applied`` only when everything took effect; else ``restart_required``."""
+        if self._restart:
+            return self._make(version, "restart_required", restart=self._restart)
+        return self._make(version, "applied")
+
     def _make(
-        self, version: int | None, result: Result, errors: list[KeyedError] | None = None
+        self,
+        version: int | None,
+        result: Result,
+        errors: list[KeyedError] | None = None,
+        *,
+        restart: list[str] | None = None,
     ) -> ConfigReport:
         return ConfigReport(
             device=self.device,
             version=version,
             result=result,
             errors=errors or [],
+            restart_required=list(restart or []),
             active_version=self.version,
             time=datetime.now(UTC),
         )

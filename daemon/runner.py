@@ -262,14 +262,25 @@ class Daemon:
         self.apply_config(self.remote.compose(new), source=str(self.config_path))
         return True
 
-    def apply_config(self, new: Config, *, source: str) -> None:
+    def apply_config(self, new: Config, *, source: str) -> list[str]:
         """Make *new* the running config: rebind changed devices, update pipeline and station.
 
         Sections in ``RESTART_SECTIONS`` keep their running values. Called by SIGHUP
-        reloads and by remote config pushes (and their rollbacks).
+        reloads and by remote config pushes (and their rollbacks). Returns the changed
+        settings that only a restart applies (the push reports ``restart_required``).
         """
         with self._apply_lock:
+            restart = self._apply_local_api(new)
             self._apply_config(new, source)
+        if restart:
+            log.warning("%s: %s take effect at the next restart", source, ", ".join(restart))
+        return restart
+
+    def _apply_local_api(self, new: Config) -> list[str]:
+        """A new token at once; where and whether the API listens only at a restart."""
+        if self.local_api is not None:
+            return self.local_api.update_config(new.local_api)
+        return ["local_api.enabled"] if new.local_api.enabled else []
 
     def _apply_config(self, new: Config, source: str) -> None:
         old_devices = {d.name: d for d in self.config.devices}

@@ -1,19 +1,25 @@
-"""``scanfleet fleet broker-config``: mosquitto configuration and ACLs for the fleet.
+"""``scanfleet fleet broker-config``: mosquitto configurations and ACLs for the fleet.
 
-Two listeners with their own security settings (``per_listener_settings true``):
+Two mosquitto **processes**, so that anonymous enrollment clients never share a
+client-id namespace (or memory) with authenticated ones:
 
-* the **device listener** (default 8883): TLS with a client certificate from the
-  fleet CA required, the certificate's CN used as the MQTT username
-  (``use_identity_as_username``), revoked certificates refused through ``crlfile``,
-  and ACL patterns that confine ``{site}/{device}`` to its own topics; backend and
-  fleet identities get their own ``user`` blocks;
-* the **enrollment listener** (default 8884): TLS with server authentication only;
-  any client may connect, and may only publish ``scanfleet/v1/enroll/{client id}/request``
-  and read ``…/response``. Nothing else is readable or writable there, whatever
-  username a client claims (no ``user`` lines, and ``%u`` is never used there).
+* the **device broker** (``mosquitto.conf``), ``per_listener_settings true``:
 
-The fleet service itself connects to the device listener with its ``fleet.*``
-certificate: it must be authenticated, and the enrollment listener authenticates no one.
+  - the device listener (default 8883): TLS with a client certificate from the fleet
+    CA required, the certificate's CN used as the MQTT username
+    (``use_identity_as_username``) *and* as the client id
+    (``use_username_as_clientid``: whatever id a client sends, its session is the one
+    of its own certificate, so no identity can take over, kick or wipe another's
+    session), revoked certificates refused through ``crlfile``, ACL patterns that
+    confine ``{site}/{device}`` to its own topics, ``user`` blocks for backend and
+    fleet identities;
+  - the admin socket (a Unix socket): the dynamic-security plugin, used only by the
+    fleet service to disconnect the open sessions of a revoked identity
+    (:mod:`scanfleet.provisioning.dynsec`);
+
+* the **enrollment broker** (``mosquitto-enroll.conf``,
+  :mod:`scanfleet.provisioning.enroll_broker`): the anonymous enrollment listener and
+  the fleet service's listener, no persistence, small packet and queue limits.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scanfleet.provisioning.broker_layout import BrokerLayout, common_settings
 from scanfleet.provisioning.ca import FleetCA, Role, write_public
+from scanfleet.provisioning.dynsec import dynsec_plugin, write_dynsec_config
+from scanfleet.provisioning.enroll_broker import write_enroll_broker
 
 DEVICE_TOPICS_WRITE = (
     "scans",
@@ -34,27 +43,6 @@ DEVICE_TOPICS_WRITE = (
 DEVICE_TOPICS_READ = ("config", "cmd/+")
 """What a device may subscribe to, below ``scanfleet/v1/{site}/{device}/``."""
 
-DEFAULT_MAX_QUEUED = 1_000_000
-"""Per-client queue of a disconnected persistent session (a backend catching up after
-an outage must not lose scans; mosquitto's default of 1000 would drop them)."""
-
-
-@dataclass(frozen=True)
-class BrokerLayout:
-    """Addresses and storage of the generated broker."""
-
-    device_port: int = 8883
-    enroll_port: int = 8884
-    bind_address: str | None = None
-    """None listens on every interface."""
-    persistence_dir: Path = Path("/var/lib/mosquitto")
-    max_queued_messages: int = DEFAULT_MAX_QUEUED
-    log_file: Path | None = None
-    """None logs to syslog (where the Debian package's mosquitto logs)."""
-    user: str | None = None
-    """The account mosquitto drops to when started as root (its default: ``mosquitto``).
-    That account must be able to read the server key."""
-
 
 @dataclass(frozen=True)
 class BrokerFiles:
@@ -62,7 +50,19 @@ class BrokerFiles:
 
     conf: Path
     device_acl: Path
+    enroll_conf: Path
     enroll_acl: Path
+    service_acl: Path
+    enroll_unit: Path
+    dynsec: Path
+
+
+def fleet_identities(ca: FleetCA) -> dict[Role, list[str]]:
+    """Unrevoked CNs of every role, from the registry."""
+    return {
+        role: sorted({c.cn for c in ca.registry.certs(kind=role.value) if c.revoked_at is None})
+        for role in Role
+    }
 
 
 def device_acl(identities: dict[Role, list[str]]) -> str:
@@ -88,8 +88,6 @@ def device_acl(identities: dict[Role, list[str]]) -> str:
         lines += [
             "",
             f"user {cn}",
-            "topic read scanfleet/v1/enroll/+/request",
-            "topic write scanfleet/v1/enroll/+/response",
             "topic read scanfleet/v1/+/+/state",
             "topic read scanfleet/v1/+/+/health",
             "topic readwrite scanfleet/v1/+/+/config",
@@ -100,42 +98,25 @@ def device_acl(identities: dict[Role, list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def enroll_acl() -> str:
-    """The ACL file of the enrollment listener: own request/response topics only."""
-    return (
-        "# Generated by 'scanfleet fleet broker-config'; edits are overwritten.\n"
-        "# Unauthenticated clients: only their own enrollment topics, keyed by client id.\n"
-        "pattern write scanfleet/v1/enroll/%c/request\n"
-        "pattern read scanfleet/v1/enroll/%c/response\n"
-    )
-
-
-def mosquitto_conf(ca: FleetCA, layout: BrokerLayout, device_acl: Path, enroll_acl: Path) -> str:
-    """mosquitto.conf text for *layout* using the CA's files."""
+def mosquitto_conf(ca: FleetCA, layout: BrokerLayout, device_acl: Path, dynsec: Path) -> str:
+    """The device broker's mosquitto.conf for *layout* using the CA's files."""
     paths = ca.paths
     bind = f" {layout.bind_address}" if layout.bind_address else ""
-    log_dest = f"log_dest file {layout.log_file}" if layout.log_file else "log_dest syslog"
-    user = f"user {layout.user}\n" if layout.user else ""
     return f"""\
 # Generated by 'scanfleet fleet broker-config'; edits are overwritten.
-# After 'scanfleet fleet revoke' or a CRL renewal, restart (or reload) mosquitto.
+# The device broker. Enrollment runs in its own process (mosquitto-enroll.conf).
 per_listener_settings true
-{user}
+{common_settings(layout, layout.log_file)}
 persistence true
 persistence_location {layout.persistence_dir}/
 autosave_interval 30
 max_queued_messages {layout.max_queued_messages}
-max_queued_bytes 0
+max_queued_bytes {layout.max_queued_bytes}
 max_inflight_messages 100
-set_tcp_nodelay true
-{log_dest}
-log_type error
-log_type warning
-log_type notice
-log_type information
-connection_messages true
+max_packet_size {layout.max_packet_size}
 
-# Devices, backends and the fleet service: client certificate required.
+# Devices, backends and the fleet tools: client certificate required; the client id
+# is the certificate's CN, whatever the client sent.
 listener {layout.device_port}{bind}
 protocol mqtt
 cafile {paths.ca_cert}
@@ -144,34 +125,31 @@ keyfile {paths.server_key}
 crlfile {paths.crl}
 require_certificate true
 use_identity_as_username true
+use_username_as_clientid true
 tls_version tlsv1.2
 allow_anonymous false
 acl_file {device_acl}
 
-# Enrollment: server authentication only; own enrollment topics only.
-listener {layout.enroll_port}{bind}
-protocol mqtt
-certfile {paths.server_cert}
-keyfile {paths.server_key}
-require_certificate false
-tls_version tlsv1.2
-allow_anonymous true
-allow_zero_length_clientid false
-acl_file {enroll_acl}
+# Admin socket: the dynamic-security plugin, only to disconnect revoked identities.
+listener 0 {layout.admin_socket}
+allow_anonymous false
+use_username_as_clientid true
+plugin {dynsec_plugin()}
+plugin_opt_config_file {dynsec}
 """
 
 
 def write_broker_config(ca: FleetCA, out_dir: Path, layout: BrokerLayout) -> BrokerFiles:
-    """Write mosquitto.conf and both ACL files into *out_dir*."""
-    identities: dict[Role, list[str]] = {}
-    for role in Role:
-        identities[role] = sorted(
-            {c.cn for c in ca.registry.certs(kind=role.value) if c.revoked_at is None}
-        )
-    files = BrokerFiles(out_dir / "mosquitto.conf", out_dir / "acl-devices", out_dir / "acl-enroll")
-    write_public(files.device_acl, device_acl(identities).encode())
-    write_public(files.enroll_acl, enroll_acl().encode())
-    write_public(
-        files.conf, mosquitto_conf(ca, layout, files.device_acl, files.enroll_acl).encode()
+    """Write both brokers' configurations, their ACL files and the enrollment unit."""
+    identities = fleet_identities(ca)
+    conf, acl = out_dir / "mosquitto.conf", out_dir / "acl-devices"
+    dynsec = write_dynsec_config(ca, layout.persistence_dir / "scanfleet-dynsec.json", layout.user)
+    write_public(acl, device_acl(identities).encode())
+    write_public(conf, mosquitto_conf(ca, layout, acl, dynsec).encode())
+    enroll = write_enroll_broker(ca, out_dir, layout, identities)
+    return BrokerFiles(
+        conf, acl, enroll.conf, enroll.enroll_acl, enroll.service_acl, enroll.unit, dynsec
     )
-    return files
+
+
+__all__ = ["BrokerFiles", "BrokerLayout", "write_broker_config"]

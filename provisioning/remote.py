@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from scanfleet.daemon.config import Config
 from scanfleet.daemon.remote_config import canonical, compose, parse_document
 
-FINAL_RESULTS = ("applied", "rejected", "rolled_back", "cleared", "unchanged")
+FINAL_RESULTS = ("applied", "restart_required", "rejected", "rolled_back", "cleared", "unchanged")
 RETAINED_WAIT = 2.0
 """Seconds to wait for retained messages after subscribing."""
 

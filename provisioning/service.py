@@ -1,9 +1,11 @@
 """``scanfleet fleet serve``: the enrollment service.
 
-It connects to the broker's device listener with its ``fleet.*`` certificate
-(authenticated: the enrollment listener authenticates no one), subscribes to
-``scanfleet/v1/enroll/+/request`` — the requests devices publish on the enrollment
-listener of the same broker — and answers each on ``…/{client}/response``:
+It connects to the enrollment broker's service listener with its ``fleet.*``
+certificate (:mod:`scanfleet.provisioning.enroll_broker`; its client id there is its
+CN, which no anonymous client can take), subscribes to
+``scanfleet/v1/enroll/+/request`` — the requests devices publish on the anonymous
+enrollment listener of that broker — and answers each on ``…/{client}/response``.
+A request larger than :data:`MAX_REQUEST_BYTES` is dropped before it is parsed.
 
 * ``enroll``: the claim must be known, for this site, unused and unexpired (it is
   consumed atomically); a device id that already holds a valid certificate can only
@@ -12,19 +14,20 @@ listener of the same broker — and answers each on ``…/{client}/response``:
   name the same site and device, and have signed the new CSR (proof of possession);
   the old certificate is revoked once the new one is issued.
 
-The service also keeps the CRL fresh: it rewrites it well before ``nextUpdate`` and
-runs ``--reload-command`` (e.g. ``systemctl reload mosquitto``) so the broker loads it.
+Every revocation (re-enrollment, renewal) goes through
+:class:`~scanfleet.provisioning.revocation.Revoker`: new CRL, ``--reload-command`` and
+the open sessions of the old certificate disconnected, at once. The service also keeps
+the CRL fresh: it rewrites it well before ``nextUpdate`` and runs the reload command.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import shlex
 import ssl
-import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -39,11 +42,15 @@ from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
+from scanfleet.provisioning.enroll_broker import ENROLL_CLIENT_PREFIX
+from scanfleet.provisioning.revocation import Revoker, run_reload
 
 log = logging.getLogger(__name__)
 
 REQUEST_FILTER = "scanfleet/v1/enroll/+/request"
 CRL_CHECK_INTERVAL = 3600.0
+MAX_REQUEST_BYTES = 8 * 1024
+"""Largest request the service parses; a real renewal request is under 3 KiB."""
 
 
 class Refused(Exception):
@@ -51,10 +58,23 @@ class Refused(Exception):
 
 
 def handle_request(
-    ca: FleetCA, payload: bytes | bytearray, broker_url: str, now: datetime | None = None
+    ca: FleetCA,
+    payload: bytes | bytearray,
+    broker_url: str,
+    now: datetime | None = None,
+    *,
+    revoker: Revoker | None = None,
 ) -> EnrollResponse | None:
-    """Answer one request payload; None when it is too malformed to answer (no nonce)."""
+    """Answer one request payload; None when it is too malformed to answer (no nonce).
+
+    *revoker* revokes superseded certificates (default: registry and CRL only, no
+    broker reload: what the unit tests need).
+    """
     now = now or datetime.now(UTC)
+    revoker = revoker or Revoker(ca)
+    if len(payload) > MAX_REQUEST_BYTES:
+        log.warning("dropped an oversized enrollment request (%d bytes)", len(payload))
+        return None
     try:
         request = EnrollRequest.model_validate_json(payload)
     except ValidationError as err:
@@ -63,9 +83,9 @@ def handle_request(
     try:
         csr = x509.load_pem_x509_csr(request.csr.encode())
         if request.kind == "enroll":
-            cert = _enroll(ca, request, csr, now)
+            cert = _enroll(ca, request, csr, now, revoker)
         else:
-            cert = _renew(ca, request, csr, now)
+            cert = _renew(ca, request, csr, now, revoker)
     except (Refused, ClaimError, CAError) as err:
         log.warning("refused %s of %s/%s: %s", request.kind, request.site, request.device, err)
         return EnrollResponse(nonce=request.nonce, ok=False, error=str(err))
@@ -82,7 +102,11 @@ def handle_request(
 
 
 def _enroll(
-    ca: FleetCA, request: EnrollRequest, csr: x509.CertificateSigningRequest, now: datetime
+    ca: FleetCA,
+    request: EnrollRequest,
+    csr: x509.CertificateSigningRequest,
+    now: datetime,
+    revoker: Revoker,
 ) -> x509.Certificate:
     if request.claim is None:
         raise Refused("enroll needs a claim")
@@ -94,15 +118,17 @@ def _enroll(
     claim = Claim(request.site, request.claim, "-", 0)
     redeem_claim(ca.registry, claim, request.device, existing_device=bool(previous), now=now)
     cert = ca.sign_device_csr(csr, request.site, request.device)
-    for old in previous:
-        ca.registry.revoke(old.serial, "superseded")
     if previous:
-        ca.write_crl()
+        revoker.revoke([old.serial for old in previous], "superseded")
     return cert
 
 
 def _renew(
-    ca: FleetCA, request: EnrollRequest, csr: x509.CertificateSigningRequest, now: datetime
+    ca: FleetCA,
+    request: EnrollRequest,
+    csr: x509.CertificateSigningRequest,
+    now: datetime,
+    revoker: Revoker,
 ) -> x509.Certificate:
     if request.cert is None or request.proof is None:
         raise Refused("renew needs the current certificate and a proof")
@@ -124,7 +150,7 @@ def _renew(
     except (InvalidSignature, ValueError) as err:
         raise Refused("the proof does not verify with the current certificate's key") from err
     cert = ca.sign_device_csr(csr, request.site, request.device)
-    ca.revoke(current.serial_number, "superseded")
+    revoker.revoke([current.serial_number], "superseded")
     return cert
 
 
@@ -141,13 +167,17 @@ class EnrollmentService:
         key_file: str,
         broker_url: str,
         reload_command: str | None = None,
-        client_id: str = "scanfleet-fleet-service",
+        admin_socket: Path | None = None,
+        client_id: str = f"{ENROLL_CLIENT_PREFIX}service",
     ) -> None:
+        """*host*/*port*: the enrollment broker's service listener; *broker_url*: the
+        device listener given to devices; *admin_socket*: the device broker's."""
         self.ca = ca
         self.host = host
         self.port = port
         self.broker_url = broker_url
         self.reload_command = reload_command
+        self.revoker = Revoker(ca, reload_command, admin_socket)
         self._stopping = False
         self.answered = 0
         client = mqtt.Client(
@@ -181,7 +211,7 @@ class EnrollmentService:
         levels = msg.topic.split("/")
         if len(levels) != 5 or levels[4] != "request":
             return
-        response = handle_request(self.ca, msg.payload, self.broker_url)
+        response = handle_request(self.ca, msg.payload, self.broker_url, revoker=self.revoker)
         if response is None:
             return
         topic = "/".join([*levels[:4], "response"])
@@ -228,13 +258,3 @@ class EnrollmentService:
         """Renew the CRL when due and have the broker reload it."""
         if self.ca.renew_crl_if_due():
             run_reload(self.reload_command)
-
-
-def run_reload(command: str | None) -> None:
-    """Run the broker reload command (after a new CRL or ACL), if one is configured."""
-    if not command:
-        log.warning("the CRL/ACL changed: reload the broker (no --reload-command given)")
-        return
-    result = subprocess.run(shlex.split(command), check=False, capture_output=True, text=True)
-    if result.returncode != 0:
-        log.error("reload command %r failed (%d): %s", command, result.returncode, result.stderr)

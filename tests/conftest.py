@@ -49,7 +49,7 @@ def fleet_broker(tmp_path: Path, fleet: Fleet) -> Iterator[FleetBroker]:
     broker = FleetBroker(executable, tmp_path / "broker", fleet)
     broker.start()
     yield broker
-    broker.stop()
+    broker.close()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
+from scanfleet.provisioning.broker_layout import DEFAULT_MAX_PACKET
 from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name, write_private
 from scanfleet.provisioning.claims import (
     ClaimError,
@@ -31,7 +32,8 @@ from scanfleet.provisioning.remote import (
     missing_ranges,
     reported_last_seq,
 )
-from scanfleet.provisioning.service import EnrollmentService, run_reload
+from scanfleet.provisioning.revocation import Revoker, run_reload
+from scanfleet.provisioning.service import EnrollmentService
 
 DEFAULT_FLEET_DIR = Path(os.environ.get("SCANFLEET_FLEET_DIR", "/var/lib/scanfleet-fleet"))
 
@@ -89,6 +91,7 @@ def register(subparsers: Any) -> None:
     which.add_argument("--serial", help="one certificate, hex serial")
     revoke.add_argument("--reason", default="unspecified")
     revoke.add_argument("--reload-command", help="e.g. 'systemctl reload mosquitto'")
+    _admin_socket_arg(revoke)
     revoke.set_defaults(func=_revoke)
 
     crl = sub.add_parser("crl", help="renew the CRL when due (run daily from a timer)")
@@ -107,20 +110,49 @@ def register(subparsers: Any) -> None:
     )
     conf.add_argument("--device-port", type=int, default=8883)
     conf.add_argument("--enroll-port", type=int, default=8884)
+    conf.add_argument(
+        "--service-port",
+        type=int,
+        default=8885,
+        help="enrollment broker's loopback listener for 'fleet serve' (default 8885)",
+    )
     conf.add_argument("--bind", help="listen address (default: all)")
     conf.add_argument("--persistence-dir", type=Path, default=Path("/var/lib/mosquitto"))
     conf.add_argument("--max-queued-messages", type=int, default=1_000_000)
+    conf.add_argument(
+        "--max-packet-size",
+        type=int,
+        default=DEFAULT_MAX_PACKET,
+        help="device broker packet limit in bytes (default 1 MiB; keep it above "
+        "publisher.max_batch_bytes plus a few KiB)",
+    )
+    conf.add_argument(
+        "--max-enroll-connections",
+        type=int,
+        default=200,
+        help="clients at once on the anonymous enrollment listener (default 200)",
+    )
+    _admin_socket_arg(conf)
     conf.add_argument("--log-file", type=Path, help="default: syslog")
     conf.add_argument("--user", help="account mosquitto runs as (default: mosquitto)")
     conf.set_defaults(func=_broker_config)
 
     serve = sub.add_parser("serve", help="run the enrollment service")
-    _broker_args(serve)
+    serve.add_argument(
+        "--broker",
+        required=True,
+        help="mqtts://127.0.0.1:PORT of the enrollment broker's service listener (8885)",
+    )
+    serve.add_argument("--identity", required=True, help="fleet identity name (fleet.NAME)")
     serve.add_argument(
         "--public-broker-url",
-        help="device listener URL given to devices (default: --broker)",
+        required=True,
+        help="device listener URL given to devices, e.g. mqtts://broker.example.org:8883",
     )
-    serve.add_argument("--reload-command", help="run after the CRL was renewed")
+    serve.add_argument(
+        "--reload-command", help="run after the CRL changed, e.g. 'systemctl reload mosquitto'"
+    )
+    _admin_socket_arg(serve)
     serve.set_defaults(func=_serve)
 
     ls = sub.add_parser("ls", help="devices: online/offline, journal depth, certificate expiry")
@@ -172,6 +204,16 @@ def register(subparsers: Any) -> None:
 def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtts://HOST:PORT of the device listener")
     parser.add_argument("--identity", required=True, help="fleet identity name (fleet.NAME)")
+
+
+def _admin_socket_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-socket",
+        type=Path,
+        default=BrokerLayout.admin_socket,
+        help="the device broker's admin socket, used to disconnect revoked identities "
+        f"(default {BrokerLayout.admin_socket})",
+    )
 
 
 def _ca(args: argparse.Namespace) -> FleetCA:
@@ -260,14 +302,12 @@ def _revoke(args: argparse.Namespace) -> int:
             return _fail(f"no unrevoked certificate for {args.device}")
     else:
         serials = [int(args.serial, 16)]
+    revoker = Revoker(ca, args.reload_command, args.admin_socket)
     try:
-        for serial in serials:
-            ca.registry.revoke(serial, args.reason)
+        cns = revoker.revoke(serials, args.reason)
     except KeyError as err:
         return _fail(str(err))
-    ca.write_crl()
-    print(f"revoked {len(serials)} certificate(s); CRL {ca.paths.crl}")
-    run_reload(args.reload_command)
+    print(f"revoked {len(serials)} certificate(s) of {', '.join(cns)}; CRL {ca.paths.crl}")
     return 0
 
 
@@ -295,14 +335,19 @@ def _broker_config(args: argparse.Namespace) -> int:
     layout = BrokerLayout(
         device_port=args.device_port,
         enroll_port=args.enroll_port,
+        service_port=args.service_port,
         bind_address=args.bind,
         persistence_dir=args.persistence_dir,
         max_queued_messages=args.max_queued_messages,
+        max_packet_size=args.max_packet_size,
+        max_enroll_connections=args.max_enroll_connections,
+        admin_socket=args.admin_socket,
         log_file=args.log_file,
         user=args.user,
     )
     files = write_broker_config(ca, args.out, layout)
-    print(f"wrote {files.conf}, {files.device_acl}, {files.enroll_acl}")
+    print(f"device broker: {files.conf} ({files.device_acl}; admin {files.dynsec})")
+    print(f"enrollment broker: {files.enroll_conf} (systemd unit {files.enroll_unit})")
     return 0
 
 
@@ -327,8 +372,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=port,
         cert_file=cert,
         key_file=key,
-        broker_url=args.public_broker_url or args.broker,
+        broker_url=args.public_broker_url,
         reload_command=args.reload_command,
+        admin_socket=args.admin_socket,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -411,6 +457,10 @@ def _config_push(args: argparse.Namespace) -> int:
     if report is None:
         return _fail(f"no final report from {args.target} within {args.timeout:.0f} s")
     print(json.dumps(report, indent=2, sort_keys=True))
+    if report["result"] == "restart_required":
+        needs = ", ".join(report.get("restart_required", []))
+        print(f"applied except {needs}: restart the daemon to apply those", file=sys.stderr)
+        return 2
     return 0 if report["result"] == "applied" else 1
 
 

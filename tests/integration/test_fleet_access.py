@@ -39,7 +39,7 @@ def broker(tmp_path: Path, fleet: Fleet, creds: dict[str, Credentials]) -> Itera
     mosq = FleetBroker(executable, tmp_path / "broker", fleet)
     mosq.start()
     yield mosq
-    mosq.stop()
+    mosq.close()
 
 
 @pytest.fixture
@@ -180,6 +180,10 @@ def test_enrollment_listener_allows_nothing_but_own_enrollment_topics(
     ops = connect(broker, fleet, clients, creds["fleet"], "ops")
     assert ops.connected(), ops.error
     assert ops.publish(f"{A}/config", b"secret-config") < 0x80
+    # The enrollment broker is another process: config on the device broker never
+    # reaches it; the fleet service answers there on its own listener.
+    ops = connect(broker, fleet, clients, creds["fleet"], "enroll-ops", port=broker.service_port)
+    assert ops.connected(), ops.error
     assert ops.publish("scanfleet/v1/enroll/enroll-y/response", b"for-y") < 0x80
     assert ops.publish("scanfleet/v1/enroll/enroll-x/response", b"for-x") < 0x80
     assert anon.wait(lambda: ("scanfleet/v1/enroll/enroll-x/response", b"for-x") in anon.messages)
@@ -192,7 +196,7 @@ def test_username_claimed_on_the_enrollment_listener_grants_nothing(
 ) -> None:
     # The enrollment ACL has no user blocks and no %u patterns: a device's name buys nothing.
     named = TLSClient(
-        broker.enroll_port, fleet.ca_file, None, client_id="spoof2", username="site-1/dev-a"
+        broker.enroll_port, fleet.ca_file, None, client_id="enroll-spoof2", username="site-1/dev-a"
     )
     clients.append(named)
     assert named.connected(), named.error

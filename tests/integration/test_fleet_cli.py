@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +36,12 @@ def scanfleet(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 
 class GeneratedBroker(Mosquitto):
-    """mosquitto started on the file 'fleet broker-config' wrote, untouched."""
+    """mosquitto started on a file 'fleet broker-config' wrote, untouched."""
+
+    def __init__(self, executable: str, workdir: Path, port: int, name: str) -> None:
+        super().__init__(executable, workdir, port=port)
+        self.conf_path = workdir / f"{name}.conf"
+        self.log_path = workdir / f"{name}.log"
 
     def write_config(self) -> None:
         pass
@@ -45,7 +52,8 @@ def setup(tmp_path: Path) -> Iterator[dict[str, object]]:
     executable = require_executable("mosquitto", *MOSQUITTO_DIRS)
     fleet = tmp_path / "fleet"
     out = tmp_path / "broker"
-    device_port, enroll_port = free_port(), free_port()
+    device_port, enroll_port, service_port = free_port(), free_port(), free_port()
+    admin_socket = Path(tempfile.mkdtemp(prefix="sf-cli-")) / "admin.sock"
     scanfleet("fleet", "--fleet-dir", str(fleet), "ca", "init")
     scanfleet("fleet", "--fleet-dir", str(fleet), "identity", "--role", "fleet", "--name", "ops")
     user = ["--user", "root"] if os.geteuid() == 0 else []
@@ -53,13 +61,18 @@ def setup(tmp_path: Path) -> Iterator[dict[str, object]]:
         "fleet", "--fleet-dir", str(fleet), "broker-config", "--out", str(out),
         "--host", "127.0.0.1", "--bind", "127.0.0.1",
         "--device-port", str(device_port), "--enroll-port", str(enroll_port),
+        "--service-port", str(service_port), "--admin-socket", str(admin_socket),
         "--persistence-dir", str(out), "--log-file", str(out / "mosquitto.log"), *user,
     )  # fmt: skip
-    broker = GeneratedBroker(executable, out, port=device_port)
+    broker = GeneratedBroker(executable, out, device_port, "mosquitto")
     broker.start()
+    enroll_broker = GeneratedBroker(executable, out, enroll_port, "mosquitto-enroll")
+    enroll_broker.start()
     serve = subprocess.Popen(
         [*SCANFLEET, "fleet", "--fleet-dir", str(fleet), "serve",
-         "--broker", f"mqtts://127.0.0.1:{device_port}", "--identity", "ops"],
+         "--broker", f"mqtts://127.0.0.1:{service_port}", "--identity", "ops",
+         "--public-broker-url", f"mqtts://127.0.0.1:{device_port}",
+         "--admin-socket", str(admin_socket)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     yield {
@@ -68,6 +81,7 @@ def setup(tmp_path: Path) -> Iterator[dict[str, object]]:
         "enroll_port": enroll_port,
         "broker": broker,
         "serve": serve,
+        "admin_socket": admin_socket,
     }
     if serve.poll() is None:
         serve.kill()
@@ -75,6 +89,8 @@ def setup(tmp_path: Path) -> Iterator[dict[str, object]]:
     assert serve.stderr is not None
     serve.stderr.close()
     broker.stop()
+    enroll_broker.stop()
+    shutil.rmtree(admin_socket.parent, ignore_errors=True)
 
 
 def test_it_staff_enroll_a_terminal_list_it_and_revoke_it(
@@ -137,11 +153,18 @@ def test_it_staff_enroll_a_terminal_list_it_and_revoke_it(
     cert = x509.load_pem_x509_certificate((tls / "device.pem").read_bytes())
     assert rows[0]["cert_expiry"].startswith(f"{cert.not_valid_after_utc:%Y-%m-%d}")
 
+    online = TLSClient(
+        int(str(device_port)), Path(fleet) / "ca" / "ca.pem", creds, client_id=device
+    )
+    assert online.connected(), online.error
     revoked = scanfleet(
         "fleet", "--fleet-dir", fleet, "revoke", "--device", f"clinic-3/{device}",
-        "--reason", "stolen",
+        "--reason", "stolen", "--admin-socket", str(setup["admin_socket"]),
     )  # fmt: skip
     assert "revoked 1 certificate" in revoked.stdout
+    # The open session of the revoked certificate is thrown off by the revoke itself.
+    assert online.wait(lambda: online.error is not None), "revoked device still connected"
+    online.close()
     crl = x509.load_pem_x509_crl((Path(fleet) / "ca" / "crl.pem").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
 

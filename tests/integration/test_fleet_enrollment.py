@@ -44,7 +44,8 @@ def service(fleet: Fleet, fleet_broker: FleetBroker) -> Iterator[EnrollmentServi
     svc = EnrollmentService(
         fleet.ca,
         host=fleet_broker.host,
-        port=fleet_broker.port,
+        port=fleet_broker.service_port,
+        admin_socket=fleet_broker.admin_socket,
         cert_file=str(creds.cert),
         key_file=str(creds.key),
         broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
@@ -123,7 +124,10 @@ def test_device_key_is_made_on_the_device_0600_and_never_sent(
     tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, service: EnrollmentService
 ) -> None:
     spy = TLSClient(
-        fleet_broker.port, fleet.ca_file, fleet.role(Role.FLEET, "spy"), client_id="spy"
+        fleet_broker.service_port,
+        fleet.ca_file,
+        fleet.role(Role.FLEET, "spy"),
+        client_id="enroll-spy",
     )
     fleet_broker.reload()
     assert spy.connected(), spy.error

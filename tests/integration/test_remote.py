@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -108,7 +109,8 @@ class Rig:
         self.service = EnrollmentService(
             self.fleet.ca,
             host=self.broker.host,
-            port=self.broker.port,
+            port=self.broker.service_port,
+            admin_socket=self.broker.admin_socket,
             cert_file=str(self.creds["svc"].cert),
             key_file=str(self.creds["svc"].key),
             broker_url=f"mqtts://{self.broker.host}:{self.broker.port}",
@@ -127,7 +129,7 @@ class Rig:
         assert c.connected(), c.error
         return c
 
-    def start_daemon(self) -> Daemon:
+    def start_daemon(self, **sections: Any) -> Daemon:
         config = Config.model_validate(
             {
                 "identity": {"site": SITE, "device": DEVICE},
@@ -135,6 +137,7 @@ class Rig:
                 # Replaced by the URL the enrollment service returns.
                 "broker": {"url": "mqtts://127.0.0.1:1", "ca_file": str(self.fleet.ca_file)},
                 "devices": [{"name": "scanner", "driver": "serial", "port": self.pty_path}],
+                **sections,
             }
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ class Rig:
         self.ops.close()
         self.service.stop()
         self._service_thread.join(10)
-        self.broker.stop()
+        self.broker.close()
         os.close(self.master)
         os.close(self.slave)
 
@@ -428,3 +431,50 @@ def test_rotate_cert_renews_the_enrolled_certificate_early(rig: Rig) -> None:
     # The running connection carries on; the renewed files are used from the next one.
     rig.ops.request(f"{PREFIX}/cmd/status", b"", b"after-rot")
     assert rig.ops.reply(b"after-rot")["ok"] is True
+
+
+OLD_TOKEN = "old-token-0123456789abcdef"  # noqa: S105 - test token
+NEW_TOKEN = "new-token-fedcba9876543210"  # noqa: S105 - test token
+
+
+def _hello(path: Path, token: str) -> tuple[socket.socket, dict[str, Any]]:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    sock.sendall(json.dumps({"op": "hello", "token": token}).encode() + b"\n")
+    reply = json.loads(sock.makefile("rb").readline())
+    return sock, reply
+
+
+def test_pushed_local_api_token_takes_effect_at_once(rig: Rig) -> None:
+    api = {"enabled": True, "token": OLD_TOKEN}
+    daemon = rig.start_daemon(local_api=api)
+    path = rig.state_dir / "local.sock"
+    session, hello = _hello(path, OLD_TOKEN)
+    assert hello["type"] == "hello"
+
+    document = {
+        "version": 1,
+        "probation_s": 0,
+        "config": {"local_api": {**api, "token": NEW_TOKEN}},
+    }
+    assert rig.push(document) < 0x80
+    assert rig.report(1, "applied")["restart_required"] == []
+    # The session authenticated with the old token is closed; the old token is refused.
+    while session.recv(65536):  # a timeout here: the old session stayed open
+        pass
+    session.close()
+    refused, reply = _hello(path, OLD_TOKEN)
+    refused.close()
+    assert reply == {"type": "error", "error": "unauthorized"}
+    accepted, reply = _hello(path, NEW_TOKEN)
+    accepted.close()
+    assert reply["type"] == "hello"
+
+    # Where the API listens cannot change live: the report says so, never 'applied'.
+    moved = {**api, "token": NEW_TOKEN, "websocket_port": 0}
+    assert rig.push({"version": 2, "probation_s": 0, "config": {"local_api": moved}}) < 0x80
+    report = rig.report(2, "restart_required")
+    assert report["restart_required"] == ["local_api.websocket_port"]
+    assert daemon.local_api is not None
+    assert daemon.local_api.websocket_port is None

@@ -4,7 +4,8 @@
 certificate for 127.0.0.1/localhost and helpers for device and role certificates.
 ``FleetBroker`` is a real mosquitto started with the configuration that
 ``scanfleet fleet broker-config`` generates (TLS device listener with client
-certificates and ACLs, enrollment listener), on free loopback ports.
+certificates and ACLs, admin socket), plus the second mosquitto process that
+configuration runs for enrollment, on free loopback ports.
 ``TLSClient`` is a small MQTT 5 test client that reports CONNACK, PUBACK reason
 codes and received messages.
 """
@@ -12,7 +13,10 @@ codes and received messages.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import ssl
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
 from scanfleet.provisioning.ca import (
@@ -88,44 +94,85 @@ def make_fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path / "fleet")
 
 
+class _ConfiguredMosquitto(Mosquitto):
+    """A mosquitto started from a configuration file written by someone else."""
+
+    def __init__(self, executable: str, workdir: Path, port: int, conf: Path, log: Path) -> None:
+        super().__init__(executable, workdir, port=port)
+        self.conf_path = conf
+        self.log_path = log
+
+    def write_config(self) -> None:
+        """The configuration is the product's; nothing to write."""
+
+
 class FleetBroker(Mosquitto):
-    """mosquitto running the generated fleet configuration (device + enrollment listener)."""
+    """The generated fleet brokers: device broker (this process) and enrollment broker."""
 
     def __init__(self, executable: str, workdir: Path, fleet: Fleet) -> None:
         super().__init__(executable, workdir)
         self.fleet = fleet
-        self.enroll_port = free_port()
-        while self.enroll_port == self.port:
-            self.enroll_port = free_port()
+        ports = {self.port}
+        while len(ports) < 3:
+            ports.add(free_port())
+        self.enroll_port, self.service_port = sorted(ports - {self.port})
+        # A Unix socket path must stay under 108 bytes: not below pytest's tmp_path.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="sf-admin-"))
         self.layout = BrokerLayout(
             device_port=self.port,
             enroll_port=self.enroll_port,
+            service_port=self.service_port,
             bind_address=self.host,
             persistence_dir=workdir,
+            admin_socket=self._socket_dir / "admin.sock",
             log_file=self.log_path,
             # Started as root (CI), mosquitto would drop to 'mosquitto', which cannot
             # read the test's key files.
             user="root" if os.geteuid() == 0 else None,
         )
+        self.files = write_broker_config(fleet.ca, workdir / "conf", self.layout)
+        enroll_log = self.layout.enroll_log_file
+        assert enroll_log is not None
+        self.enroll = _ConfiguredMosquitto(
+            executable, workdir / "enroll", self.enroll_port, self.files.enroll_conf, enroll_log
+        )
+
+    @property
+    def admin_socket(self) -> Path:
+        """The device broker's dynsec admin socket."""
+        return self.layout.admin_socket
 
     def write_config(self) -> None:
         """Write the product-generated configuration (regenerated on every start/reload)."""
-        files = write_broker_config(self.fleet.ca, self.workdir / "conf", self.layout)
-        self.conf_path = files.conf
+        self.files = write_broker_config(self.fleet.ca, self.workdir / "conf", self.layout)
+        self.conf_path = self.files.conf
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start, and wait until *both* listeners are open (mosquitto logs "running").
+        """Start both processes, and wait until every listener is open (logs "running").
 
         The base class only probes the first port; a second listener that failed to
         bind (a port taken meanwhile) makes mosquitto exit just after that probe.
         """
         super().start(timeout)
-        deadline = time.monotonic() + timeout
-        while " running" not in self.log():
-            if not self.running or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mosquitto did not come up: {self.log()}")
-            time.sleep(0.02)
+        _wait_running(self, timeout)
+        if not self.enroll.running:
+            self.enroll.start(timeout)
+            _wait_running(self.enroll, timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop both processes."""
+        super().stop(sig, timeout)
+        self.enroll.stop(sig, timeout)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Restart the device broker only (the enrollment broker keeps running)."""
+        Mosquitto.stop(self, sig)
+        self.start()
+
+    def close(self) -> None:
+        """Stop both and remove the socket directory."""
+        self.stop()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def reload(self, timeout: float = 10.0) -> None:
         """SIGHUP with a regenerated config, and wait until mosquitto has reloaded.
@@ -133,13 +180,25 @@ class FleetBroker(Mosquitto):
         The signal is handled asynchronously: a client connecting right after
         ``kill`` may still meet the old ACLs and CRL.
         """
-        before = self.log().count("Reloading config.")
+        before = [b.log().count("Reloading config.") for b in (self, self.enroll)]
         super().reload()
+        assert self.enroll.proc is not None
+        self.enroll.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while self.log().count("Reloading config.") == before:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mosquitto did not reload: {self.log()}")
-            time.sleep(0.02)
+        for broker, count in zip((self, self.enroll), before, strict=True):
+            while broker.log().count("Reloading config.") == count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"mosquitto did not reload: {broker.log()}")
+                time.sleep(0.02)
+
+
+def _wait_running(broker: Mosquitto, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while " running" not in broker.log():
+        if not broker.running or time.monotonic() > deadline:
+            broker.stop()
+            raise RuntimeError(f"mosquitto did not come up: {broker.log()}")
+        time.sleep(0.02)
 
 
 class TLSClient:
@@ -155,6 +214,8 @@ class TLSClient:
         host: str = "127.0.0.1",
         tls: bool = True,
         username: str | None = None,
+        clean_start: bool = True,
+        session_expiry: int = 0,
     ) -> None:
         self.connack: Any = None
         self.error: str | None = None
@@ -183,8 +244,12 @@ class TLSClient:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         self.client = client
+        props = None
+        if session_expiry:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
         try:
-            client.connect(host, port, keepalive=30)
+            client.connect(host, port, keepalive=30, clean_start=clean_start, properties=props)
         except (OSError, ssl.SSLError) as err:
             self.error = repr(err)
             return

@@ -219,3 +219,28 @@ def test_an_unusable_trusted_key_is_a_config_error_not_a_crash(tmp_path: Path) -
     (tmp_path / KEY_FILE).write_text("not a key", encoding="utf-8")
     with pytest.raises(ConfigError, match="unreadable public key"):
         Harness(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("socket", "/etc/cron.d/x"),
+        ("socket", "{state}/../escape.sock"),
+        ("socket", "relative.sock"),
+        ("token_file", "/etc/shadow"),
+    ],
+)
+def test_pushed_paths_outside_the_state_dir_are_refused(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    api = {"enabled": True, "token": "0123456789abcdef", setting: value.format(state=tmp_path)}
+    with pytest.raises(Rejected) as caught:
+        compose(base_config(tmp_path), parse_document(doc(1, {"local_api": api}), None))
+    assert [e.key for e in caught.value.errors] == [f"config.local_api.{setting}"]
+
+
+def test_pushed_paths_under_the_state_dir_or_run_are_accepted(tmp_path: Path) -> None:
+    for socket in (tmp_path / "pos.sock", Path("/run/scanfleet/pos.sock")):
+        api = {"enabled": True, "token": "0123456789abcdef", "socket": str(socket)}
+        new = compose(base_config(tmp_path), parse_document(doc(1, {"local_api": api}), None))
+        assert new.local_api.socket == socket
