@@ -34,6 +34,7 @@ from scanfleet.hub.console.web import (
     render,
     require_site,
 )
+from scanfleet.provisioning.ca import CAError
 from scanfleet.provisioning.claims import ClaimError, claim_qr_png
 
 # -- signing in -------------------------------------------------------------------------------
@@ -243,7 +244,11 @@ def enrollment(request: Request, sess: Session) -> Response:
     fleet = Fleet(console(request).settings)
     try:
         claims = [c for c in fleet.claims() if sess.user.sees_site(c.site)]
-        certs = fleet.ca.registry.certs(kind="device")
+        certs = [
+            c
+            for c in fleet.ca.registry.certs(kind="device")
+            if sess.user.sees_site(c.cn.split("/", 1)[0])
+        ]
     except FleetUnavailable as err:
         return render(request, sess, "enrollment.html", claims=[], certs=[], error=str(err))
     return render(request, sess, "enrollment.html", claims=claims, certs=certs, error=None)
@@ -302,6 +307,22 @@ def claim_revoke(request: Request, sess: Session, form: FormData) -> Response:
         claim_id,
         "ok" if ok else "already used or expired",
     )
+    return RedirectResponse("/enrollment", status_code=303)
+
+
+@page(Role.ADMIN, post=True)
+def device_revoke(request: Request, sess: Session, form: FormData) -> Response:
+    """Revoke the device's certificates: it can no longer connect, and is disconnected now."""
+    site, device = field_text(form, "site"), request.path_params["device"]
+    require_site(sess, site)
+    reason = field_text(form, "reason") or "revoked from the console"
+    target = f"{site}/{device}"
+    try:
+        count = Fleet(console(request).settings).revoke_device(site, device, reason)
+    except (FleetUnavailable, CAError, KeyError) as err:
+        audit(request, sess.user.username, "device.revoke", target, f"error: {err}")
+        return Response(str(err), status_code=400)
+    audit(request, sess.user.username, "device.revoke", target, f"revoked {count}")
     return RedirectResponse("/enrollment", status_code=303)
 
 

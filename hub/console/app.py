@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/devices/{device}/ack", actions.acknowledge, methods=["POST"]),
         Route("/devices/{device}/command", actions.command, methods=["POST"]),
         Route("/devices/{device}/config", actions.config_push, methods=["POST"]),
+        Route("/devices/{device}/revoke", actions.device_revoke, methods=["POST"]),
         Route("/enrollment", actions.enrollment),
         Route("/enrollment/claims", actions.claim_create, methods=["POST"]),
         Route("/enrollment/claims/{claim}/revoke", actions.claim_revoke, methods=["POST"]),

@@ -53,6 +53,11 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--enroll-url", help="mqtts://HOST:PORT written into claims")
     serve.add_argument("--reload-command", help="broker reload after revocation")
     serve.add_argument(
+        "--admin-socket",
+        type=Path,
+        help="the device broker's admin socket: revocation disconnects open sessions",
+    )
+    serve.add_argument(
         "--offline-after", type=float, default=300.0, help="seconds unheard = offline (%(default)s)"
     )
     serve.add_argument("--push-timeout", type=float, default=180.0, help="seconds (%(default)s)")
@@ -117,6 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
         identity=args.identity,
         enroll_url=args.enroll_url,
         reload_command=args.reload_command,
+        admin_socket=args.admin_socket,
         # Plain HTTP is only allowed on loopback (development, tests): a Secure cookie
         # would not come back there.
         secure_cookies=tls or args.behind_proxy,

@@ -15,10 +15,17 @@ from urllib.parse import urlsplit
 
 from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.hub.console.web import Settings
-from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name
+from scanfleet.provisioning.ca import (
+    CAError,
+    FleetCA,
+    Role,
+    device_common_name,
+    role_common_name,
+)
 from scanfleet.provisioning.claims import Claim, create_claim
 from scanfleet.provisioning.registry import CertRecord, ClaimRecord
 from scanfleet.provisioning.remote import FleetClient, build_document, diff
+from scanfleet.provisioning.revocation import Revoker
 
 COMMANDS = ("status", "diagnostics", "resend", "rebind", "restart")
 """Remote commands the device page offers (``resend`` takes a seq range)."""
@@ -96,9 +103,23 @@ class Fleet:
         with self.client() as client:
             return client.push(target, doc, self.settings.push_timeout_s)
 
-    def certificates(self, device: str) -> list[CertRecord]:
+    def revoke_device(self, site: str, device: str, reason: str) -> int:
+        """Revoke every unrevoked certificate of *device* (CRL, broker reload, disconnect).
+
+        Returns how many were revoked (0: none was active).
+        """
+        ca = self.ca
+        cn = device_common_name(site, device)
+        serials = [c.serial for c in ca.registry.certs(cn=cn) if c.revoked_at is None]
+        if serials:
+            Revoker(ca, self.settings.reload_command, self.settings.admin_socket).revoke(
+                serials, reason
+            )
+        return len(serials)
+
+    def certificates(self, site: str, device: str) -> list[CertRecord]:
         """The device's certificates in the registry, newest first."""
-        return self.ca.registry.certs(cn=device)
+        return self.ca.registry.certs(cn=device_common_name(site, device))
 
     # -- enrollment ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from scanfleet.hub.console.auth import Role, Session
 from scanfleet.hub.console.fleet import COMMANDS, Fleet, FleetUnavailable
 from scanfleet.hub.console.i18n import zone
 from scanfleet.hub.console.web import Forbidden, console, current, page, render, require_site
+from scanfleet.provisioning.ca import CAError
 
 LIVE_POLL_S = 2.0
 """How often the live-update stream looks for a change in the database."""
@@ -126,8 +127,8 @@ def device_context(request: Request, sess: Session, device_id: str) -> dict[str,
             "pushes": queries.pushes(db, dev["site"], device_id),
         }
     try:
-        ctx["certs"] = Fleet(con.settings).certificates(device_id)
-    except FleetUnavailable:
+        ctx["certs"] = Fleet(con.settings).certificates(dev["site"], device_id)
+    except (FleetUnavailable, CAError):
         ctx["certs"] = []
     ctx["commands"] = COMMANDS
     ctx["mask"] = mask

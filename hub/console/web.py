@@ -46,6 +46,8 @@ class Settings:
     enroll_url: str | None = None
     """``mqtts://HOST:PORT`` of the enrollment listener, written into claims."""
     reload_command: str | None = None
+    admin_socket: Path | None = None
+    """The device broker's admin socket: revocation disconnects open sessions through it."""
     secure_cookies: bool = True
     command_timeout_s: float = 30.0
     push_timeout_s: float = 180.0

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from scanfleet.hub.db import connect, upgrade
-from scanfleet.provisioning.ca import FleetCA
 from scanfleet.provisioning.claims import Claim, secret_hash
 from support.broker import free_port
 from support.console import ConsoleServer, add_user, browser
 from support.console_seed import OFFLINE_DEVICE, seed_fleet
+from support.pki import Fleet
 from support.postgres import PostgresCluster
 from support.prereq import require_executable
 
@@ -49,7 +50,9 @@ def rig(
         ("locked", "operator", ()),
     ):
         add_user(dsn, name, PASSWORD, role, *sites)
-    ca = FleetCA.init(work / "fleet")
+    fleet = Fleet(work / "fleet")
+    device_cert = fleet.device("store-1", OFFLINE_DEVICE)
+    ca = fleet.ca
     server = ConsoleServer(
         dsn,
         work,
@@ -60,7 +63,7 @@ def rig(
         "--offline-after",
         "120",
     ).start()
-    yield {"dsn": dsn, "server": server, "ca": ca, "work": work}
+    yield {"dsn": dsn, "server": server, "ca": ca, "work": work, "device_cert": device_cert}
     server.stop()
 
 
@@ -183,6 +186,26 @@ def test_a_site_scoped_operator_sees_only_their_site(rig: dict[str, Any], ctx: A
     sites = page.locator("table.sites tbody tr td:first-child").all_inner_texts()
     assert sites == ["store-9"]
     assert page.goto(f"{url}/devices/{OFFLINE_DEVICE}").status == 403
+
+
+def test_an_admin_revokes_a_device_certificate_into_the_crl(rig: dict[str, Any], ctx: Any) -> None:
+    url = rig["server"].url
+    serial = rig["device_cert"].serial
+    viewer = sign_in(ctx, url, "operator")
+    viewer.goto(f"{url}/enrollment")
+    assert viewer.locator("button[data-revoke]").count() == 0  # admins only
+    ctx.clear_cookies()
+    page = sign_in(ctx, url, "admin")
+    page.goto(f"{url}/enrollment")
+    page.click(f"button[data-revoke='{OFFLINE_DEVICE}']")
+    page.wait_for_url(f"{url}/enrollment")
+    assert rig["ca"].registry.is_revoked(serial)
+    crl = x509.load_pem_x509_crl(rig["ca"].paths.crl.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert page.locator(f"button[data-revoke='{OFFLINE_DEVICE}']").count() == 0
+    assert ("admin", f"store-1/{OFFLINE_DEVICE}", "revoked 1") in audit_rows(
+        rig["dsn"], "device.revoke"
+    )
 
 
 class _Attacker(http.server.BaseHTTPRequestHandler):
