@@ -77,13 +77,22 @@ class Connection:
         client_id: str,
         *,
         inflight: int,
-        will: tuple[str, bytes],
+        will: tuple[str, bytes] | None,
         on_ack: AckCallback,
         on_message: MessageCallback | None = None,
+        on_raw_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+        clean_start: bool = True,
+        connect_properties: Properties | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.broker = broker
         self._on_ack = on_ack
         self._on_message = on_message
+        self._on_raw_message = on_raw_message
+        # A consumer (the hub) resumes its persistent session and acknowledges a message
+        # only after storing it; the daemon always starts clean and lets paho ack.
+        self._clean_start = clean_start
+        self._connect_properties = connect_properties
         self._connack: ReasonCode | None = None
         self._lost: str | None = None
         client = mqtt.Client(
@@ -91,10 +100,12 @@ class Connection:
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
             reconnect_on_failure=False,
+            manual_ack=manual_ack,
         )
         # Must precede connect(); it also keeps paho from queueing behind our window.
         client.max_inflight_messages_set(inflight)
-        client.will_set(will[0], will[1], qos=1, retain=True)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
@@ -128,6 +139,8 @@ class Connection:
         self._on_ack(mid, rc.value, rc.getName())
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_raw_message is not None:
+            self._on_raw_message(msg)
         if self._on_message is not None:
             props = getattr(msg, "properties", None)
             self._on_message(msg.topic, bytes(msg.payload), props)
@@ -135,12 +148,13 @@ class Connection:
     # -- the connection -------------------------------------------------------------------
 
     def open(self, timeout: float) -> None:
-        """Connect (clean start) and wait for a successful CONNACK; raise otherwise."""
+        """Connect and wait for a successful CONNACK; raise otherwise."""
         self._client.connect(
             self.broker.host,
             self.broker.port,
             keepalive=self.broker.keepalive,
-            clean_start=True,
+            clean_start=self._clean_start,
+            properties=self._connect_properties,
         )
         deadline = time.monotonic() + timeout
         while self._connack is None:
@@ -174,6 +188,13 @@ class Connection:
             self._lost = self._lost or mqtt.error_string(info.rc)
             raise BrokerConnectionError(f"publish failed: {mqtt.error_string(info.rc)}", info.rc)
         return info.mid
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received message (only with ``manual_ack``)."""
+        rc = self._client.ack(mid, qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost = self._lost or mqtt.error_string(rc)
+            raise BrokerConnectionError(f"ack failed: {mqtt.error_string(rc)}", rc)
 
     def subscribe(self, topics: list[str]) -> None:
         """Subscribe to *topics* at QoS 1 (the SUBACK is processed by :meth:`pump`)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 HUB_COMMAND_MODULES = (
     "scanfleet.hub.commands.db",
+    "scanfleet.hub.commands.ingest",
     "scanfleet.hub.console.cli",
 )
 

@@ -1,4 +1,4 @@
--- scanfleet hub schema v2: the fleet console's own tables.
+-- scanfleet hub schema v3: the fleet console's own tables.
 -- The console's own tables: people, sessions, login failures, the audit log of every
 -- action, alarm acknowledgements and the history of configurations pushed from it.
 CREATE TABLE console_users (

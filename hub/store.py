@@ -1,0 +1,346 @@
+"""One transaction per batch of messages: records, chain checks, device state, gaps.
+
+Every batch takes the row locks of the devices it touches first, in device order, so
+N ingest workers that received messages of the same device (a shared subscription
+spreads one device's messages over all of them) serialise on that device and never
+deadlock. Uniqueness is PostgreSQL's: ``record_ids`` holds the key, ``records`` (the
+month-partitioned table) only rows whose bytes match the key's hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from scanfleet.hub.gaps import reconcile_device
+from scanfleet.hub.records import COPY_COLUMNS, Row, Topic, message_time
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+@dataclass
+class Batch:
+    """What one transaction stores."""
+
+    rows: list[Row] = field(default_factory=list)
+    states: list[tuple[Topic, dict[str, Any]]] = field(default_factory=list)
+    healths: list[tuple[Topic, dict[str, Any]]] = field(default_factory=list)
+    responses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """``(request_id, reply)`` of resend commands."""
+
+
+@dataclass
+class StoreResult:
+    """What a stored batch changed."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    breaks: int = 0
+
+
+_COLS = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
+_S_COLS = sql.SQL(", ").join(sql.Identifier("s", c) for c in COPY_COLUMNS)
+
+
+def _staging(conn: Conn) -> None:
+    # Per connection, emptied by every commit: the COPY target of one batch.
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS hub_staging"
+        " (LIKE records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+
+
+def lock_devices(conn: Conn, devices: dict[str, str]) -> None:
+    """Create missing device rows and lock all of *devices* (name → site) in name order."""
+    names = sorted(devices)
+    conn.execute(
+        "INSERT INTO devices (device, site) SELECT * FROM unnest(%s::text[], %s::text[])"
+        " ON CONFLICT (device) DO NOTHING",
+        (names, [devices[n] for n in names]),
+    )
+    conn.execute(
+        "SELECT device FROM devices WHERE device = ANY(%s) ORDER BY device FOR UPDATE", (names,)
+    )
+
+
+def alert(
+    conn: Conn,
+    alert_kind: str,
+    site: str | None,
+    device: str | None,
+    message: str,
+    **details: Any,
+) -> None:
+    """Raise an alert (a row in ``alerts`` and a warning in the log)."""
+    log.warning("alert %s: %s", alert_kind, message)
+    conn.execute(
+        "INSERT INTO alerts (kind, site, device, message, details) VALUES (%s, %s, %s, %s, %s)",
+        (alert_kind, site, device, message, Jsonb(details)),
+    )
+
+
+def store(conn: Conn, batch: Batch) -> StoreResult:
+    """Store *batch* in one transaction (the caller acks its messages after this returns)."""
+    result = StoreResult()
+    with conn.transaction():
+        devices = {r.device: r.site for r in batch.rows}
+        devices.update({t.device: t.site for t, _ in batch.states + batch.healths})
+        if devices:
+            lock_devices(conn, devices)
+        good = [r for r in batch.rows if r.hash_ok]
+        for row in batch.rows:
+            if not row.hash_ok:
+                result.breaks += _break(conn, row, "hash_mismatch", None, row.hash, row.payload)
+        new_by_device: dict[str, list[Row]] = defaultdict(list)
+        if good:
+            inserted = _insert_rows(conn, good, result)
+            for row in inserted:
+                new_by_device[row.device].append(row)
+            result.breaks += _check_links(conn, inserted)
+            _explain(conn, inserted)
+        for device in sorted(devices):
+            reconcile_device(
+                conn, device, devices[device], [r.seq for r in new_by_device.get(device, [])]
+            )
+        for topic, state in batch.states:
+            _state(conn, topic, state)
+        for topic, health in batch.healths:
+            _health(conn, topic, health)
+        for request_id, reply in batch.responses:
+            _resend_reply(conn, request_id, reply)
+    return result
+
+
+def _insert_rows(conn: Conn, rows: Sequence[Row], result: StoreResult) -> list[Row]:
+    _staging(conn)
+    for month in sorted({(r.time.year, r.time.month) for r in rows}):
+        conn.execute("SELECT hub_ensure_partition(%s)", (f"{month[0]:04d}-{month[1]:02d}-01Z",))
+    copy_sql = sql.SQL("COPY hub_staging ({}) FROM STDIN").format(_COLS)
+    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row(row.copy_tuple())
+    conn.execute(
+        "INSERT INTO record_ids (id, device, seq, time, hash)"
+        " SELECT id, device, seq, time, hash FROM hub_staging"
+        " ORDER BY device, seq ON CONFLICT DO NOTHING"
+    )
+    conflicts = conn.execute(
+        "INSERT INTO conflicts (id, site, device, seq, stored_hash, received_hash, payload)"
+        " SELECT DISTINCT ON (s.id, s.hash) s.id, s.site, s.device, s.seq, k.hash, s.hash,"
+        " s.payload FROM hub_staging s JOIN record_ids k ON k.id = s.id"
+        " WHERE k.hash <> s.hash ON CONFLICT (id, received_hash) DO NOTHING"
+        " RETURNING id, site, device, stored_hash, received_hash"
+    ).fetchall()
+    for rid, site, device, stored, received in conflicts:
+        alert(
+            conn,
+            "conflict",
+            site,
+            device,
+            f"record {rid} arrived with different bytes than stored",
+            id=rid,
+            stored_hash=stored,
+            received_hash=received,
+        )
+    result.conflicts += len(conflicts)
+    stored = conn.execute(
+        sql.SQL(
+            "INSERT INTO records ({}) SELECT DISTINCT ON (s.id) {} FROM hub_staging s"
+            " JOIN record_ids k ON k.id = s.id AND k.hash = s.hash"
+            " ORDER BY s.id ON CONFLICT DO NOTHING RETURNING id"
+        ).format(_COLS, _S_COLS)
+    ).fetchall()
+    new_ids = {r[0] for r in stored}
+    result.inserted += len(new_ids)
+    result.duplicates += len(rows) - len(new_ids)
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        if row.id in new_ids and row.id not in seen:
+            seen.add(row.id)
+            out.append(row)
+    return out
+
+
+def _break(
+    conn: Conn, row: Row, kind: str, expected: str | None, actual: str, payload: bytes | None
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO chain_breaks (site, device, seq, record_id, kind, expected, actual, payload)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (row.site, row.device, row.seq, row.id, kind, expected, actual, payload),
+    )
+    if cur.rowcount:
+        alert(
+            conn,
+            "chain_break",
+            row.site,
+            row.device,
+            f"record {row.id}: {kind.replace('_', ' ')}",
+            id=row.id,
+            kind=kind,
+        )
+    return cur.rowcount
+
+
+def _explained(conn: Conn, devices: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
+    out: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for device, first, last in conn.execute(
+        "SELECT device, from_seq, to_seq FROM explanations WHERE device = ANY(%s)", (list(devices),)
+    ):
+        out[device].append((first, last))
+    return out
+
+
+def _check_links(conn: Conn, rows: Sequence[Row]) -> int:
+    """Compare each new record's prev_hash with the held record it links to, both ways."""
+    if not rows:
+        return 0
+    devices = sorted({r.device for r in rows})
+    wanted_dev: list[str] = []
+    wanted_seq: list[int] = []
+    for row in rows:
+        if row.link_seq is not None:
+            wanted_dev.append(row.device)
+            wanted_seq.append(row.link_seq)
+        wanted_dev.append(row.device)
+        wanted_seq.append(row.seq + 1)
+    held: dict[tuple[str, int], tuple[str, str, str]] = {}
+    for device, seq, rhash, prev, kind in conn.execute(
+        "SELECT r.device, r.seq, r.hash, r.prev_hash, r.type FROM records r"
+        " JOIN unnest(%s::text[], %s::bigint[]) AS w(device, seq)"
+        " ON r.device = w.device AND r.seq = w.seq",
+        (wanted_dev, wanted_seq),
+    ):
+        held[(device, seq)] = (rhash, prev, kind)
+    lost = _explained(conn, devices)
+
+    def near_loss(device: str, seq: int) -> bool:
+        return any(a - 1 <= seq <= b + 1 for a, b in lost.get(device, []))
+
+    breaks = 0
+    for row in rows:
+        if row.link_seq is not None and (row.device, row.link_seq) in held:
+            expected = held[(row.device, row.link_seq)][0]
+            if expected != row.prev_hash and not (
+                row.type != "journal_loss" and near_loss(row.device, row.seq)
+            ):
+                breaks += _break(conn, row, "link_mismatch", expected, row.prev_hash, None)
+        following = held.get((row.device, row.seq + 1))
+        if (
+            following
+            and following[2] != "journal_loss"
+            and following[1] != row.hash
+            and not near_loss(row.device, row.seq + 1)
+        ):
+            nxt = dataclasses.replace(row, seq=row.seq + 1, id=f"{row.device}:{row.seq + 1}")
+            breaks += _break(conn, nxt, "link_mismatch", row.hash, following[1], None)
+    return breaks
+
+
+def _explain(conn: Conn, rows: Sequence[Row]) -> None:
+    for row in rows:
+        for loss in row.losses:
+            conn.execute(
+                "INSERT INTO explanations (device, site, from_seq, to_seq, reason, record_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (row.device, row.site, loss.from_seq, loss.to_seq, loss.reason, loss.record_id),
+            )
+        if row.losses:
+            alert(
+                conn,
+                "journal_loss",
+                row.site,
+                row.device,
+                f"{row.device} declared {sum(x.to_seq - x.from_seq + 1 for x in row.losses)} "
+                "seqs lost",
+                id=row.id,
+                ranges=[[x.from_seq, x.to_seq] for x in row.losses],
+            )
+
+
+def _journal_figures(message: dict[str, Any]) -> tuple[int | None, int | None]:
+    journal = message.get("journal")
+    if not isinstance(journal, dict):
+        return None, None
+    delivered, last = journal.get("delivered_seq"), journal.get("last_seq")
+    return (
+        delivered if isinstance(delivered, int) else None,
+        last if isinstance(last, int) else None,
+    )
+
+
+def _state(conn: Conn, topic: Topic, state: dict[str, Any]) -> None:
+    when = message_time(state)
+    delivered, produced = _journal_figures(state)
+    alarms = state.get("alarms") if isinstance(state.get("alarms"), list) else []
+    # Only a newer state replaces an older one (redelivery, retained copies, N workers).
+    conn.execute(
+        "UPDATE devices SET site = %(site)s, online = %(online)s,"
+        " version = coalesce(%(version)s, version), boot_id = coalesce(%(boot)s, boot_id),"
+        " delivered_seq = coalesce(%(delivered)s, delivered_seq),"
+        " produced_seq = coalesce(%(produced)s, produced_seq),"
+        " alarms = CASE WHEN %(has_journal)s THEN %(alarms)s ELSE alarms END,"
+        " last_state = %(state)s, state_time = %(time)s,"
+        " last_seen = greatest(last_seen, now()), updated_at = now()"
+        " WHERE device = %(device)s AND (state_time IS NULL OR state_time <= %(time)s)",
+        {
+            "site": topic.site,
+            "online": bool(state.get("online")),
+            "version": state.get("version") if isinstance(state.get("version"), str) else None,
+            "boot": state.get("boot_id") if isinstance(state.get("boot_id"), str) else None,
+            "delivered": delivered,
+            "produced": produced,
+            "has_journal": produced is not None,
+            "alarms": Jsonb(alarms),
+            "state": Jsonb(state),
+            "time": when,
+            "device": topic.device,
+        },
+    )
+
+
+def _health(conn: Conn, topic: Topic, health: dict[str, Any]) -> None:
+    when = message_time(health)
+    conn.execute(
+        "INSERT INTO health (device, site, time, payload) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (topic.device, topic.site, when, Jsonb(health)),
+    )
+    delivered, produced = _journal_figures(health)
+    alarms = health.get("alarms") if isinstance(health.get("alarms"), list) else []
+    conn.execute(
+        "UPDATE devices SET health_time = %(time)s, alarms = %(alarms)s,"
+        " delivered_seq = CASE WHEN state_time IS NULL OR state_time <= %(time)s"
+        "   THEN coalesce(%(delivered)s, delivered_seq) ELSE delivered_seq END,"
+        " produced_seq = greatest(produced_seq, %(produced)s),"
+        " last_seen = greatest(last_seen, now()), updated_at = now()"
+        " WHERE device = %(device)s AND (health_time IS NULL OR health_time <= %(time)s)",
+        {
+            "time": when,
+            "alarms": Jsonb(alarms),
+            "delivered": delivered,
+            "produced": produced,
+            "device": topic.device,
+        },
+    )
+
+
+def _resend_reply(conn: Conn, request_id: str, reply: dict[str, Any]) -> None:
+    status = "error" if "error" in reply else "ok"
+    conn.execute(
+        "UPDATE resend_requests SET status = %s, response = %s, answered_at = now()"
+        " WHERE request_id = %s",
+        (status, Jsonb(reply), request_id),
+    )
