@@ -170,10 +170,13 @@ def command(request: Request, sess: Session, form: FormData) -> Response:
         reply = Fleet(console(request).settings).command(f"{site}/{device}", name, args)
     except (ValueError, FleetUnavailable, OSError) as err:
         audit(request, sess.user.username, f"cmd.{name}", f"{site}/{device}", f"error: {err}")
-        return _device_page(request, sess, device, 400, result={"command": name, "error": str(err)})
+        result = {"command": name, "error": str(err), "reply": None}
+        return _device_page(request, sess, device, 400, result=result)
     outcome = "timeout" if reply is None else ("ok" if reply.get("ok") else "failed")
     audit(request, sess.user.username, f"cmd.{name}", f"{site}/{device}", outcome, args)
-    return _device_page(request, sess, device, result={"command": name, "reply": reply})
+    return _device_page(
+        request, sess, device, result={"command": name, "error": None, "reply": reply}
+    )
 
 
 def _sections(text: str) -> dict[str, Any]:
@@ -184,6 +187,26 @@ def _sections(text: str) -> dict[str, Any]:
             raise TypeError("the configuration must be an object of sections")
         return value
     return tomllib.loads(text)
+
+
+def _push(
+    text: str,
+    problems: list[str] | None = None,
+    *,
+    doc: dict[str, Any] | None = None,
+    diff: str | None = None,
+    report: dict[str, Any] | None = None,
+    pushed: bool = False,
+) -> dict[str, Any]:
+    """What the device page shows of a config being previewed or pushed."""
+    return {
+        "text": text,
+        "problems": problems or [],
+        "doc": doc,
+        "diff": diff,
+        "report": report,
+        "pushed": pushed,
+    }
 
 
 @page(Role.OPERATOR, post=True)
@@ -199,11 +222,11 @@ def config_push(request: Request, sess: Session, form: FormData) -> Response:
         doc, change = fleet.preview(target, sections, probation)
     except Rejected as err:
         problems = [f"{e.key}: {e.message}" for e in err.errors]
-        return _device_page(request, sess, device, 400, push={"text": text, "problems": problems})
+        return _device_page(request, sess, device, 400, push=_push(text, problems))
     except (ValueError, TypeError, tomllib.TOMLDecodeError, FleetUnavailable, OSError) as err:
-        return _device_page(request, sess, device, 400, push={"text": text, "problems": [str(err)]})
+        return _device_page(request, sess, device, 400, push=_push(text, [str(err)]))
     if field_text(form, "step") != "push":
-        return _device_page(request, sess, device, push={"text": text, "doc": doc, "diff": change})
+        return _device_page(request, sess, device, push=_push(text, doc=doc, diff=change))
     report = fleet.push(target, doc)
     result = report.get("result") if report else None
     with console(request).db() as db:
@@ -231,7 +254,7 @@ def config_push(request: Request, sess: Session, form: FormData) -> Response:
         {"version": doc["version"]},
     )
     return _device_page(
-        request, sess, device, push={"text": text, "doc": doc, "diff": change, "report": report}
+        request, sess, device, push=_push(text, doc=doc, diff=change, report=report, pushed=True)
     )
 
 
