@@ -113,20 +113,24 @@ def devices(
         where.append(f"NOT {_ONLINE}")
     cond = " AND ".join(where)
     total_row = _rows(db, f"SELECT count(*) AS n FROM devices d WHERE {cond}", params)
+    # The page is chosen first; health and gap figures are looked up for its rows only.
     sql = f"""
-    SELECT d.site, d.device, {_ONLINE} AS is_online, d.last_seen, d.version,
-           jsonb_array_length(d.alarms) AS alarm_count, {_SEVERITY_COUNTS},
-           h.payload->'journal'->>'depth' AS depth,
+    SELECT p.*, h.payload->'journal'->>'depth' AS depth,
            h.payload->'journal'->>'oldest_undelivered_age_s' AS oldest_age,
-           (SELECT count(*) FROM gaps g WHERE g.device = d.device AND g.status = 'open')
+           (SELECT count(*) FROM gaps g WHERE g.device = p.device AND g.status = 'open')
                AS open_gaps
-    FROM devices d
+    FROM (
+        SELECT d.site, d.device, {_ONLINE} AS is_online, d.last_seen, d.version,
+               jsonb_array_length(d.alarms) AS alarm_count, {_SEVERITY_COUNTS}
+        FROM devices d
+        WHERE {cond}
+        ORDER BY {_ONLINE}, jsonb_array_length(d.alarms) = 0, d.site, d.device
+        LIMIT %(limit)s OFFSET %(offset)s
+    ) p
     LEFT JOIN LATERAL (
-        SELECT payload FROM health WHERE health.device = d.device ORDER BY time DESC LIMIT 1
+        SELECT payload FROM health WHERE health.device = p.device ORDER BY time DESC LIMIT 1
     ) h ON true
-    WHERE {cond}
-    ORDER BY {_ONLINE}, jsonb_array_length(d.alarms) = 0, d.site, d.device
-    LIMIT %(limit)s OFFSET %(offset)s
+    ORDER BY p.is_online, p.alarm_count = 0, p.site, p.device
     """
     return _rows(db, sql, params), int(total_row[0]["n"])
 

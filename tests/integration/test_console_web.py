@@ -22,7 +22,7 @@ from scanfleet.hub.db import connect, upgrade
 from scanfleet.provisioning.claims import Claim, secret_hash
 from support.broker import free_port
 from support.console import ConsoleServer, add_user, browser
-from support.console_seed import OFFLINE_DEVICE, seed_fleet
+from support.console_seed import OFFLINE_DEVICE, ONLINE_DEVICE, seed_fleet
 from support.pki import Fleet
 from support.postgres import PostgresCluster
 from support.prereq import require_executable
@@ -303,3 +303,19 @@ def test_pages_render_in_chinese_with_dates_in_the_persons_zone(
     page.select_option("select[name=language]", "en")
     page.wait_for_selector("html[lang=en]")
     assert page.inner_text("h2#alarms") == "Alarms"
+
+
+def test_the_device_page_masks_identity_data_and_shows_journal_and_gaps(
+    rig: dict[str, Any], ctx: Any
+) -> None:
+    url = rig["server"].url
+    page = sign_in(ctx, url, "viewer")
+    page.goto(f"{url}/devices/{ONLINE_DEVICE}")
+    records = page.inner_text("table.records")
+    assert "idre••••••••" in records
+    assert "idref-" not in page.content()
+    assert "sealed:" not in page.content()  # an ID-card record's value is masked too
+    assert "80000000000000308841" in records  # trace codes are not identity data
+    assert "2.3 / 64.0 MiB" in page.inner_text("#journal")
+    page.goto(f"{url}/devices/{OFFLINE_DEVICE}")
+    assert page.inner_text("tr[data-gap='4-4'] td:nth-child(2)") == "open"
