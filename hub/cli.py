@@ -14,6 +14,8 @@ from typing import Any
 HUB_COMMAND_MODULES = (
     "scanfleet.hub.commands.db",
     "scanfleet.hub.commands.ingest",
+    "scanfleet.hub.commands.audit",
+    "scanfleet.hub.commands.export",
     "scanfleet.hub.console.cli",
 )
 

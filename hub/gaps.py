@@ -21,6 +21,9 @@ from scanfleet.hub.ranges import Range, from_points, intersect, subtract
 
 log = logging.getLogger(__name__)
 
+REORDER_GRACE_S = 60.0
+"""A gap closed by ordinary arrivals this soon after it opened leaves no ``repaired`` row."""
+
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
@@ -112,10 +115,20 @@ def _sync(
             continue
         by_loss = intersect([gap], explained)
         status = "explained" if by_loss and not subtract([gap], explained + still) else "repaired"
-        conn.execute(
-            "UPDATE gaps SET status = %s, closed_at = now() WHERE gap_id = %s", (status, gap_id)
-        )
-        log.info("gap %s %d..%d of %s is %s", gap_id, gap[0], gap[1], device, status)
+        gone = 0
+        if status == "repaired" and not resends:
+            # Workers commit one device's batches in any order; a hole that fills within
+            # the grace time without a resend was reordering, not a loss: no history row.
+            gone = conn.execute(
+                "DELETE FROM gaps WHERE gap_id = %s AND opened_at > now() - %s * interval '1 s'",
+                (gap_id, REORDER_GRACE_S),
+            ).rowcount
+        if not gone:
+            conn.execute(
+                "UPDATE gaps SET status = %s, closed_at = now() WHERE gap_id = %s",
+                (status, gap_id),
+            )
+            log.info("gap %s %d..%d of %s is %s", gap_id, gap[0], gap[1], device, status)
         for a, b in still:
             conn.execute(
                 "INSERT INTO gaps (site, device, from_seq, to_seq, opened_at, resends,"
@@ -125,7 +138,7 @@ def _sync(
             )
             covered.append((a, b))
     for a, b in subtract(want_open, covered):
-        log.info("gap %d..%d of %s opened", a, b, device)
+        log.debug("gap %d..%d of %s opened", a, b, device)
         conn.execute(
             "INSERT INTO gaps (site, device, from_seq, to_seq) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING",

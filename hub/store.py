@@ -338,7 +338,8 @@ def _health(conn: Conn, topic: Topic, health: dict[str, Any]) -> None:
 
 
 def _resend_reply(conn: Conn, request_id: str, reply: dict[str, Any]) -> None:
-    status = "error" if "error" in reply else "ok"
+    # scanfleet.cmd-response/1 (daemon/control.py): ``ok`` says whether it ran.
+    status = "ok" if reply.get("ok") is True else "error"
     conn.execute(
         "UPDATE resend_requests SET status = %s, response = %s, answered_at = now()"
         " WHERE request_id = %s",

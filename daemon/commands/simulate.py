@@ -1,9 +1,10 @@
-"""``scanfleet simulate serial``: a pty barcode scanner for demos, tests and bench work."""
+"""``scanfleet simulate serial|idcard|fleet``: simulated devices for demos, tests and benches."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import signal
 import sys
 import threading
@@ -81,6 +82,47 @@ def register(subparsers: Any) -> None:
 
     register_idcard(sub)
 
+    fleet = sub.add_parser(
+        "fleet",
+        help="many lightweight terminals publishing chained records to a broker",
+        description=(
+            "N simulated terminals in one process, each its own MQTT 5 client with the real "
+            "envelope, topics, record hashing and retained state; they redeliver what was not "
+            "acknowledged and answer resend. Prints a JSON summary at the end."
+        ),
+    )
+    fleet.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    fleet.add_argument("--devices", type=int, default=100, help="terminals (default 100)")
+    fleet.add_argument("--sites", type=int, default=10, help="sites they spread over")
+    fleet.add_argument(
+        "--rate", type=float, default=0.5, help="records per second per terminal (default 0.5)"
+    )
+    fleet.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    fleet.add_argument(
+        "--disconnect-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="mean time between one terminal's random connection drops",
+    )
+    fleet.add_argument(
+        "--storm-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="every terminal drops and reconnects at once, this often",
+    )
+    fleet.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stay connected this long after the last record, answering resend (SIGTERM ends it)",
+    )
+    fleet.add_argument("--prefix", default="sim", help="device and site name prefix")
+    fleet.add_argument("--seed", type=int, default=0)
+    fleet.set_defaults(func=_fleet)
+
 
 def _serial(args: argparse.Namespace) -> int:
     from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
@@ -146,5 +188,47 @@ def _serial(args: argparse.Namespace) -> int:
         "naks_received": sim.naks_received,
         "retransmissions": sim.retransmissions,
     }
+    print(json.dumps(summary, sort_keys=True), flush=True)
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from scanfleet.daemon.config import BrokerConfig
+    from scanfleet.daemon.fleet_sim import FleetSettings, FleetSimulator
+
+    try:
+        broker = BrokerConfig(url=args.broker)
+    except ValueError as err:
+        print(f"scanfleet simulate fleet: bad --broker: {err}", file=sys.stderr)
+        return 2
+    if broker.tls or args.devices < 1 or args.rate < 0:
+        print(
+            "scanfleet simulate fleet: mqtt:// only, --devices >= 1, --rate >= 0", file=sys.stderr
+        )
+        return 2
+    settings = FleetSettings(
+        host=broker.host,
+        port=broker.port,
+        devices=args.devices,
+        sites=max(1, args.sites),
+        rate=args.rate,
+        duration=args.duration,
+        disconnect_every=args.disconnect_every,
+        storm_every=args.storm_every,
+        prefix=args.prefix,
+        seed=args.seed,
+        linger=args.linger,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    # One socket per terminal: lift the soft descriptor limit as far as allowed.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < args.devices + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    summary = FleetSimulator(settings, stop).run()
     print(json.dumps(summary, sort_keys=True), flush=True)
     return 0
