@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scanfleet.hub.db import connect, upgrade
 from support.console import ConsoleServer, add_user, browser
-from support.console_seed import OFFLINE_DEVICE, ONLINE_DEVICE, seed_fleet
+from support.console_seed import OFFLINE_DEVICE, ONLINE_DEVICE, SITE, seeded_hub
 from support.pki import Fleet
 from support.postgres import PostgresCluster, find_pg_bin
 
@@ -27,7 +27,7 @@ SHOTS = [
     ("device", f"/devices/{ONLINE_DEVICE}"),
     ("device-alarm", f"/devices/{OFFLINE_DEVICE}"),
     ("enrollment", "/enrollment"),
-    ("audit", "/audit?site=store-1"),
+    ("audit", f"/audit?site={SITE}"),
     ("people", "/people"),
     ("auditlog", "/auditlog"),
 ]
@@ -49,10 +49,11 @@ def main(argv: list[str]) -> int:
         dsn = cluster.dsn(cluster.create_database("screens"))
         with connect(dsn) as conn:
             upgrade(conn)
-        seed_fleet(dsn, work)
         add_user(dsn, "li.wei", PASSWORD, "admin")
         fleet = Fleet(work / "fleet")
-        fleet.device("store-1", ONLINE_DEVICE)
+        fleet.device(SITE, ONLINE_DEVICE)
+        seeding = seeded_hub(dsn, work)
+        seeding.__enter__()
         server = ConsoleServer(
             dsn,
             work,
@@ -87,6 +88,7 @@ def main(argv: list[str]) -> int:
                 page.screenshot(path=str(out / "overview-zh.png"), full_page=True)
         finally:
             server.stop()
+            seeding.__exit__(None, None, None)
     finally:
         cluster.destroy()
     return 0

@@ -119,7 +119,9 @@ def device_context(request: Request, sess: Session, device_id: str) -> dict[str,
         require_site(sess, dev["site"])
         ctx = {
             "dev": dev,
-            "health": dev["health"] or {},
+            # A terminal's health message has the fuller journal figures; its retained
+            # state has the essential ones (and is all a simulated terminal sends).
+            "health": dev["health"] or {"journal": (dev["last_state"] or {}).get("journal") or {}},
             "acks": queries.acks(db, dev["site"], device_id),
             "gaps": queries.gaps(db, device_id),
             "records": queries.recent_records(db, device_id),

@@ -22,7 +22,7 @@ from scanfleet.hub.db import connect, upgrade
 from scanfleet.provisioning.claims import Claim, secret_hash
 from support.broker import free_port
 from support.console import ConsoleServer, add_user, browser
-from support.console_seed import OFFLINE_DEVICE, ONLINE_DEVICE, seed_fleet
+from support.console_seed import OFFLINE_DEVICE, ONLINE_DEVICE, SIM_SITES, SITE, seeded_hub
 from support.pki import Fleet
 from support.postgres import PostgresCluster
 from support.prereq import require_executable
@@ -41,30 +41,38 @@ def rig(
     dsn = postgres_cluster.dsn(postgres_cluster.create_database("console"))
     with connect(dsn) as conn:
         upgrade(conn)
-    seed_fleet(dsn, work)
     for name, role, sites in (
         ("admin", "admin", ()),
         ("operator", "operator", ()),
         ("viewer", "viewer", ()),
-        ("store9", "operator", ("store-9",)),
+        ("scoped", "operator", (SIM_SITES[1],)),
         ("locked", "operator", ()),
     ):
         add_user(dsn, name, PASSWORD, role, *sites)
     fleet = Fleet(work / "fleet")
-    device_cert = fleet.device("store-1", OFFLINE_DEVICE)
+    device_cert = fleet.device(SITE, OFFLINE_DEVICE)
     ca = fleet.ca
-    server = ConsoleServer(
-        dsn,
-        work,
-        "--fleet-dir",
-        str(ca.paths.root),
-        "--enroll-url",
-        "mqtts://enroll.example.test:8884",
-        "--offline-after",
-        "120",
-    ).start()
-    yield {"dsn": dsn, "server": server, "ca": ca, "work": work, "device_cert": device_cert}
-    server.stop()
+    with seeded_hub(dsn, work):
+        server = ConsoleServer(
+            dsn,
+            work,
+            "--fleet-dir",
+            str(ca.paths.root),
+            "--enroll-url",
+            "mqtts://enroll.example.test:8884",
+            "--offline-after",
+            "120",
+        ).start()
+        try:
+            yield {
+                "dsn": dsn,
+                "server": server,
+                "ca": ca,
+                "work": work,
+                "device_cert": device_cert,
+            }
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +125,7 @@ def test_sign_in_find_the_offline_device_and_acknowledge_its_alarm(
     alarm.locator("button[name=ack]").click()
     page.wait_for_url(f"{url}/devices/{OFFLINE_DEVICE}#alarms")
     assert "acknowledged by operator" in page.locator("tr[data-alarm=journal_full]").inner_text()
-    assert ("operator", f"store-1/{OFFLINE_DEVICE}", "ok") in audit_rows(rig["dsn"], "alarm.ack")
+    assert ("operator", f"{SITE}/{OFFLINE_DEVICE}", "ok") in audit_rows(rig["dsn"], "alarm.ack")
 
 
 def test_a_claim_is_created_with_a_qr_code_that_reads_back_as_the_claim(
@@ -182,9 +190,11 @@ def test_a_viewer_sees_no_action_button_and_is_refused_with_403(
 
 def test_a_site_scoped_operator_sees_only_their_site(rig: dict[str, Any], ctx: Any) -> None:
     url = rig["server"].url
-    page = sign_in(ctx, url, "store9")
+    page = sign_in(ctx, url, "scoped")
     sites = page.locator("table.sites tbody tr td:first-child").all_inner_texts()
-    assert sites == ["store-9"]
+    assert sites == [SIM_SITES[1]]
+    shown = page.locator("table.devices tbody tr[data-device] td:first-child").all_inner_texts()
+    assert set(shown) == {SIM_SITES[1]}
     assert page.goto(f"{url}/devices/{OFFLINE_DEVICE}").status == 403
 
 
@@ -203,7 +213,7 @@ def test_an_admin_revokes_a_device_certificate_into_the_crl(rig: dict[str, Any],
     crl = x509.load_pem_x509_crl(rig["ca"].paths.crl.read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     assert page.locator(f"button[data-revoke='{OFFLINE_DEVICE}']").count() == 0
-    assert ("admin", f"store-1/{OFFLINE_DEVICE}", "revoked 1") in audit_rows(
+    assert ("admin", f"{SITE}/{OFFLINE_DEVICE}", "revoked 1") in audit_rows(
         rig["dsn"], "device.revoke"
     )
 

@@ -1,92 +1,182 @@
-"""A small hub database for the console's browser tests and screenshots.
+"""A hub database filled the way production fills it, for the console's tests and screenshots.
 
-Rows are written as the hub's ingest writes them (schema v1 tables): three sites, online
-terminals with health figures and records, one offline terminal with a critical alarm
-and an open gap.
+A private mosquitto, ``scanfleet hub ingest`` into the test's database, and
+``scanfleet simulate fleet`` (12 terminals in 3 sites, staying connected). Two more
+terminals are played by this module with the daemon's own record sealing and message
+models: one online at ``store-1`` with ID-card records and identity references and a
+health message, one that reported a full journal (a critical alarm), lost a record
+on the way (a gap) and then went offline.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from scanfleet.hub.db import connect
+from scanfleet.daemon.envelope import AlarmInfo, DeviceState, JournalSummary, state_payload
+from scanfleet.daemon.envelope import state_topic as _state_topic
+from scanfleet.daemon.health import health_topic
+from support.broker import MOSQUITTO_DIRS, running_mosquitto
+from support.hub import Chain, Publisher, query, start_ingest, stop, wait_for
+from support.prereq import require_executable
 
+SITE = "store-1"
 OFFLINE_DEVICE = "sf-00000000off1"
 ONLINE_DEVICE = "sf-000000000on1"
-OTHER_SITE_DEVICE = "sf-00000000s9d1"
-
-_HEALTH = {
-    "journal": {
-        "depth": 0,
-        "last_seq": 40,
-        "delivered_seq": 40,
-        "oldest_undelivered_age_s": None,
-        "size_bytes": 2_400_000,
-        "budget_bytes": 64 * 1024 * 1024,
-    },
-    "version": "0.1.0",
-    "clock": "synced",
-    "config_version": 3,
-    "cert_not_after": "2027-03-01T00:00:00+00:00",
-}
+SIM_DEVICES = 12
+SIM_SITES = ("sim-site-000", "sim-site-001", "sim-site-002")
+ALARM_SINCE = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 
 
-def seed_fleet(dsn: str, work: Path) -> None:
-    """Fill *dsn* (already upgraded) with the test fleet."""
-    del work
-    alarm = {
-        "code": "journal_full",
-        "message": "journal full: new scans are refused",
-        "severity": "critical",
-        "since": "2026-12-07T08:00:00+00:00",
-        "details": {},
-    }
-    warning = {
-        **alarm,
-        "code": "clock_unsynced",
-        "message": "clock not synced",
-        "severity": "warning",
-    }
-    with connect(dsn) as conn:
-        conn.execute(
-            "INSERT INTO devices (device, site, online, last_seen, alarms, version, records,"
-            " last_seq, contiguous_seq, produced_seq, delivered_seq) VALUES"
-            " (%s, 'store-1', false, now() - interval '2 hours', %s, '0.1.0', 3, 5, 3, 9, 5),"
-            " (%s, 'store-1', true, now(), '[]', '0.1.0', 40, 40, 40, 40, 40),"
-            " (%s, 'store-9', true, now(), '[]', '0.1.0', 0, 0, 0, 0, 0)",
-            (OFFLINE_DEVICE, json.dumps([alarm]), ONLINE_DEVICE, OTHER_SITE_DEVICE),
+def _state(device: str, *, online: bool, last: int, delivered: int, alarms: bool) -> bytes:
+    alarm = AlarmInfo(
+        code="journal_full",
+        message="journal full: new scans are refused",
+        severity="critical",
+        since=ALARM_SINCE,
+    )
+    journal = JournalSummary(
+        depth=last - delivered,
+        last_seq=last,
+        delivered_seq=delivered,
+        oldest_undelivered_age_s=600.0 if last > delivered else None,
+    )
+    return state_payload(
+        DeviceState(
+            device=device,
+            site=SITE,
+            online=online,
+            version="0.1.0",
+            boot_id=None,
+            journal=journal if online else None,
+            alarms=[alarm] if alarms else [],
+            time=datetime.now(UTC),
         )
-        # More terminals of store-1 and store-12, online, one with a warning.
-        for i in range(2, 12):
-            site = "store-1" if i < 7 else "store-12"
-            conn.execute(
-                "INSERT INTO devices (device, site, online, last_seen, alarms, version, records,"
-                " last_seq, contiguous_seq, produced_seq, delivered_seq)"
-                " VALUES (%s, %s, true, now() - interval '10 seconds', %s, '0.1.0', 0, 0, 0, 0, 0)",
-                (f"sf-0000000000{i:02d}", site, json.dumps([warning] if i == 8 else [])),
-            )
-        conn.execute(
-            "INSERT INTO health (device, site, time, payload)"
-            " SELECT device, site, now(), %s FROM devices WHERE online",
-            (json.dumps(_HEALTH),),
-        )
-        conn.execute(
-            "INSERT INTO gaps (site, device, from_seq, to_seq) VALUES ('store-1', %s, 4, 4)",
-            (OFFLINE_DEVICE,),
-        )
-        conn.execute("SELECT hub_ensure_partition(now())")
-        conn.execute(
-            "INSERT INTO records (id, site, device, seq, type, kind, value, verdict, operation,"
-            " time, identity_ref, hash, prev_hash, hash_ok, payload)"
-            " SELECT %(d)s || ':' || s, 'store-1', %(d)s, s,"
-            "  CASE WHEN s %% 10 = 0 THEN 'idcard' ELSE 'scan' END,"
-            "  CASE WHEN s %% 10 = 0 THEN NULL ELSE 'trace20' END,"
-            "  CASE WHEN s %% 10 = 0 THEN 'sealed:' || md5(s::text)"
-            "       ELSE '8' || lpad((s * 7919)::text, 19, '0') END,"
-            "  'accepted', 'retail_sale', now() - (40 - s) * interval '1 minute',"
-            "  CASE WHEN s %% 5 = 1 THEN 'idref-' || md5(s::text) END,"
-            "  md5(s::text), md5((s - 1)::text), true, '\\x7b7d'::bytea"
-            " FROM generate_series(1, 40) AS s",
-            {"d": ONLINE_DEVICE},
-        )
+    )
+
+
+def _health(device: str, last: int) -> bytes:
+    return json.dumps(
+        {
+            "schema": "scanfleet.health/1",
+            "device": device,
+            "site": SITE,
+            "version": "0.1.0",
+            "time": datetime.now(UTC).isoformat(),
+            "journal": {
+                "depth": 0,
+                "last_seq": last,
+                "delivered_seq": last,
+                "oldest_undelivered_age_s": None,
+                "size_bytes": 2_400_000,
+                "budget_bytes": 64 * 1024 * 1024,
+            },
+            "scans_per_min": {"accepted": 4},
+            "devices": {"counter": "bound"},
+            "alarms": [],
+            "clock": "synced",
+            "disk_free_bytes": 10_000_000_000,
+            "process": {"cpu_percent": 1.0, "rss_bytes": 40_000_000, "uptime_s": 3600.0},
+            "cert_not_after": "2027-03-01T00:00:00+00:00",
+            "config_version": 3,
+        }
+    ).encode()
+
+
+def _play_terminals(publisher: Publisher) -> None:
+    now = datetime.now(UTC)
+    online = Chain(SITE, ONLINE_DEVICE, start=now - timedelta(minutes=41))
+    for seq in range(1, 41):
+        body: dict[str, object] = {"value": f"8{seq * 7919:019d}"}
+        if seq % 10 == 0:
+            body = {"type": "idcard", "kind": None, "value": f"sealed:{seq:08x}"}
+        if seq % 5 == 1:
+            body["identity_ref"] = f"idref-{seq:08x}"
+        online.add(**body)
+    publisher.send(online.topic, online.batch(1, 40))
+    publisher.send(
+        _state_topic(SITE, ONLINE_DEVICE),
+        _state(ONLINE_DEVICE, online=True, last=40, delivered=40, alarms=False),
+        retain=True,
+    )
+    publisher.send(health_topic(SITE, ONLINE_DEVICE), _health(ONLINE_DEVICE, 40))
+
+    offline = Chain(SITE, OFFLINE_DEVICE, start=now - timedelta(hours=3))
+    for _ in range(9):
+        offline.add()
+    publisher.send(offline.topic, offline.batch(1, 3))
+    publisher.send(offline.topic, offline.batch(5, 5))  # seq 4 never arrives: a gap
+    publisher.send(
+        _state_topic(SITE, OFFLINE_DEVICE),
+        _state(OFFLINE_DEVICE, online=True, last=9, delivered=5, alarms=True),
+        retain=True,
+    )
+    # What the broker's will says when the terminal disappears.
+    publisher.send(
+        _state_topic(SITE, OFFLINE_DEVICE),
+        _state(OFFLINE_DEVICE, online=False, last=9, delivered=5, alarms=False),
+        retain=True,
+    )
+
+
+@contextmanager
+def seeded_hub(dsn: str, work: Path) -> Iterator[None]:
+    """Fill *dsn* (already upgraded) through the broker and ingest; keep the fleet running."""
+    executable = require_executable("mosquitto", *MOSQUITTO_DIRS)
+    with running_mosquitto(executable, work / "seed-broker") as broker:
+        url = f"mqtt://{broker.host}:{broker.port}"
+        ingest = start_ingest(dsn, url, work, "--no-repair", name="seed-ingest")
+        sim: subprocess.Popen[bytes] | None = None
+        try:
+            wait_for(lambda: "subscribed" in (work / "seed-ingest.log").read_text(), 60, "ingest")
+            with (work / "simulate.log").open("ab") as log:
+                sim = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "scanfleet.daemon",
+                        "simulate",
+                        "fleet",
+                        "--broker",
+                        url,
+                        "--devices",
+                        str(SIM_DEVICES),
+                        "--sites",
+                        str(len(SIM_SITES)),
+                        "--rate",
+                        "2",
+                        "--duration",
+                        "3",
+                        "--linger",
+                        "3600",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            publisher = Publisher(broker.host, broker.port)
+            try:
+                _play_terminals(publisher)
+            finally:
+                publisher.close()
+
+            def complete() -> bool:
+                rows = query(
+                    dsn,
+                    "SELECT count(*), count(*) FILTER (WHERE device = %s AND NOT online),"
+                    " (SELECT count(*) FROM gaps WHERE device = %s AND status = 'open')"
+                    " FROM devices",
+                    (OFFLINE_DEVICE, OFFLINE_DEVICE),
+                )
+                return rows == [(SIM_DEVICES + 2, 1, 1)]
+
+            wait_for(complete, 60, "the seeded fleet in the hub")
+            yield
+        finally:
+            if sim is not None:
+                stop(sim)
+            stop(ingest)
