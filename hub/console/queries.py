@@ -229,31 +229,6 @@ def audit_days(db: Connection[Any], site: str, since: date, until: date, tz: str
     )
 
 
-def audit_devices(db: Connection[Any], site: str, day: date, tz: str) -> list[Row]:
-    """Per device of *site* on *day*: records, seq span, its open gaps and chain breaks."""
-    return _rows(
-        db,
-        """
-        SELECT d.device, d.contiguous_seq, d.last_seq, d.produced_seq,
-               coalesce(r.records, 0) AS records, r.first_seq, r.last_seq_day,
-               (SELECT count(*) FROM gaps g WHERE g.device = d.device AND g.status = 'open')
-                   AS open_gaps,
-               (SELECT count(*) FROM gaps g WHERE g.device = d.device
-                   AND g.status = 'explained') AS explained_gaps,
-               (SELECT count(*) FROM chain_breaks c WHERE c.device = d.device) AS chain_breaks
-        FROM devices d LEFT JOIN (
-            SELECT device, count(*) AS records, min(seq) AS first_seq, max(seq) AS last_seq_day
-            FROM records
-            WHERE site = %(site)s
-              AND time >= (%(day)s::date::timestamp AT TIME ZONE %(tz)s)
-              AND time < ((%(day)s::date + 1)::timestamp AT TIME ZONE %(tz)s)
-            GROUP BY device) r ON r.device = d.device
-        WHERE d.site = %(site)s ORDER BY d.device
-        """,
-        {"site": site, "day": day, "tz": tz},
-    )
-
-
 def audit_log(db: Connection[Any], limit: int = 200) -> list[Row]:
     """The newest lines of the console's own audit log."""
     return _rows(

@@ -329,3 +329,29 @@ def test_the_device_page_masks_identity_data_and_shows_journal_and_gaps(
     assert "2.3 / 64.0 MiB" in page.inner_text("#journal")
     page.goto(f"{url}/devices/{OFFLINE_DEVICE}")
     assert page.inner_text("tr[data-gap='4-4'] td:nth-child(2)") == "open"
+
+
+def test_completeness_drills_down_to_the_hubs_audit_of_each_device_and_exports_csv(
+    rig: dict[str, Any], ctx: Any
+) -> None:
+    url = rig["server"].url
+    page = sign_in(ctx, url, "viewer")
+    page.goto(f"{url}/audit")
+    assert page.locator("table.sites tbody tr").count() == 1 + len(SIM_SITES)
+    page.click(f"table.sites a[href='/audit?site={SITE}']")
+    day = page.locator("table.days tbody tr a").first
+    day.click()
+    row = page.locator(f"table.drill tr[data-device='{OFFLINE_DEVICE}']")
+    cells = row.locator("td").all_inner_texts()
+    assert cells[6].strip() == "4\u20134"  # the open gap (en dash)
+    assert cells[-1] == "80.00 %"  # 4 of the 5 delivered records held
+    online = page.locator(f"table.drill tr[data-device='{ONLINE_DEVICE}'] td").all_inner_texts()
+    assert online[-1] == "100.00 %"
+    csv_url = page.url + "&format=csv"
+    answer = ctx.request.get(csv_url)
+    assert answer.headers["content-type"].startswith("text/csv")
+    lines = answer.text().splitlines()
+    assert lines[0].startswith("site,device,records_day")
+    assert any(
+        line.startswith(f"{SITE},{OFFLINE_DEVICE},") and "[[4, 4]]" in line for line in lines
+    )
