@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import tomllib
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -142,6 +143,38 @@ def acknowledge(request: Request, sess: Session, form: FormData) -> Response:
     return RedirectResponse(f"/devices/{device}#alarms", status_code=303)
 
 
+def _note_resend(request: Request, site: str, device: str, span: dict[str, int]) -> str:
+    """Record a person's resend in the hub's books, as the hub's own repairer does.
+
+    The open gaps it covers count the resend (so a gap it fills is ``repaired``, not
+    mistaken for reordering) and ``resend_requests`` gets a row with the answer later.
+    """
+    request_id = uuid.uuid4().hex
+    with console(request).db() as db:
+        gap = db.execute(
+            "UPDATE gaps SET resends = resends + 1, last_resend_at = now()"
+            " WHERE device = %s AND status = 'open' AND from_seq <= %s AND to_seq >= %s"
+            " RETURNING gap_id",
+            (device, span["to_seq"], span["from_seq"]),
+        ).fetchone()
+        db.execute(
+            "INSERT INTO resend_requests (request_id, site, device, gap_id, from_seq, to_seq)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (request_id, site, device, gap[0] if gap else None, span["from_seq"], span["to_seq"]),
+        )
+    return request_id
+
+
+def _note_reply(request: Request, request_id: str, reply: dict[str, Any] | None) -> None:
+    status = "timeout" if reply is None else ("ok" if reply.get("ok") else "error")
+    with console(request).db() as db:
+        db.execute(
+            "UPDATE resend_requests SET status = %s, response = %s, answered_at = now()"
+            " WHERE request_id = %s",
+            (status, json.dumps(reply) if reply is not None else None, request_id),
+        )
+
+
 def _range(form: FormData) -> dict[str, int]:
     span = {"from_seq": _seq(form, "from_seq"), "to_seq": _seq(form, "to_seq")}
     if span["to_seq"] < span["from_seq"]:
@@ -167,7 +200,10 @@ def command(request: Request, sess: Session, form: FormData) -> Response:
             args = _range(form)
         elif name == "rebind" and field_text(form, "device_name"):
             args = {"device": field_text(form, "device_name")}
+        request_id = _note_resend(request, site, device, args) if name == "resend" else None
         reply = Fleet(console(request).settings).command(f"{site}/{device}", name, args)
+        if request_id is not None:
+            _note_reply(request, request_id, reply)
     except (ValueError, FleetUnavailable, OSError) as err:
         audit(request, sess.user.username, f"cmd.{name}", f"{site}/{device}", f"error: {err}")
         result = {"command": name, "error": str(err), "reply": None}

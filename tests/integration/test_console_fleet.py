@@ -230,9 +230,10 @@ def test_a_resend_requested_from_the_console_repairs_the_gap(
 
     def repaired() -> bool:
         page.goto(f"{url}/devices/{DEVICE}")
-        return page.inner_text(f"tr[data-gap='{gap}'] td:nth-child(2)") == "repaired"
+        row = page.locator(f"tr[data-gap='{gap}'] td:nth-child(2)")
+        return row.count() == 1 and row.inner_text() == "repaired"
 
-    assert _wait(repaired, 60), page.inner_text("table.gaps")
+    assert _wait(repaired, 60), page.inner_text("main")
     back = query(
         dsn,
         "SELECT count(*) FROM records WHERE device = %s AND seq BETWEEN %s AND %s",
@@ -242,6 +243,10 @@ def test_a_resend_requested_from_the_console_repairs_the_gap(
     assert query(dsn, "SELECT target, result FROM console_audit WHERE action = 'cmd.resend'") == [
         (f"{SITE}/{DEVICE}", "ok")
     ]
+    # In the hub's books like one of its own repairs.
+    assert query(
+        dsn, "SELECT from_seq, to_seq, status FROM resend_requests WHERE device = %s", (DEVICE,)
+    ) == [(first_gone, last_gone, "ok")]
 
 
 def test_the_overview_updates_live_and_status_and_diagnostics_answer(
