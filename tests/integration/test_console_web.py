@@ -313,6 +313,10 @@ def test_pages_render_in_chinese_with_dates_in_the_persons_zone(
     page.select_option("select[name=language]", "en")
     page.wait_for_selector("html[lang=en]")
     assert page.inner_text("h2#alarms") == "Alarms"
+    page.fill("header input[name=timezone]", "Europe/Berlin")
+    page.click("header button.small")
+    page.wait_for_selector("header input[name=timezone][value='Europe/Berlin']")
+    assert "2026-12-07 09:00:00" in page.locator("tr[data-alarm=journal_full]").inner_text()
 
 
 def test_the_device_page_masks_identity_data_and_shows_journal_and_gaps(
