@@ -182,6 +182,7 @@ def login(db: Connection[Any], username: str, password: str, address: str) -> tu
     :class:`AuthError` for a wrong password, unknown or disabled account.
     """
     db.execute("DELETE FROM console_login_failures WHERE at < now() - %s", (FAILURE_WINDOW,))
+    db.execute("DELETE FROM console_sessions WHERE expires_at < now()")
     _check_rate(db, username, address)
     row = db.execute(
         "SELECT u.id, u.username, u.role, u.sites, u.language, u.timezone, u.password_hash,"

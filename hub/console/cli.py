@@ -140,6 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=args.forwarded_allow_ips if args.behind_proxy else None,
         log_level="warning",
         access_log=False,
+        # Open event streams never end by themselves: give them a moment, then stop.
+        timeout_graceful_shutdown=5,
     )
     return 0
 
