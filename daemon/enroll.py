@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import secrets
 import ssl
 import time
@@ -42,6 +41,7 @@ from scanfleet.daemon.config import BrokerConfig, Config
 from scanfleet.daemon.errors import EnrollmentError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.model import NAME_PATTERN, valid_name
+from scanfleet.daemon.statefiles import write_atomic
 from scanfleet.provisioning.claims import Claim, ClaimError
 
 log = logging.getLogger(__name__)
@@ -141,25 +141,12 @@ class DeviceTLS:
         return self.root / "enrollment.json"
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # O_EXCL with the final mode: the key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_device_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Store the device key in *path*, created with mode 0600 (replacing any older one)."""
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_atomic(path, pem, 0o600)
+    write_atomic(path, pem, 0o600)
 
 
 def load_device_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -307,9 +294,9 @@ def _store(
 ) -> tuple[x509.Certificate, dict[str, Any]]:
     pem, broker_url = _refuse_unless_ok(response)
     cert = x509.load_pem_x509_certificate(pem.encode())
-    _write_atomic(tls.cert, pem.encode(), 0o644)
+    write_atomic(tls.cert, pem.encode(), 0o644)
     meta = {**meta, "broker_url": broker_url}
-    _write_atomic(tls.meta, json.dumps(meta, sort_keys=True).encode(), 0o644)
+    write_atomic(tls.meta, json.dumps(meta, sort_keys=True).encode(), 0o644)
     return cert, meta
 
 

@@ -95,7 +95,11 @@ class RemoteCommands:
         handler = self._handlers.get(name)
         if handler is None:
             raise CommandError("unknown_command", f"unknown command {name[:64]!r}")
-        return handler(args)
+        try:
+            reply: dict[str, Any] = self.daemon.redactor.data(handler(args))
+        except CommandError as err:
+            raise CommandError(err.code, self.daemon.redactor.text(err.message)) from err
+        return reply
 
     # -- read-only --------------------------------------------------------------------------
 
@@ -138,9 +142,7 @@ class RemoteCommands:
     def diagnostics(self, args: dict[str, Any]) -> dict[str, Any]:
         """A bounded bundle: versions, running config (secrets out), log lines, journal stats."""
         d = self.daemon
-        config = d.config.model_dump(mode="json")
-        if config.get("local_api", {}).get("token"):
-            config["local_api"]["token"] = "<redacted>"  # noqa: S105 - a placeholder
+        config = d.config.model_dump(mode="json")  # redacted with the whole reply by run()
         stats = d.journal.stats()
         lines = list(self.recent_log.lines) if self.recent_log else []
         bundle: dict[str, Any] = {

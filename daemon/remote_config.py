@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scanfleet.daemon.config import Config, validate_config
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.model import NAME_PATTERN
+from scanfleet.daemon.statefiles import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +346,8 @@ class RemoteConfig:
             if self.last_report
             else None,
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        # 0600: a pushed local_api.token is in there.
+        write_atomic(self.path, json.dumps(data).encode(), 0o600)
 
     # -- composition at start and reload ----------------------------------------------------
 

@@ -8,6 +8,7 @@ close the journal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from scanfleet.daemon import __version__
+from scanfleet.daemon import __version__, redact
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.control import ControlChannel
@@ -29,11 +30,13 @@ from scanfleet.daemon.errors import ConfigError, EnrollmentError
 from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.local_api import LocalApi
+from scanfleet.daemon.local_api import LocalApi, read_token
 from scanfleet.daemon.pipeline import Pipeline
 from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.redact import Redactor
 from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
 from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
+from scanfleet.daemon.statefiles import secure_state_dir
 from scanfleet.daemon.status import STATUS_FILE
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,15 @@ def journal_path(config: Config) -> Path:
     return config.paths.journal_file
 
 
+def config_secrets(config: Config) -> list[str | None]:
+    """The secret values of *config*: broker password, local API token (also from its file)."""
+    found = [config.broker.password, config.local_api.token]
+    if config.local_api.token_file is not None:
+        with contextlib.suppress(ConfigError):
+            found.append(read_token(config.local_api))
+    return found
+
+
 class Daemon:
     """One running scanfleet daemon."""
 
@@ -72,6 +84,12 @@ class Daemon:
     ) -> None:
         self.file_config = config
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
+        # The process umask is set by 'scanfleet run' (statefiles.restrict_umask); the
+        # state dir is tightened here too, for an earlier run that left it open.
+        secure_state_dir(config.paths.state_dir)
+        self.redactor = Redactor(config_secrets(config))
+        """Every log line, diagnostics and command reply goes through it."""
+        redact.install(self.redactor)
         self.config = config
         self.config_path = config_path
         self.alarms = AlarmSet()
@@ -84,7 +102,6 @@ class Daemon:
         self._apply_lock = threading.RLock()
         self.workers: dict[str, DeviceWorker] = {}
         # A pushed config overlay (state dir) runs on top of the file from the start.
-        config.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.remote = RemoteConfig(
             config.paths.state_dir,
             self.identity.device,
@@ -93,6 +110,7 @@ class Daemon:
             report=self._report_config,
         )
         config = self.remote.compose(config)
+        self.redactor.add(*config_secrets(config))
         self.config = config
         self.journal = Journal(
             journal_path(config),
@@ -127,6 +145,7 @@ class Daemon:
             {self.identity.site: "<site>", self.identity.device: "<device>"}
         )
         logging.getLogger().addHandler(self.recent_log)
+        redact.install(self.redactor)
         self.commands = RemoteCommands(self, self.recent_log)
         self.control = ControlChannel(
             self.identity.site,
@@ -278,6 +297,7 @@ class Daemon:
 
     def _apply_local_api(self, new: Config) -> list[str]:
         """A new token at once; where and whether the API listens only at a restart."""
+        self.redactor.add(*config_secrets(new))
         if self.local_api is not None:
             return self.local_api.update_config(new.local_api)
         return ["local_api.enabled"] if new.local_api.enabled else []

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scanfleet.provisioning.ca import FleetPaths
+
 DEFAULT_MAX_QUEUED = 1_000_000
 """Per-client queue of a disconnected persistent session (a backend catching up after
 an outage must not lose scans; mosquitto's default of 1000 would drop them)."""
@@ -61,3 +63,21 @@ log_type warning
 log_type notice
 log_type information
 connection_messages true"""
+
+
+def certificate_listener(port: int, bind: str | None, paths: FleetPaths, acl_file: Path) -> str:
+    """A TLS listener that requires a fleet certificate (CRL-checked), names the client
+    by its CN (username *and* client id, whatever it sent) and applies *acl_file*."""
+    where = f" {bind}" if bind else ""
+    return f"""listener {port}{where}
+protocol mqtt
+cafile {paths.ca_cert}
+certfile {paths.server_cert}
+keyfile {paths.server_key}
+crlfile {paths.crl}
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
+tls_version tlsv1.2
+allow_anonymous false
+acl_file {acl_file}"""

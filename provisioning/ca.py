@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from scanfleet.daemon.model import valid_name
+from scanfleet.daemon.statefiles import write_atomic
 from scanfleet.provisioning.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -95,15 +96,10 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret file atomically, created 0600 (never readable by others, not even briefly)."""
+    # The directory keeps the default mode: ca/ also holds ca.pem and crl.pem, which
+    # the broker's account must reach.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:

@@ -18,8 +18,9 @@ Two listeners:
   checked on the id the client *sends*, so the service sends an ``enroll-`` id too.
 
 The process is bounded: no persistence, ``max_packet_size`` a few KiB above the largest
-request, at most 10 in-flight and 10 queued messages (64 KiB) per client, and the
-generated systemd unit caps its memory.
+request, at most 10 in-flight and 10 queued messages (64 KiB) per client, no retained
+messages, sessions that expire within an hour, ``memory_limit``, and the generated
+systemd unit caps its memory again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scanfleet.provisioning.broker_layout import BrokerLayout, common_settings
+from scanfleet.provisioning.broker_layout import (
+    BrokerLayout,
+    certificate_listener,
+    common_settings,
+)
 from scanfleet.provisioning.ca import FleetCA, Role, write_public
 
 ENROLL_CLIENT_PREFIX = "enroll-"
@@ -35,6 +40,9 @@ ENROLL_CLIENT_PREFIX = "enroll-"
 MAX_ENROLL_PACKET = 16 * 1024
 """Largest packet on the enrollment broker: a renewal request (CSR, certificate, proof,
 topic) is under 3 KiB, a response (certificate and CA) under 3 KiB."""
+ENROLL_MEMORY_LIMIT = 128 << 20
+"""mosquitto's own ``memory_limit``: past it, it refuses new messages and connections
+instead of growing."""
 ENROLL_MEMORY_MAX = "256M"
 """systemd ``MemoryMax`` of the enrollment broker: whatever anonymous clients do, it
 cannot take the host's memory (the device broker lives beside it)."""
@@ -89,6 +97,11 @@ max_inflight_messages 10
 max_queued_messages 10
 max_queued_bytes 65536
 max_keepalive 60
+# Nothing an anonymous client leaves behind may outlive it for long: no retained
+# messages at all, sessions (clean_start false) gone an hour after the disconnect.
+retain_available false
+persistent_client_expiration 1h
+memory_limit {ENROLL_MEMORY_LIMIT}
 
 # Enrollment: server authentication only; own enrollment topics only.
 listener {layout.enroll_port}{bind}
@@ -103,18 +116,7 @@ allow_zero_length_clientid false
 acl_file {files.enroll_acl}
 
 # The enrollment service ('fleet serve'), on the broker host only.
-listener {layout.service_port} {layout.service_bind}
-protocol mqtt
-cafile {paths.ca_cert}
-certfile {paths.server_cert}
-keyfile {paths.server_key}
-crlfile {paths.crl}
-require_certificate true
-use_identity_as_username true
-use_username_as_clientid true
-tls_version tlsv1.2
-allow_anonymous false
-acl_file {files.service_acl}
+{certificate_listener(layout.service_port, layout.service_bind, paths, files.service_acl)}
 """
 
 
@@ -159,5 +161,5 @@ def write_enroll_broker(
     write_public(files.enroll_acl, enroll_acl().encode())
     write_public(files.service_acl, service_acl(identities).encode())
     write_public(files.conf, enroll_conf(ca, layout, files).encode())
-    write_public(files.unit, enroll_unit(files.conf).encode())
+    write_public(files.unit, enroll_unit(files.conf.resolve()).encode())
     return files

@@ -9,7 +9,7 @@ import pytest
 
 from scanfleet.drivers import virtual
 from support.broker import MOSQUITTO_DIRS, Mosquitto
-from support.pki import Fleet, FleetBroker, make_fleet
+from support.pki import Fleet, FleetBroker, TLSClient, make_fleet
 from support.prereq import require_executable
 
 
@@ -59,6 +59,15 @@ def channel(request: pytest.FixtureRequest) -> Iterator[str]:
     virtual.reset(name)
     yield name
     virtual.reset(name)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[TLSClient]]:
+    """The TLS test clients a test makes (append them), closed after it."""
+    made: list[TLSClient] = []
+    yield made
+    for client in made:
+        client.close()
 
 
 # The private PostgreSQL cluster (session) and a fresh database per test, for the hub.

@@ -12,6 +12,7 @@ from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, load_config
 from scanfleet.daemon.enroll import CLAIM_FILE, ensure_enrolled
 from scanfleet.daemon.errors import ConfigError, EnrollmentError, IdentityError
 from scanfleet.daemon.identity import resolve_identity
+from scanfleet.daemon.statefiles import write_atomic
 from scanfleet.provisioning.claims import Claim, ClaimError
 
 
@@ -44,9 +45,8 @@ def _enroll(args: argparse.Namespace) -> int:
         if args.claim:
             Claim.parse(args.claim)
             path = config.paths.state_dir / CLAIM_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(args.claim.strip() + "\n", encoding="utf-8")
-            path.chmod(0o600)
+            # Created 0600 with os.open: never readable by others, not even briefly.
+            write_atomic(path, args.claim.strip().encode() + b"\n", 0o600)
         enrolled = ensure_enrolled(
             config, resolve_identity(config), timeout=args.timeout, force=bool(args.claim)
         )

@@ -99,7 +99,10 @@ def register(subparsers: Any) -> None:
     crl.add_argument("--reload-command", help="e.g. 'systemctl reload mosquitto'")
     crl.set_defaults(func=_crl)
 
-    conf = sub.add_parser("broker-config", help="write mosquitto.conf and ACL files")
+    conf = sub.add_parser(
+        "broker-config",
+        help="write the device and enrollment brokers' configs, ACLs and the enrollment unit",
+    )
     conf.add_argument("--out", type=Path, required=True, help="directory for the files")
     conf.add_argument(
         "--host",
@@ -247,7 +250,7 @@ def _identity(args: argparse.Namespace) -> int:
     except CAError as err:
         return _fail(str(err))
     print(f"{role_common_name(Role(args.role), args.name)}: {cert} {key}")
-    print("regenerate the broker config (fleet broker-config) and reload the broker")
+    print("regenerate the broker config (fleet broker-config) and reload both brokers")
     return 0
 
 

@@ -12,6 +12,7 @@ from scanfleet.daemon.commands.config import print_config_error
 from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
 from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, ScanfleetError
+from scanfleet.daemon.statefiles import restrict_umask
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The daemon process's files are private whatever umask it was started with
+    # (the shipped unit sets UMask=0027; a shell usually has 022).
+    restrict_umask()
     try:
         config, path = _load(args)
     except ConfigError as err:

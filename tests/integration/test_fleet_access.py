@@ -42,14 +42,6 @@ def broker(tmp_path: Path, fleet: Fleet, creds: dict[str, Credentials]) -> Itera
     mosq.close()
 
 
-@pytest.fixture
-def clients() -> Iterator[list[TLSClient]]:
-    made: list[TLSClient] = []
-    yield made
-    for client in made:
-        client.close()
-
-
 def connect(
     broker: FleetBroker,
     fleet: Fleet,

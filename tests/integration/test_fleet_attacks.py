@@ -66,14 +66,6 @@ def service(
     thread.join(10)
 
 
-@pytest.fixture
-def clients() -> Iterator[list[TLSClient]]:
-    made: list[TLSClient] = []
-    yield made
-    for client in made:
-        client.close()
-
-
 def client(
     clients: list[TLSClient],
     port: int,
@@ -163,6 +155,7 @@ def test_oversized_publish_on_the_enrollment_port_is_refused(
     assert attacker.connected(), attacker.error
     attacker.client.publish("scanfleet/v1/enroll/enroll-big/request", b"x" * (16 << 20), qos=1)
     assert attacker.wait(lambda: attacker.error is not None, timeout=60), "not disconnected"
+    assert "enroll-big disconnected due to oversize packet" in fleet_broker.enroll.log()
     assert fleet_broker.enroll.proc is not None
     assert _vm_hwm_kib(fleet_broker.enroll.proc.pid) < 200 * 1024
     # A request just under the limit still goes through; the device broker is untouched.
@@ -173,6 +166,16 @@ def test_oversized_publish_on_the_enrollment_port_is_refused(
         < 0x80
     )
     assert victim.error is None
+
+
+def test_anonymous_client_cannot_leave_retained_messages(
+    fleet: Fleet, fleet_broker: FleetBroker, clients: list[TLSClient]
+) -> None:
+    # One retained 16 KiB message per made-up client id would pile up in memory.
+    attacker = client(clients, fleet_broker.enroll_port, fleet, None, "enroll-pile")
+    assert attacker.connected(), attacker.error
+    attacker.client.publish("scanfleet/v1/enroll/enroll-pile/request", b"x", qos=1, retain=True)
+    assert attacker.wait(lambda: attacker.error is not None, timeout=30), "retained accepted"
 
 
 def test_old_certificate_is_refused_and_thrown_off_after_re_enrollment(

@@ -111,6 +111,7 @@ class Rig:
             host=self.broker.host,
             port=self.broker.service_port,
             admin_socket=self.broker.admin_socket,
+            reload_command=f"kill -HUP {self.broker.proc.pid if self.broker.proc else 0}",
             cert_file=str(self.creds["svc"].cert),
             key_file=str(self.creds["svc"].key),
             broker_url=f"mqtts://{self.broker.host}:{self.broker.port}",
@@ -423,14 +424,25 @@ def test_rotate_cert_renews_the_enrolled_certificate_early(rig: Rig) -> None:
     daemon = rig.start_daemon()
     cert_path = rig.state_dir / "tls" / "device.pem"
     before = cert_path.read_bytes()
+    (rig.state_dir / "old.pem").write_bytes(before)
+    (rig.state_dir / "old.key").write_bytes((rig.state_dir / "tls" / "device.key").read_bytes())
     rig.ops.request(f"{PREFIX}/cmd/rotate-cert", b"", b"rot")
     reply = rig.ops.reply(b"rot", timeout=90)
     assert reply["ok"] is True, reply
     assert cert_path.read_bytes() != before, "a new certificate (and key) on disk"
     assert reply["result"]["not_after"] == daemon.cert_not_after.isoformat()  # type: ignore[union-attr]
-    # The running connection carries on; the renewed files are used from the next one.
+    # The old certificate is revoked: its session was thrown off, and the daemon is
+    # back on the broker with the renewed files.
+    old = Client(
+        rig.broker.port,
+        rig.fleet.ca_file,
+        Credentials(rig.state_dir / "old.pem", rig.state_dir / "old.key", 0),
+        client_id="old",
+    )
     rig.ops.request(f"{PREFIX}/cmd/status", b"", b"after-rot")
     assert rig.ops.reply(b"after-rot")["ok"] is True
+    assert not old.connected(timeout=10)
+    old.close()
 
 
 OLD_TOKEN = "old-token-0123456789abcdef"  # noqa: S105 - test token
@@ -478,3 +490,10 @@ def test_pushed_local_api_token_takes_effect_at_once(rig: Rig) -> None:
     assert report["restart_required"] == ["local_api.websocket_port"]
     assert daemon.local_api is not None
     assert daemon.local_api.websocket_port is None
+
+    # Diagnostics (config, recent log lines) name neither the old nor the new token.
+    assert rig.ops.request(f"{PREFIX}/cmd/diagnostics", b"{}", b"diag") < 0x80
+    diagnostics = json.dumps(rig.ops.reply(b"diag"))
+    assert '"ok": true' in diagnostics
+    assert OLD_TOKEN not in diagnostics
+    assert NEW_TOKEN not in diagnostics

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from scanfleet.daemon.enroll import EnrollRequest, build_csr
 from scanfleet.provisioning.ca import FleetCA, new_private_key
 from scanfleet.provisioning.claims import Claim, ClaimError, create_claim, secret_hash
-from scanfleet.provisioning.service import handle_request
+from scanfleet.provisioning.service import MAX_REQUEST_BYTES, handle_request
 
 URL = "mqtts://broker.example:8883"
 
@@ -107,6 +107,18 @@ def test_device_bound_claim_enrolls_only_that_device(ca: FleetCA) -> None:
     response = handle_request(ca, enroll_request(claim, "dev-8"), URL)
     assert response is not None
     assert response.error == "claim is bound to another device"
+
+
+def test_oversized_request_is_dropped_before_parsing(
+    ca: FleetCA, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, claim = create_claim(ca.registry, "s1", "h", 1)
+    request = json.loads(enroll_request(claim, "dev-1"))
+    request["pad"] = "x" * MAX_REQUEST_BYTES  # otherwise valid, and the claim is good
+    assert handle_request(ca, json.dumps(request).encode(), URL) is None
+    assert "oversized" in caplog.text
+    assert "malformed" not in caplog.text, "it was parsed"
+    assert handle_request(ca, enroll_request(claim, "dev-1"), URL) is not None, "claim unused"
 
 
 def test_garbage_gets_no_answer_and_bad_csr_gets_an_error(ca: FleetCA) -> None:
