@@ -299,8 +299,30 @@ class FleetSimulator:
 
     # -- the loop -------------------------------------------------------------------
 
+    def _read(self, now: float) -> None:
+        for key, _ in self.sel.select(timeout=0.02):
+            dev = key.data
+            if dev.client is not None and dev.client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._drop(dev, now, clean=False)
+
+    def _tend(self, dev: SimDevice, now: float) -> None:
+        """Reconnect when due, else send what is pending and keep the connection alive."""
+        if dev.client is None:
+            if now >= dev.retry_at:
+                self._connect(dev, now)
+            return
+        self._send(dev)
+        self._pump(dev)
+
+    def _publish_states(self) -> None:
+        for dev in self.devices:
+            if dev.client is not None and dev.connected:
+                topic = state_topic(dev.site, dev.device)
+                dev.client.publish(topic, self._state(dev, online=True), qos=1, retain=True)
+                dev.client.loop_write()
+
     def run(self) -> dict[str, Any]:
-        """Simulate for the configured duration, then disconnect; the summary."""
+        """Simulate for the configured duration (and linger), then disconnect; the summary."""
         start = time.monotonic()
         end = start + self.s.duration
         credit = 0.0
@@ -312,13 +334,7 @@ class FleetSimulator:
             now = time.monotonic()
             if now >= end + self.s.linger:
                 break
-            for key, _ in self.sel.select(timeout=0.02):
-                dev = key.data
-                if (
-                    dev.client is not None
-                    and dev.client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS
-                ):
-                    self._drop(dev, now, clean=False)
+            self._read(now)
             dt, last_tick = now - last_tick, now
             if now < end:
                 credit += dt * self.s.rate * len(self.devices)
@@ -330,25 +346,14 @@ class FleetSimulator:
                 next_storm = now + self.s.storm_every
                 log.info("restart storm: every device drops its connection")
             for dev in self.devices:
-                if dev.client is None:
-                    if now >= dev.retry_at:
-                        self._connect(dev, now)
-                    continue
-                if now < end and (storm or (drop_p and self.rng.random() < drop_p * dt)):
+                dropping = storm or (drop_p and self.rng.random() < drop_p * dt)
+                if dev.client is not None and now < end and dropping:
                     self._drop(dev, now, clean=False)
-                    continue
-                self._send(dev)
-                self._pump(dev)
+                else:
+                    self._tend(dev, now)
             if now >= next_state:
                 next_state = now + 10.0
-                for dev in self.devices:
-                    if dev.client is not None and dev.connected:
-                        dev.client.publish(
-                            state_topic(dev.site, dev.device),
-                            self._state(dev, online=True),
-                            qos=1,
-                            retain=True,
-                        )
+                self._publish_states()
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:
@@ -358,29 +363,10 @@ class FleetSimulator:
             d.delivered < d.last_seq or not d.connected for d in self.devices
         ):
             now = time.monotonic()
-            for key, _ in self.sel.select(timeout=0.02):
-                dev = key.data
-                if (
-                    dev.client is not None
-                    and dev.client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS
-                ):
-                    self._drop(dev, now, clean=False)
+            self._read(now)
             for dev in self.devices:
-                if dev.client is None:
-                    if now >= dev.retry_at:
-                        self._connect(dev, now)
-                    continue
-                self._send(dev)
-                self._pump(dev)
-        for dev in self.devices:
-            if dev.client is not None and dev.connected:
-                dev.client.publish(
-                    state_topic(dev.site, dev.device),
-                    self._state(dev, online=True),
-                    qos=1,
-                    retain=True,
-                )
-                dev.client.loop_write()
+                self._tend(dev, now)
+        self._publish_states()
         time.sleep(0.5)
         for dev in self.devices:
             if dev.client is not None:

@@ -181,6 +181,16 @@ class Scan(BaseModel):
         default=None,
         description="seq of this device's earlier scan of the same code for the same operation.",
     )
+    split_unit: Annotated[int | None, Field(ge=1)] = Field(
+        default=None,
+        description=(
+            "拆零: which unit of a split pack this accepted scan took (1-based), so a backend "
+            "tells a legitimate repeat of the code from a duplicate without the terminal's config."
+        ),
+    )
+    split_units: Annotated[int | None, Field(ge=2)] = Field(
+        default=None, description="拆零: units the pack holds ([station] split_packs)."
+    )
     expected: Literal["expected", "unexpected", "already_scanned"] | None = Field(
         default=None, description="Against the bill's receiving manifest, when it has one."
     )

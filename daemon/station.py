@@ -283,6 +283,11 @@ class Station:
                 reasons = []
                 if self.index is not None:
                     dup = self.index.check(body["value"], Operation(body["operation"]))
+                    if dup.limit > 1:
+                        # 拆零: say which unit of how many, so the centre needs no config.
+                        body["split_units"] = dup.limit
+                        if dup.duplicate_of is None:
+                            body["split_unit"] = dup.uses + 1
                     if dup.duplicate_of is not None:
                         body["duplicate_of"] = dup.duplicate_of
                         reasons.append(dup.reason)

@@ -134,13 +134,21 @@ def _device(
         repaired=int(repaired),
         resend_requests=int(resends),
         last_seen=last_seen.isoformat() if last_seen else None,
-        days=_days(conn, device, since, timezone),
+        days=_days(conn, device, since, timezone, open_gaps),
     )
 
 
-def _days(conn: Conn, device: str, since: date | None, timezone: str) -> dict[str, dict[str, Any]]:
+def _days(
+    conn: Conn, device: str, since: date | None, timezone: str, open_gaps: list[Range]
+) -> dict[str, dict[str, Any]]:
+    """Per day: records, scans by operation and verdict, and the missing records.
+
+    A missing record has no time; it is counted on the day of the last record held
+    before its gap (or of the first after it, for a gap at the start), which is when
+    the terminal produced it give or take the gap's own length.
+    """
     days: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"records": 0, "scans": 0, "operation": {}, "verdict": {}}
+        lambda: {"records": 0, "scans": 0, "missing": 0, "operation": {}, "verdict": {}}
     )
     for day, kind, operation, verdict, n in conn.execute(
         "SELECT (time AT TIME ZONE %(tz)s)::date AS day, type, operation, verdict, count(*)"
@@ -155,7 +163,18 @@ def _days(conn: Conn, device: str, since: date | None, timezone: str) -> dict[st
             entry["scans"] += n
             entry["operation"][operation] = entry["operation"].get(operation, 0) + n
             entry["verdict"][verdict] = entry["verdict"].get(verdict, 0) + n
-    return dict(days)
+    for first, last in open_gaps:
+        row = conn.execute(
+            "SELECT (time AT TIME ZONE %(tz)s)::date FROM records WHERE device = %(d)s"
+            " AND seq IN (%(before)s, %(after)s) ORDER BY seq LIMIT 1",
+            {"tz": timezone, "d": device, "before": first - 1, "after": last + 1},
+        ).fetchone()
+        if row is not None and (since is None or row[0] >= since):
+            days[row[0].isoformat()]["missing"] += last - first + 1
+    for entry in days.values():
+        held = entry["records"]
+        entry["completeness"] = round(held / (held + entry["missing"]), 6) if held else 0.0
+    return dict(sorted(days.items()))
 
 
 def verify_device(conn: Conn, device: str, site: str, since: date | None) -> int:

@@ -16,6 +16,7 @@ HUB_COMMAND_MODULES = (
     "scanfleet.hub.commands.ingest",
     "scanfleet.hub.commands.audit",
     "scanfleet.hub.commands.export",
+    "scanfleet.hub.commands.duplicates",
     "scanfleet.hub.console.cli",
 )
 

@@ -38,6 +38,21 @@ from scanfleet.hub.store import Batch, StoreResult, alert, store
 log = logging.getLogger(__name__)
 
 RESPONSE_TOPIC = "scanfleet/v1/+/+/cmd/resend/response"
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+"""The database (or our connection to it) failed, not the data: reconnect, redeliver."""
+ROLLBACK_RETRIES = 5
+
+
+def store_retrying(db: psycopg.Connection[tuple[Any, ...]], batch: Batch) -> StoreResult:
+    """:func:`store`, again when PostgreSQL rolled the transaction back (deadlock)."""
+    for attempt in range(ROLLBACK_RETRIES):
+        try:
+            return store(db, batch)
+        except psycopg.errors.TransactionRollback as err:
+            if attempt == ROLLBACK_RETRIES - 1:
+                raise
+            log.info("batch rolled back by PostgreSQL (%s); retrying", err)
+    raise AssertionError("unreachable")
 
 
 def subscriptions(group: str) -> list[str]:
@@ -74,7 +89,7 @@ class IngestSettings:
     """Receive Maximum: unacknowledged messages the broker may send before waiting."""
     batch_max: int = 500
     batch_wait: float = 0.05
-    """Seconds the oldest message of a batch may wait for more before the batch commits."""
+    """Seconds a batch may keep reading before it commits even though more keep coming."""
     session_expiry: int = 7 * 24 * 3600
     repair: RepairSettings = field(default_factory=RepairSettings)
 
@@ -111,12 +126,7 @@ class IngestWorker:
                 conn = self._connect()
                 backoff.reset()
                 self._serve(conn, db)
-            except (
-                BrokerConnectionError,
-                HubDatabaseError,
-                psycopg.OperationalError,
-                OSError,
-            ) as err:
+            except (BrokerConnectionError, HubDatabaseError, OSError, *CONNECTION_ERRORS) as err:
                 log.warning("ingest %s: %s; reconnecting", self.settings.client_id, err)
             finally:
                 self._pending.clear()
@@ -162,11 +172,15 @@ class IngestWorker:
         repairer = Repairer(db, conn.publish, self.settings.repair)
         while not self.stop.is_set():
             before = len(self._pending)
-            conn.pump(self.settings.batch_wait)
+            # Natural batching: read while messages keep coming (they pile up during a
+            # commit under load), commit as soon as the socket has nothing more, so a
+            # quiet fleet's scan is stored within milliseconds and a busy one in big batches.
+            conn.pump(0 if before else 0.2)
             if before == 0 and self._pending:
                 self._first_at = time.monotonic()
             if self._pending and (
-                len(self._pending) >= self.settings.batch_max
+                len(self._pending) == before
+                or len(self._pending) >= self.settings.batch_max
                 or time.monotonic() - self._first_at >= self.settings.batch_wait
             ):
                 self._flush(conn, db)
@@ -176,8 +190,8 @@ class IngestWorker:
         messages, self._pending = self._pending, []
         batch, bad = build_batch(messages)
         try:
-            result = store(db, batch)
-        except psycopg.OperationalError:
+            result = store_retrying(db, batch)
+        except CONNECTION_ERRORS:
             raise
         except psycopg.Error as err:
             # Not the connection: one message breaks the batch. Store them one by one so
@@ -188,8 +202,8 @@ class IngestWorker:
             for msg in messages:
                 single, single_bad = build_batch([msg])
                 try:
-                    part = store(db, single)
-                except psycopg.OperationalError:
+                    part = store_retrying(db, single)
+                except CONNECTION_ERRORS:
                     raise
                 except psycopg.Error as one_err:
                     bad.append((msg, str(one_err)))

@@ -131,13 +131,14 @@ def render_table(result: list[DeviceAudit]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines += ["", "SITE  DEVICE  DAY  RECORDS  SCANS  BY OPERATION  BY VERDICT"]
+    lines += ["", "SITE  DEVICE  DAY  RECORDS  MISSING  SCANS  BY OPERATION  BY VERDICT"]
     for d in result:
         for day, entry in sorted(d.days.items()):
             ops = ",".join(f"{k}={v}" for k, v in sorted(entry["operation"].items()))
             verdicts = ",".join(f"{k}={v}" for k, v in sorted(entry["verdict"].items()))
             lines.append(
-                f"{d.site}  {d.device}  {day}  {entry['records']}  {entry['scans']}  "
+                f"{d.site}  {d.device}  {day}  {entry['records']}  {entry['missing']}  "
+                f"{entry['scans']}  "
                 f"{ops or '-'}  {verdicts or '-'}"
             )
     incomplete = [d for d in result if not d.complete]

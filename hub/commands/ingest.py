@@ -66,7 +66,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--window", type=int, default=1000, help="unacked messages in flight")
     parser.add_argument("--batch", type=int, default=500, help="messages per transaction at most")
     parser.add_argument(
-        "--batch-wait", type=float, default=0.05, help="seconds a batch waits to fill"
+        "--batch-wait",
+        type=float,
+        default=0.05,
+        help="longest a batch keeps reading before it commits (it commits sooner when idle)",
     )
     parser.add_argument(
         "--session-expiry", type=int, default=7 * 24 * 3600, help="seconds (default 7 days)"

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,8 @@ def test_an_unexplained_gap_fails_the_audit_in_every_format(
     (day,) = dev["days"].values()
     assert day["scans"] == 15
     assert sum(day["operation"].values()) == 15
+    assert day["missing"] == 5  # on the day of seq 10, the last held before the gap
+    assert day["completeness"] == 0.75
     code, out = _audit(capsys, dsn, "--csv")
     assert code == 1
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -137,3 +140,34 @@ def test_export_verifies_offline_and_catches_an_edited_line(
     report = capsys.readouterr().out
     assert "records.jsonl: SHA-256 differs" in report
     assert "sf-0000000000aa:5): hash mismatch" in report
+
+
+def test_the_duplicate_view_tells_split_packs_and_returns_from_real_duplicates(
+    dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pack, drug, twice = "83711700200000000051", "83711700200000000099", "83711700200000000077"
+    a = Chain("site-a", "sf-0000000000a1")
+    b = Chain("site-b", "sf-0000000000b1", start=datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    a.add(value=pack, split_unit=1, split_units=2)
+    a.add(value=pack, split_unit=2, split_units=2)
+    a.add(value=drug)
+    a.add(value=drug, operation="sale_return_in")
+    a.add(value=drug)  # sold again after the return: legitimate
+    a.add(value=twice)
+    b.add(value=twice)  # the same code sold at another site: a real duplicate
+    _store(dsn, a, 1, 6)
+    _store(dsn, b, 1, 1)
+    assert main(["hub", "duplicates", "--database", dsn, "--all", "--json"]) == 1
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    verdicts = {(r["value"], r["device"], r["seq"]): r["verdict"] for r in out}
+    assert verdicts == {
+        (pack, "sf-0000000000a1", 2): "split_pack",
+        (drug, "sf-0000000000a1", 5): "after_return",
+        (twice, "sf-0000000000b1", 1): "duplicate",
+    }
+    (dup,) = [r for r in out if r["verdict"] == "duplicate"]
+    assert (dup["earlier_site"], dup["earlier_device"], dup["earlier_seq"]) == (
+        "site-a",
+        "sf-0000000000a1",
+        6,
+    )

@@ -158,3 +158,25 @@ def test_a_backend_warning_is_shown_as_an_alarm(journal: Journal) -> None:
     station.warn("duplicate_settlement", "the platform reports 8371… settled twice")
     assert "backend_warning:duplicate_settlement" in alarms
     assert journal.last_seq == 0  # a warning is shown, not journaled as a station change
+
+
+def test_a_split_pack_scan_says_which_unit_of_how_many_it_is(
+    tmp_path: Path, journal: Journal
+) -> None:
+    from scanfleet.daemon.model import Scan
+
+    station = _station(journal, operation="dispense", split_packs={CODE[:7]: 3})
+    station.index = open_index(tmp_path, journal, window_days=30, split_packs={CODE[:7]: 3})
+    records = [station.scan(_scan_body(CODE), fixed_operation=False) for _ in range(4)]
+    assert [(r["verdict"], r.get("split_unit"), r.get("split_units")) for r in records] == [
+        ("accepted", 1, 3),
+        ("accepted", 2, 3),
+        ("accepted", 3, 3),
+        ("refused", None, 3),
+    ]
+    assert records[3]["duplicate_of"] == records[2]["seq"]
+    plain = station.scan(_scan_body("83799990000000000001"), fixed_operation=False)
+    assert "split_unit" not in plain
+    assert "split_units" not in plain
+    for field in ("split_unit", "split_units"):
+        assert field in Scan.model_fields
