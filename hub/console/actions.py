@@ -31,6 +31,7 @@ from scanfleet.hub.console.web import (
     console,
     current,
     field_text,
+    origin_ok,
     page,
     render,
     require_site,
@@ -45,6 +46,9 @@ async def login(request: Request) -> Response:
     """GET: the sign-in form. POST: check the password (rate limited) and open a session."""
     if request.method == "GET":
         return render(request, None, "login.html", error=None, next=_next(request))
+    if not origin_ok(request):
+        # Another site posting a login would sign the victim in as the attacker.
+        return Response("cross-origin sign-in refused", status_code=403)
     form = await request.form()
     username, password = field_text(form, "username"), str(form.get("password") or "")
     return await run_in_threadpool(_login, request, username, password, _next(request, form))

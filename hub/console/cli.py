@@ -92,10 +92,13 @@ def _fail(message: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from scanfleet.hub.console.app import create_app
-    from scanfleet.hub.console.web import Settings
+        from scanfleet.hub.console.app import create_app
+        from scanfleet.hub.console.web import Settings
+    except ImportError as err:
+        return _fail(f"the console needs its extra: pip install 'scanfleet[console]' ({err})")
 
     try:
         dsn = resolve_dsn(args.database)

@@ -134,7 +134,8 @@ class Forbidden(Exception):
     """The signed-in person may not do this (answered 403)."""
 
 
-def _origin_ok(request: Request) -> bool:
+def origin_ok(request: Request) -> bool:
+    """False when a browser says the request comes from another origin."""
     # A browser sends Origin on every cross-site POST; a value naming another site is a
     # forgery whatever else the request carries.
     origin = request.headers.get("origin")
@@ -165,7 +166,7 @@ def page(
             form: FormData | None = None
             if post:
                 form = await request.form()
-                if not _origin_ok(request) or not auth.csrf_ok(sess, _str(form.get("csrf"))):
+                if not origin_ok(request) or not auth.csrf_ok(sess, _str(form.get("csrf"))):
                     await run_in_threadpool(
                         audit, request, sess.user.username, "csrf", request.url.path, "refused"
                     )

@@ -257,6 +257,13 @@ def test_a_cross_site_form_post_without_the_csrf_token_is_refused(
     finally:
         attacker.shutdown()
         attacker.server_close()
+    # A sign-in posted from another origin is refused too (login CSRF).
+    cross = ctx.request.post(
+        f"{url}/login",
+        form={"username": "admin", "password": PASSWORD},
+        headers={"Origin": f"http://127.0.0.1:{attacker.server_port}"},
+    )
+    assert cross.status == 403
     # Without a browser's Origin header, the missing token alone refuses it.
     direct = ctx.request.post(_Attacker.target, form={"name": "restart"})
     assert direct.status == 403
