@@ -180,7 +180,11 @@ def page(
                 if post:
                     return await run_in_threadpool(handler, request, sess, form)
                 return await run_in_threadpool(handler, request, sess)
-            except Forbidden:
+            except Forbidden as err:
+                # Outside the person's site scope.
+                await run_in_threadpool(
+                    audit, request, sess.user.username, "forbidden", f"site {err}", "refused"
+                )
                 return forbidden(request, sess)
 
         return endpoint  # type: ignore[return-value]

@@ -196,6 +196,7 @@ def test_a_site_scoped_operator_sees_only_their_site(rig: dict[str, Any], ctx: A
     shown = page.locator("table.devices tbody tr[data-device] td:first-child").all_inner_texts()
     assert set(shown) == {SIM_SITES[1]}
     assert page.goto(f"{url}/devices/{OFFLINE_DEVICE}").status == 403
+    assert ("scoped", f"site {SITE}", "refused") in audit_rows(rig["dsn"], "forbidden")
 
 
 def test_an_admin_revokes_a_device_certificate_into_the_crl(rig: dict[str, Any], ctx: Any) -> None:
