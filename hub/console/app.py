@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from scanfleet.hub.console import actions, pages
+from scanfleet.hub.console import actions, enrollment, pages
 from scanfleet.hub.console.web import Console, Settings
 
 # Inline <script> blocks are hashed by nothing, so the policy names none: the console's
@@ -61,10 +61,10 @@ def create_app(settings: Settings) -> Starlette:
         Route("/devices/{device}/ack", actions.acknowledge, methods=["POST"]),
         Route("/devices/{device}/command", actions.command, methods=["POST"]),
         Route("/devices/{device}/config", actions.config_push, methods=["POST"]),
-        Route("/devices/{device}/revoke", actions.device_revoke, methods=["POST"]),
-        Route("/enrollment", actions.enrollment),
-        Route("/enrollment/claims", actions.claim_create, methods=["POST"]),
-        Route("/enrollment/claims/{claim}/revoke", actions.claim_revoke, methods=["POST"]),
+        Route("/devices/{device}/revoke", enrollment.device_revoke, methods=["POST"]),
+        Route("/enrollment", enrollment.enrollment),
+        Route("/enrollment/claims", enrollment.claim_create, methods=["POST"]),
+        Route("/enrollment/claims/{claim}/revoke", enrollment.claim_revoke, methods=["POST"]),
         Route("/audit", pages.audit_page),
         Route("/auditlog", pages.audit_log_page),
         Route("/people", actions.people),

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from importlib import resources
@@ -54,7 +54,6 @@ class Settings:
     offline_after_s: float = 300.0
     """A device not heard from for this long counts as offline, whatever it last said."""
     page_size: int = 100
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Console:
