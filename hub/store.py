@@ -251,22 +251,25 @@ def _check_links(conn: Conn, rows: Sequence[Row]) -> int:
     if not rows:
         return 0
     devices = sorted({r.device for r in rows})
-    wanted_dev: list[str] = []
-    wanted_seq: list[int] = []
-    for row in rows:
-        if row.link_seq is not None:
-            wanted_dev.append(row.device)
-            wanted_seq.append(row.link_seq)
-        wanted_dev.append(row.device)
-        wanted_seq.append(row.seq + 1)
-    held: dict[tuple[str, int], tuple[str, str, str]] = {}
-    for device, seq, rhash, prev, kind in conn.execute(
-        "SELECT r.device, r.seq, r.hash, r.prev_hash, r.type FROM records r"
-        " JOIN unnest(%s::text[], %s::bigint[]) AS w(device, seq)"
-        " ON r.device = w.device AND r.seq = w.seq",
-        (wanted_dev, wanted_seq),
-    ):
-        held[(device, seq)] = (rhash, prev, kind)
+    # Most links run between records of the same batch: only the ends of each device's
+    # run need the database.
+    held: dict[tuple[str, int], tuple[str, str, str]] = {
+        (r.device, r.seq): (r.hash, r.prev_hash, r.type) for r in rows
+    }
+    wanted = {
+        (row.device, seq)
+        for row in rows
+        for seq in (row.link_seq, row.seq + 1)
+        if seq is not None and (row.device, seq) not in held
+    }
+    if wanted:
+        for device, seq, rhash, prev, kind in conn.execute(
+            "SELECT r.device, r.seq, r.hash, r.prev_hash, r.type FROM records r"
+            " JOIN unnest(%s::text[], %s::bigint[]) AS w(device, seq)"
+            " ON r.device = w.device AND r.seq = w.seq",
+            ([d for d, _ in wanted], [q for _, q in wanted]),
+        ):
+            held[(device, seq)] = (rhash, prev, kind)
     lost = _explained(conn, devices)
 
     def near_loss(device: str, seq: int) -> bool:

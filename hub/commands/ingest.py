@@ -154,6 +154,16 @@ def _ingest(args: argparse.Namespace) -> int:
         return _fail(str(err))
     if args.workers < 1 or args.window < 1 or args.batch < 1:
         return _fail("--workers, --window and --batch must be at least 1")
+    # Every worker's broker settings are checked here, so a bad identity or URL is one
+    # clear error instead of N workers restarting forever.
+    try:
+        for index in range(args.workers):
+            _client_id(args, index, _broker(args, index)[1])
+        index = args.worker_index or 0
+        broker, cn = _broker(args, index)
+        client_id = _client_id(args, index, cn)
+    except (ValueError, ValidationError) as err:
+        return _fail(str(err))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -163,12 +173,6 @@ def _ingest(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.workers > 1 and args.worker_index is None:
         return Supervisor(_child_argv(args), args.workers, stop).run()
-    index = args.worker_index or 0
-    try:
-        broker, cn = _broker(args, index)
-        client_id = _client_id(args, index, cn)
-    except (ValueError, ValidationError) as err:
-        return _fail(str(err))
     settings = IngestSettings(
         dsn=args.database,
         broker=broker,

@@ -207,3 +207,21 @@ def test_broker_restart_subscribes_again(hub: Hub) -> None:
     hub.pub.client.reconnect()
     hub.pub.send(chain.topic, chain.batch(11, 20))
     wait_for(lambda: hub.count() == 20, 30, "the 10 sent after the restart")
+
+
+def test_a_malformed_message_is_set_aside_with_an_alert_and_blocks_nothing(hub: Hub) -> None:
+    chain = Chain(SITE, DEVICE)
+    chain.add()
+    hub.pub.send(chain.topic, b'{"schema":"scanfleet.scan-batch/1","scans":[{"broken"')
+    hub.pub.send(f"scanfleet/v1/{SITE}/{DEVICE}/health", b"[1, 2]")
+    hub.pub.send(chain.topic, chain.batch(1, 1))
+    wait_for(lambda: hub.count() == 1, 30, "the good record after the bad ones")
+    wait_for(
+        lambda: hub.count("SELECT count(*) FROM alerts WHERE kind = 'bad_message'") == 2,
+        30,
+        "two bad_message alerts",
+    )
+    (details,) = query(
+        hub.dsn, "SELECT details->>'payload' FROM alerts WHERE details->>'topic' LIKE '%%/scans'"
+    )[0]
+    assert '"broken"' in details

@@ -38,7 +38,7 @@ class Chain:
         fields: dict[str, Any] = {
             "schema": "scanfleet.scan/1",
             "type": "scan",
-            "time": format_time(self.start + timedelta(seconds=self.seq)),
+            "time": format_time(self.start + timedelta(seconds=len(self.payloads) + 1)),
             "kind": "drug_standard_code",
             "value": f"8{self.seq:019d}",
             "verdict": "accepted",
