@@ -118,6 +118,16 @@ def test_sign_in_find_the_offline_device_and_acknowledge_its_alarm(
     row = page.locator(f"tr[data-device='{OFFLINE_DEVICE}']")
     assert row.locator(".state.off").inner_text() == "offline"
     assert page.locator("table.devices tbody tr[data-device]").count() == 1
+    # The same device by its alarm, and by a piece of its name.
+    page.goto(f"{url}/?alarm=journal_full")
+    assert (
+        page.locator("table.devices tbody tr[data-device]")
+        .all_inner_texts()[0]
+        .startswith(f"{SITE}\t{OFFLINE_DEVICE}")
+    )
+    assert page.locator("table.devices tbody tr[data-device]").count() == 1
+    page.goto(f"{url}/?q=off1")
+    row = page.locator(f"tr[data-device='{OFFLINE_DEVICE}']")
     row.locator("a").click()
     page.wait_for_url(f"{url}/devices/{OFFLINE_DEVICE}")
     alarm = page.locator("tr[data-alarm=journal_full]")
