@@ -267,3 +267,11 @@ def test_the_overview_updates_live_and_status_and_diagnostics_answer(
     page.click("button[data-command=diagnostics]")
     page.wait_for_selector("#result")
     assert page.inner_text("#result p") == "ok"
+    page.fill("input[name=device_name]", "counter")
+    page.click("button[data-command=rebind]")
+    page.wait_for_selector("#result")
+    assert page.inner_text("#result p") == "ok"
+    commands = query(
+        live["dsn"], "SELECT action, result FROM console_audit WHERE action LIKE 'cmd.%%'"
+    )
+    assert {("cmd.status", "ok"), ("cmd.diagnostics", "ok"), ("cmd.rebind", "ok")} <= set(commands)
