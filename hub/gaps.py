@@ -48,9 +48,19 @@ def held_gaps(conn: Conn, device: str) -> tuple[list[Range], int, int]:
 
 
 def reconcile_device(
-    conn: Conn, device: str, site: str, new_seqs: Sequence[int], *, full: bool = False
+    conn: Conn,
+    device: str,
+    site: str,
+    new_seqs: Sequence[int],
+    *,
+    full: bool = False,
+    tail: bool = False,
 ) -> list[Range]:
-    """Bring *device*'s gaps and figures up to date (its row is locked); returns open gaps."""
+    """Bring *device*'s gaps and figures up to date (its row is locked); returns open gaps.
+
+    *full* recomputes from ``records``; *tail* adds what the device says it delivered
+    above the highest seq held (both are the repair loop's, never a batch's).
+    """
     dev = conn.execute(
         "SELECT last_seq, records, coalesce(delivered_seq, 0) FROM devices WHERE device = %s",
         (device,),
@@ -63,7 +73,7 @@ def reconcile_device(
         " WHERE device = %s AND status = 'open' ORDER BY from_seq",
         (device,),
     ).fetchall()
-    if not full and not new_seqs:
+    if not full and not new_seqs and not tail:
         return [(int(r[1]), int(r[2])) for r in open_rows]
     explained = [
         (int(a), int(b))
@@ -78,11 +88,14 @@ def reconcile_device(
     else:
         fresh = from_points(new_seqs)
         missing = subtract([(int(r[1]), int(r[2])) for r in open_rows], fresh)
-        top = max(new_seqs)
+        top = max(new_seqs, default=0)
         if top > last_seq + 1:
             missing += subtract([(last_seq + 1, top - 1)], fresh)
         last_seq = max(last_seq, top)
         count += len(new_seqs)
+        if tail and delivered > last_seq:
+            missing = subtract(missing, [(last_seq + 1, delivered)])
+            missing.append((last_seq + 1, delivered))
     missing.sort()
     want_open = subtract(missing, explained)
     want_explained = intersect(missing, explained)

@@ -188,6 +188,7 @@ class IngestWorker:
 
     def _flush(self, conn: Connection, db: psycopg.Connection[tuple[Any, ...]]) -> None:
         messages, self._pending = self._pending, []
+        started = time.monotonic()
         batch, bad = build_batch(messages)
         try:
             result = store_retrying(db, batch)
@@ -223,6 +224,13 @@ class IngestWorker:
                         topic=msg.topic,
                         payload=bytes(msg.payload[:65536]).decode("utf-8", "replace"),
                     )
+        log.debug(
+            "batch: %d messages, %d records new, %d duplicate, in %.1f ms",
+            len(messages),
+            result.inserted,
+            result.duplicates,
+            (time.monotonic() - started) * 1000,
+        )
         # Committed: now, and only now, the broker may forget them.
         for msg in messages:
             conn.ack(msg.mid, msg.qos)

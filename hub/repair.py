@@ -3,9 +3,10 @@
 One worker of all (whoever holds a PostgreSQL advisory lock) repairs; the others
 stand by and take over when its connection goes. A tick:
 
-1. reconciles every device in full from ``records`` (every ``sweep_interval``), so
-   deleted rows and records lost past the broker (``delivered_seq`` above what is held)
-   become open gaps;
+1. opens a gap wherever a device says it delivered more than the hub holds (every
+   tick, from the devices table alone), and reconciles every device in full from
+   ``records`` every ``sweep_interval`` (a full scan), so rows deleted behind the
+   hub's back become open gaps too;
 2. for every device whose oldest open gap is older than ``repair_after`` and lies at or
    below the device's own ``delivered_seq``, publishes the device's ``resend`` command
    (``docs/remote-management.md``) for that range, at most one per device per
@@ -53,8 +54,8 @@ class RepairSettings:
     """An open gap younger than this is left alone (its records may be in flight)."""
     min_interval: float = 60.0
     """At most one resend request per device this often."""
-    sweep_interval: float = 600.0
-    """How often every device is reconciled in full from the records table."""
+    sweep_interval: float = 3600.0
+    """How often every device is reconciled in full from the records table (a full scan)."""
     max_resends: int = 5
     """Requests for one gap before it is alerted as needing a person."""
     reply_timeout: float = 120.0
@@ -73,7 +74,9 @@ class Repairer:
         self.publish = publish
         self.settings = settings
         self._next = 0.0
-        self._next_sweep = 0.0
+        # The first full scan waits one interval: a leader change must not rescan a
+        # province's records at once; tails() covers what needs no scan.
+        self._next_sweep = time.monotonic() + settings.sweep_interval
         self._leader = False
 
     def tick(self) -> None:
@@ -92,6 +95,8 @@ class Repairer:
         if now >= self._next_sweep:
             self._next_sweep = now + self.settings.sweep_interval
             sweep(self.db)
+        else:
+            tails(self.db)
         self.request_resends()
 
     def request_resends(self) -> int:
@@ -151,6 +156,26 @@ class Repairer:
                 log.info("asked %s/%s to resend %d..%d", site, device, first, last)
                 sent += 1
         return sent
+
+
+def tails(db: psycopg.Connection[tuple[Any, ...]]) -> int:
+    """Open a gap for every device that says it delivered more than the hub holds.
+
+    Cheap (the devices table only), so it runs every tick: records a broker accepted
+    for nobody (the ``$share`` restart loss) are found even when the device publishes
+    nothing after them.
+    """
+    due = db.execute(
+        "SELECT device, site FROM devices d WHERE delivered_seq > last_seq"
+        " AND NOT EXISTS (SELECT 1 FROM gaps g WHERE g.device = d.device"
+        "   AND g.status = 'open' AND g.to_seq >= d.delivered_seq) ORDER BY device"
+    ).fetchall()
+    db.commit()
+    for device, site in due:
+        with db.transaction():
+            lock_devices(db, {device: site})
+            reconcile_device(db, device, site, [], tail=True)
+    return len(due)
 
 
 def sweep(db: psycopg.Connection[tuple[Any, ...]]) -> int:

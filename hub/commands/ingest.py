@@ -84,8 +84,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--sweep-interval",
         type=float,
-        default=600.0,
-        help="seconds between full reconciliations of every device from the records",
+        default=3600.0,
+        help="seconds between full reconciliations of every device from the records (a full "
+        "scan: finds rows deleted behind the hub's back)",
     )
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=_ingest)

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from scanfleet.daemon.envelope import build_batch
 from scanfleet.daemon.journal_codec import canonical
 from scanfleet.hub.db import connect, upgrade
 from support.broker import Mosquitto
-from support.hub import Chain, Publisher, query, start_ingest, stop, wait_for
+from support.hub import Chain, Publisher, query, start_ingest, state_message, stop, wait_for
 from support.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration
@@ -153,22 +155,7 @@ def test_a_journal_loss_record_explains_its_gap(hub: Hub) -> None:
 
 
 def test_retained_state_gives_the_devices_delivered_seq(hub: Hub) -> None:
-    state = {
-        "schema": "scanfleet.state/1",
-        "device": DEVICE,
-        "site": SITE,
-        "online": True,
-        "version": "0.1.0",
-        "boot_id": None,
-        "journal": {
-            "depth": 0,
-            "last_seq": 42,
-            "delivered_seq": 40,
-            "oldest_undelivered_age_s": None,
-        },
-        "alarms": [],
-        "time": "2026-12-07T10:00:00Z",
-    }
+    state = state_message(DEVICE, SITE, last_seq=42, delivered_seq=40)
     hub.pub.send(f"scanfleet/v1/{SITE}/{DEVICE}/state", json.dumps(state).encode(), retain=True)
     wait_for(
         lambda: (
@@ -225,3 +212,66 @@ def test_a_malformed_message_is_set_aside_with_an_alert_and_blocks_nothing(hub: 
         hub.dsn, "SELECT details->>'payload' FROM alerts WHERE details->>'topic' LIKE '%%/scans'"
     )[0]
     assert '"broken"' in details
+
+
+def test_records_the_broker_gave_nobody_are_fetched_by_resend(
+    hub_database: str, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The device delivered 1..15 but only 1..10 arrived; nothing else follows."""
+    with connect(hub_database) as conn:
+        upgrade(conn)
+    chain = Chain(SITE, DEVICE)
+    for _ in range(15):
+        chain.add()
+    prefix = f"scanfleet/v1/{SITE}/{DEVICE}"
+    device = Publisher(mosquitto.host, mosquitto.port, DEVICE)
+    requests: list[tuple[dict[str, object], object]] = []
+
+    def on_message(client: object, userdata: object, msg: object) -> None:
+        requests.append((json.loads(msg.payload), msg.properties))  # type: ignore[attr-defined]
+
+    device.client.on_message = on_message
+    device.client.subscribe(f"{prefix}/cmd/resend", qos=1)
+    url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    proc = start_ingest(
+        hub_database, url, tmp_path, "--repair-after", "0.5", "--repair-interval", "60"
+    )
+    try:
+        wait_for(lambda: "subscribed" in (tmp_path / "ingest.log").read_text(), 30, "the hub")
+        device.send(chain.topic, chain.batch(1, 10))
+        state = state_message(DEVICE, SITE, last_seq=15, delivered_seq=15)
+        device.send(f"{prefix}/state", json.dumps(state).encode(), retain=True)
+        wait_for(lambda: bool(requests), 30, "a resend request")
+        (args, props), *more = requests
+        assert args == {"from_seq": 11, "to_seq": 15}
+        assert more == []  # rate limited: one request per device per interval
+        # Answer as a terminal does: the records on the scans topic, then the reply.
+        device.send(chain.topic, chain.batch(11, 15))
+        reply = Properties(PacketTypes.PUBLISH)
+        reply.CorrelationData = props.CorrelationData
+        body = {
+            "schema": "scanfleet.cmd-response/1",
+            "device": DEVICE,
+            "command": "resend",
+            "ok": True,
+            "result": {"records": 5},
+            "time": "2026-12-07T10:00:01Z",
+        }
+        device.client.publish(
+            props.ResponseTopic, json.dumps(body).encode(), qos=1, properties=reply
+        ).wait_for_publish(10)
+        wait_for(lambda: query(hub_database, "SELECT count(*) FROM records") == [(15,)], 30, "15")
+        wait_for(
+            lambda: (
+                query(hub_database, "SELECT status, from_seq, to_seq FROM resend_requests")
+                == [("ok", 11, 15)]
+            ),
+            30,
+            "the reply recorded",
+        )
+        assert query(hub_database, "SELECT status, from_seq, to_seq FROM gaps") == [
+            ("repaired", 11, 15)
+        ]
+    finally:
+        device.close()
+        assert stop(proc) == 0

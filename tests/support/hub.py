@@ -119,3 +119,23 @@ class Publisher:
         """Disconnect."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def state_message(device: str, site: str, *, last_seq: int, delivered_seq: int) -> dict[str, Any]:
+    """A terminal's retained state (scanfleet.state/1) with these journal figures."""
+    return {
+        "schema": "scanfleet.state/1",
+        "device": device,
+        "site": site,
+        "online": True,
+        "version": "0.1.0",
+        "boot_id": None,
+        "journal": {
+            "depth": last_seq - delivered_seq,
+            "last_seq": last_seq,
+            "delivered_seq": delivered_seq,
+            "oldest_undelivered_age_s": None,
+        },
+        "alarms": [],
+        "time": "2026-12-07T10:00:00Z",
+    }

@@ -45,7 +45,10 @@ class PostgresCluster:
         self.bindir = bindir
         self.port = port or free_port()
         self.host = "127.0.0.1"
-        self.root = Path(tempfile.mkdtemp(prefix="scanfleet-pg-"))
+        # As root the server runs as postgres, which must reach the directory: /tmp
+        # itself, never a private $TMPDIR.
+        where = "/tmp" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="scanfleet-pg-", dir=where))
         self.datadir = self.root / "data"
         self.sockdir = self.root / "sock"
         self.log_path = self.root / "postgres.log"
