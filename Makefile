@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.scanfleet-installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup test unit lint typecheck bench run schema hil clean
+.PHONY: help setup test unit lint typecheck bench run schema hil clean screenshots
 
 # make install DESTDIR=… PREFIX=… / make uninstall (systemd/README.md)
 include systemd/install.mk
@@ -47,6 +47,10 @@ typecheck: lint
 
 bench: $(STAMP) ## benchmarks; one JSON line per benchmark on stdout
 	$(BIN)/python tests/bench/run.py $(BENCH)
+
+screenshots: $(STAMP) ## regenerate the console screenshots in docs/console/ (Debian's Chromium)
+	./.ci/sysdeps docs
+	$(BIN)/python tests/console_screenshots.py docs/console
 
 schema: $(STAMP) ## regenerate the committed JSON Schemas in docs/schema/
 	$(BIN)/scanfleet schema --write docs/schema

@@ -17,6 +17,7 @@ HUB_COMMAND_MODULES = (
     "scanfleet.hub.commands.audit",
     "scanfleet.hub.commands.export",
     "scanfleet.hub.commands.duplicates",
+    "scanfleet.hub.console.cli",
 )
 
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
+
+import segno
 
 from scanfleet.daemon.model import valid_name
 from scanfleet.provisioning.registry import ClaimRecord, Registry
@@ -72,6 +75,35 @@ class Claim:
     def __repr__(self) -> str:
         # Keep the secret out of logs and tracebacks.
         return f"Claim(site={self.site!r}, enroll={self.enroll_host}:{self.enroll_port})"
+
+
+def _qr(claim: Claim) -> segno.QRCode:
+    # Error level M (15 % recovery; segno raises it when the version has room) keeps a
+    # ~60-character token at version 4-5: large modules, so a counter scanner reads it
+    # off a phone screen or a smudged print. Byte mode keeps the token's case exact.
+    return segno.make_qr(claim.token, error="m", encoding="utf-8")
+
+
+def claim_qr_png(claim: Claim, *, scale: int = 8) -> bytes:
+    """The claim's token as a QR code in PNG form (quiet zone included).
+
+    The image holds the secret: whoever stores it stores a usable claim.
+    """
+    out = io.BytesIO()
+    _qr(claim).save(out, kind="png", scale=scale, border=4)
+    return out.getvalue()
+
+
+def claim_qr_text(claim: Claim) -> str:
+    """The claim's token as a QR code drawn with block characters for a terminal.
+
+    Two module rows per text line (upper/lower half blocks), light modules drawn,
+    so it reads on a dark terminal; the quiet zone is 2 modules, which scanners and
+    phone cameras accept on screen.
+    """
+    out = io.StringIO()
+    _qr(claim).terminal(out=out, compact=True, border=2)
+    return out.getvalue()
 
 
 def create_claim(

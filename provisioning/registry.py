@@ -221,6 +221,17 @@ class Registry:
             )
             return cur.rowcount == 1
 
+    def withdraw_claim(self, claim_id: str, reason: str) -> bool:
+        """Make an unused claim unusable (marked used by *reason*); False when it was not open."""
+        now = _iso(datetime.now(UTC))
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE claims SET used_at = ?, used_by = ?"
+                " WHERE id = ? AND used_at IS NULL AND expires_at > ?",
+                (now, reason, claim_id, now),
+            )
+            return cur.rowcount == 1
+
     def claims(self) -> list[ClaimRecord]:
         """Every claim, newest first."""
         with self._db() as db:

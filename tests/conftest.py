@@ -69,5 +69,6 @@ def clients() -> Iterator[list[TLSClient]]:
     for client in made:
         client.close()
 
+
 # The private PostgreSQL cluster (session) and a fresh database per test, for the hub.
 from support.postgres import hub_database, postgres_cluster  # noqa: E402, F401

@@ -16,8 +16,13 @@ from urllib.parse import urlsplit
 
 from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
 from scanfleet.provisioning.broker_layout import DEFAULT_MAX_PACKET
-from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name
-from scanfleet.provisioning.claims import ClaimError, create_claim
+from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name, write_private
+from scanfleet.provisioning.claims import (
+    ClaimError,
+    claim_qr_png,
+    claim_qr_text,
+    create_claim,
+)
 from scanfleet.provisioning.inventory import collect_states, inventory, render_table
 from scanfleet.provisioning.remote import (
     FleetClient,
@@ -67,6 +72,15 @@ def register(subparsers: Any) -> None:
     )
     create.add_argument("--ttl-hours", type=float, default=24.0)
     create.add_argument("--device", help="bind to one device id (needed to re-enroll it)")
+    create.add_argument(
+        "--qr",
+        nargs="?",
+        const="",
+        metavar="PNG",
+        help="also draw the claim as a QR code on stderr and write it as a PNG "
+        "(default claim-ID.png; mode 0600: it holds the secret); the terminal "
+        "enrolls by reading it with its own scanner",
+    )
     create.set_defaults(func=_claim_create)
     claim_ls = claim_sub.add_parser("ls", help="list claims (never their secrets)")
     claim_ls.set_defaults(func=_claim_ls)
@@ -257,6 +271,15 @@ def _claim_create(args: argparse.Namespace) -> int:
         f"# claim {claim_id} for site {args.site}, valid {args.ttl_hours:g} h, single use",
         file=sys.stderr,
     )
+    if args.qr is not None:
+        png = Path(args.qr or f"claim-{claim_id}.png")
+        try:
+            write_private(png, claim_qr_png(claim))
+        except OSError as err:
+            return _fail(f"cannot write the QR code: {err}")
+        # stdout stays the token alone (scripts capture it); the picture goes to stderr.
+        print(claim_qr_text(claim), end="", file=sys.stderr)
+        print(f"# QR code written to {png}", file=sys.stderr)
     print(claim.token)
     return 0
 
