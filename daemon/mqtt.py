@@ -1,10 +1,15 @@
-"""The paho-mqtt adapter: one MQTT 5 connection driven from the caller's thread, and backoff.
+"""The paho-mqtt adapter: one MQTT 5 or 3.1.1 connection driven from the caller's thread.
 
 paho runs no thread of its own here and never reconnects by itself
 (``reconnect_on_failure=False``): the publisher's loop owns the socket through
 ``select`` and decides when and how often to reconnect (anchors-style §4).
 A fresh :class:`Connection` is made for every attempt, so nothing paho keeps in
 memory outlives a connection; the journal is what gets resent.
+
+A failed connect says why (:class:`~scanfleet.daemon.errors.BrokerRefusedError` with
+a stable ``cause``): DNS, TLS, an unsupported protocol version, bad credentials or
+not authorized, so the publisher can raise ``broker_refused`` at the first attempt
+instead of waiting for ``broker_unreachable``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.errors import BrokerConnectionError
+from scanfleet.daemon.config import BrokerConfig, MqttVersion
+from scanfleet.daemon.errors import BrokerConnectionError, BrokerRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,74 @@ AckCallback = Callable[[int, int, str], None]
 
 MessageCallback = Callable[[str, bytes, Properties | None], None]
 """``(topic, payload, MQTT 5 properties)`` of a received message, called inside ``pump``."""
+
+PAHO_PROTOCOL = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}
+
+CONNACK_CAUSES = {
+    0x84: "protocol_version",
+    0x85: "client_id",
+    0x86: "bad_credentials",
+    0x87: "not_authorized",
+    0x8A: "not_authorized",  # banned
+    0x8C: "bad_credentials",  # bad authentication method
+}
+"""CONNACK reason codes (paho maps 3.1.1 return codes onto them) and what they mean."""
+TRANSIENT_CONNACK = frozenset({0x88, 0x89, 0x97, 0x9F})
+"""Server unavailable, busy, quota exceeded, connection rate: retrying is the answer."""
+
+
+def connack_error(code: int, name: str) -> BrokerConnectionError:
+    """The error for a failed CONNACK: a refusal with its cause, or a transient failure."""
+    if code in TRANSIENT_CONNACK:
+        return BrokerConnectionError(f"connection refused for now: {name}", code)
+    cause = CONNACK_CAUSES.get(code, "refused")
+    return BrokerRefusedError(cause, f"connection refused: {name} (CONNACK 0x{code:02x})", code)
+
+
+def paho_client(
+    client_id: str, protocol: MqttVersion, *, clean_session: bool = True
+) -> mqtt.Client:
+    """A paho client for *protocol*, which never reconnects by itself.
+
+    *clean_session* applies to 3.1.1 only (MQTT 5 takes ``clean_start`` at connect).
+    """
+    extra: dict[str, Any] = {} if protocol == "5" else {"clean_session": clean_session}
+    return mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=PAHO_PROTOCOL[protocol],
+        reconnect_on_failure=False,
+        **extra,
+    )
+
+
+def connect_client(
+    client: mqtt.Client,
+    host: str,
+    port: int,
+    *,
+    keepalive: int,
+    clean_start: bool = True,
+    properties: Properties | None = None,
+) -> None:
+    """``client.connect``, with DNS and TLS failures raised as :class:`BrokerRefusedError`.
+
+    Other socket errors (connection refused, unreachable, timeouts) stay ``OSError``:
+    the broker may simply be down, which retrying fixes.
+    """
+    try:
+        if client.protocol == MQTTProtocolVersion.MQTTv5:
+            client.connect(
+                host, port, keepalive=keepalive, clean_start=clean_start, properties=properties
+            )
+        else:
+            client.connect(host, port, keepalive=keepalive)
+    except socket.gaierror as err:
+        raise BrokerRefusedError("dns", f"cannot resolve {host!r}: {err.strerror}") from err
+    except ssl.SSLError as err:
+        raise BrokerRefusedError(
+            "tls", f"TLS handshake with {host}:{port} failed: {err.reason or err}"
+        ) from err
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -65,7 +138,10 @@ def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
 
 
 class Connection:
-    """One MQTT 5 connection, QoS 1 publishes, acks reported through *on_ack*.
+    """One MQTT connection (version 5 or 3.1.1), QoS 1 publishes, acks through *on_ack*.
+
+    Under 3.1.1 a PUBACK carries no reason code: every ack reports success, and
+    properties (correlation data) are neither sent nor received.
 
     Not thread-safe: every method is called from the publisher's thread, and the
     callbacks run inside :meth:`pump` on that same thread.
@@ -80,23 +156,21 @@ class Connection:
         will: tuple[str, bytes],
         on_ack: AckCallback,
         on_message: MessageCallback | None = None,
+        protocol: MqttVersion = "5",
     ) -> None:
         self.broker = broker
+        self.protocol: MqttVersion = protocol
         self._on_ack = on_ack
         self._on_message = on_message
         self._connack: ReasonCode | None = None
         self._lost: str | None = None
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,
-        )
+        client = paho_client(client_id, protocol)
         # Must precede connect(); it also keeps paho from queueing behind our window.
         client.max_inflight_messages_set(inflight)
         client.will_set(will[0], will[1], qos=1, retain=True)
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
+        username, password = broker.credentials()
+        if username is not None:
+            client.username_pw_set(username, password)
         if broker.tls:
             client.tls_set_context(tls_context(broker))
         client.on_connect = self._handle_connect
@@ -135,12 +209,14 @@ class Connection:
     # -- the connection -------------------------------------------------------------------
 
     def open(self, timeout: float) -> None:
-        """Connect (clean start) and wait for a successful CONNACK; raise otherwise."""
-        self._client.connect(
-            self.broker.host,
-            self.broker.port,
-            keepalive=self.broker.keepalive,
-            clean_start=True,
+        """Connect (clean start) and wait for a successful CONNACK; raise otherwise.
+
+        Raises :class:`BrokerRefusedError` naming the cause for DNS and TLS failures,
+        a refusing CONNACK, and an MQTT 5 CONNECT the broker closed without any CONNACK
+        (what RabbitMQ 3.10 does: it speaks only 3.1.1).
+        """
+        connect_client(
+            self._client, self.broker.host, self.broker.port, keepalive=self.broker.keepalive
         )
         deadline = time.monotonic() + timeout
         while self._connack is None:
@@ -148,12 +224,30 @@ class Connection:
             if remaining <= 0:
                 self.abort()
                 raise BrokerConnectionError("no CONNACK in time")
-            self.pump(min(remaining, 0.5))
-        if self._connack.is_failure:
+            try:
+                self.pump(min(remaining, 0.5))
+            except BrokerConnectionError:
+                # paho reports a refusing CONNACK as a lost connection in the same
+                # read: the CONNACK, when there was one, is what says why.
+                if self.connack_received:
+                    break
+                self.abort()
+                if self.protocol == "5":
+                    raise BrokerRefusedError(
+                        "protocol_version",
+                        "the broker closed the connection without a CONNACK to an MQTT 5 "
+                        "CONNECT (a broker that speaks only MQTT 3.1.1 does this)",
+                    ) from None
+                raise
+        connack = self._connack
+        if connack is not None and connack.is_failure:  # the loop ends only with one
             self.abort()
-            raise BrokerConnectionError(
-                f"connection refused: {self._connack.getName()}", self._connack.value
-            )
+            raise connack_error(connack.value, connack.getName())
+
+    @property
+    def connack_received(self) -> bool:
+        """True once the broker answered the CONNECT (success or refusal)."""
+        return self._connack is not None
 
     @property
     def connected(self) -> bool:
@@ -168,7 +262,12 @@ class Connection:
         retain: bool = False,
         properties: Properties | None = None,
     ) -> int:
-        """Hand one QoS 1 message to paho; return its message id."""
+        """Hand one QoS 1 message to paho; return its message id.
+
+        Under 3.1.1 *properties* are dropped (the protocol has none).
+        """
+        if self.protocol != "5":
+            properties = None
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._lost = self._lost or mqtt.error_string(info.rc)
