@@ -59,3 +59,7 @@ def channel(request: pytest.FixtureRequest) -> Iterator[str]:
     virtual.reset(name)
     yield name
     virtual.reset(name)
+
+
+# Session-scoped RabbitMQ, NATS and NATS-cluster fixtures (the broker matrix, issue 18).
+from support.broker_fixtures import nats, nats_cluster, rabbitmq  # noqa: E402, F401

@@ -1,0 +1,151 @@
+"""The broker matrix (issue 18): the same end-to-end run against every broker we support.
+
+A real daemon process reads a simulated serial scanner (real bytes on a pty),
+journals and publishes to the broker; a backend subscriber with a persistent
+session collects. Mid-stream the broker is stopped (SIGTERM) for 15 s and started
+again. Every journal record must reach the subscriber, counted by id.
+
+mosquitto speaks MQTT 5; RabbitMQ 3.10 and NATS 2.9 speak 3.1.1 only, so the daemon
+(``protocol = "auto"``) falls back and must say so in its state message.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanfleet.daemon.journal_reader import open_readonly
+from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
+from support.daemon import DaemonProcess, write_config
+from support.mqtt import Collector
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCANS = 300
+RATE = 30.0
+OUTAGE_S = 15.0
+
+
+def wait(predicate: Any, timeout: float, step: float = 0.05) -> bool:
+    """Poll *predicate* until true or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+def daemon_config(tmp_path: Path, site: str, device: str, urls: list[str], link: Path) -> Path:
+    """A daemon config on a simulated serial scanner, publishing to *urls*."""
+    url = f'"{urls[0]}"' if len(urls) == 1 else "[" + ", ".join(f'"{u}"' for u in urls) + "]"
+    return write_config(
+        tmp_path / "scanfleet.toml",
+        f"""
+[identity]
+site = "{site}"
+device = "{device}"
+
+[paths]
+state_dir = "{tmp_path / "state"}"
+
+[broker]
+url = {url}
+keepalive = 5
+
+[[devices]]
+name = "scanner"
+driver = "serial"
+port = "{link}"
+baudrate = 115200
+framing = "cr"
+aim_prefix = true
+""",
+    )
+
+
+def journal_ids(tmp_path: Path) -> dict[str, int]:
+    """Every record id in the daemon's journal, with its seq."""
+    with open_readonly(tmp_path / "state" / "journal.sqlite3") as reader:
+        records = reader.read_after(0, limit=1_000_000, max_bytes=1 << 40)
+    return {r.as_dict()["id"]: r.seq for r in records}
+
+
+def missing_report(expected: dict[str, int], got: set[str]) -> str:
+    """Which seqs never arrived (for the failure message)."""
+    lost = sorted(seq for rid, seq in expected.items() if rid not in got)
+    return f"{len(lost)} of {len(expected)} records never arrived: seq {lost[:50]}"
+
+
+@pytest.fixture(params=["mosquitto", "rabbitmq", "nats"])
+def matrix_broker(request: pytest.FixtureRequest) -> Any:
+    """Each broker of the matrix in turn (RabbitMQ and NATS are session-scoped)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_every_record_survives_a_15_s_broker_outage_mid_stream(
+    matrix_broker: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    broker = matrix_broker
+    protocol = getattr(broker, "protocol", "5")
+    name = request.node.callspec.params["matrix_broker"]
+    site, device = f"matrix-{name}", f"sf-matrix{name[:4]}"
+    collector = Collector(
+        broker.host,
+        broker.port,
+        f"scanfleet/v1/{site}/+/scans",
+        client_id=f"backend-matrix-{name}",
+        protocol=protocol,
+    )
+    collector.client.reconnect_delay_set(1, 2)
+    states = Collector(
+        broker.host,
+        broker.port,
+        f"scanfleet/v1/{site}/{device}/state",
+        client_id=f"states-matrix-{name}",
+        protocol=protocol,
+        persistent=False,
+    )
+    link = tmp_path / "scanner"
+    sim = SerialScannerSimulator(framing="cr", aim=True, rate=RATE, count=SCANS, seed=18, link=link)
+    daemon = DaemonProcess(
+        daemon_config(tmp_path, site, device, [broker.url], link), tmp_path / "daemon.log"
+    )
+    try:
+        with sim:
+            daemon.start()
+            assert daemon.wait_log("ready:", 60), daemon.log()
+            sim.start()
+            assert wait(lambda: len(collector.unique_ids()) >= SCANS // 4, 60), daemon.log()
+            broker.stop(signal.SIGTERM)
+            stopped = time.monotonic()
+            assert wait(lambda: "connection lost" in daemon.run_log(), 30), daemon.log()
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
+            broker.start()
+            assert sim.wait_done(120), f"simulator sent {len(sim.sent)}"
+            expected: dict[str, int] = {}
+
+            def all_arrived() -> bool:
+                expected.update(journal_ids(tmp_path))
+                return len(expected) >= SCANS and set(expected) <= collector.unique_ids()
+
+            assert wait(all_arrived, 120, step=0.5), (
+                missing_report(expected, collector.unique_ids()) + "\n" + daemon.run_log()[-3000:]
+            )
+            assert daemon.stop() == 0, daemon.log()
+        state = states.last_json("/state")
+        assert state is not None
+        assert state["protocol"] == protocol, state
+        if protocol == "3.1.1":
+            assert "refuses MQTT 5" in daemon.log()
+    finally:
+        if daemon.alive():
+            daemon.kill()
+        if not broker.running:
+            broker.start()
+        collector.close()
+        states.close()
