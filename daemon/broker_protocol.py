@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.config import BrokerProtocol, MqttVersion
+from scanfleet.daemon.mqtt import versions_to_try
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,9 @@ class ProtocolMemory:
 
     def attempts(self, url: str, configured: BrokerProtocol) -> list[MqttVersion]:
         """The protocol versions to try on *url*, in order, for one connection attempt."""
-        if configured == "5":
-            return ["5"]
-        if configured == "3.1.1":
+        if configured == "auto" and self.remembered(url) == "3.1.1" and not self.reprobe_due(url):
             return ["3.1.1"]
-        if self.remembered(url) == "3.1.1" and not self.reprobe_due(url):
-            return ["3.1.1"]
-        return ["5", "3.1.1"]
+        return versions_to_try(configured)
 
     def remember(self, url: str, protocol: MqttVersion, *, probed: bool) -> None:
         """Record that *protocol* works on *url*; *probed*: MQTT 5 was tried just now."""

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from scanfleet.daemon.config import BrokerConfig, MqttVersion
+from scanfleet.daemon.config import BrokerConfig, BrokerProtocol, MqttVersion
 from scanfleet.daemon.errors import BrokerConnectionError, BrokerRefusedError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,79 @@ def connack_error(code: int, name: str) -> BrokerConnectionError:
         return BrokerConnectionError(f"connection refused for now: {name}", code)
     cause = CONNACK_CAUSES.get(code, "refused")
     return BrokerRefusedError(cause, f"connection refused: {name} (CONNACK 0x{code:02x})", code)
+
+
+def closed_before_connack() -> BrokerRefusedError:
+    """What an MQTT 5 CONNECT closed without any CONNACK means (RabbitMQ 3.10 does this)."""
+    return BrokerRefusedError(
+        "protocol_version",
+        "the broker closed the connection without a CONNACK to an MQTT 5 CONNECT "
+        "(a broker that speaks only MQTT 3.1.1 does this)",
+    )
+
+
+def versions_to_try(protocol: BrokerProtocol) -> list[MqttVersion]:
+    """The protocol versions one connection attempt tries, in order."""
+    return ["5", "3.1.1"] if protocol == "auto" else [protocol]
+
+
+def open_client(
+    make: Callable[[MqttVersion], mqtt.Client],
+    host: str,
+    port: int,
+    *,
+    protocol: BrokerProtocol = "auto",
+    keepalive: int = 30,
+    timeout: float = 10.0,
+) -> mqtt.Client:
+    """Connect a short-lived client (fleet CLI, enrollment, service) and wait for CONNACK.
+
+    *make* builds a fresh client for a protocol version (TLS, callbacks set). With
+    ``auto`` an MQTT 5 refusal falls back to 3.1.1. Returns the connected client,
+    whose loop the caller then runs (``loop`` or ``loop_start``); its ``on_connect``
+    is not called for this first CONNACK. Raises
+    :class:`BrokerRefusedError` naming the cause, or ``OSError`` when unreachable.
+    """
+    versions = versions_to_try(protocol)
+    for version in versions:
+        client = make(version)
+        try:
+            _await_connack(client, host, port, keepalive, timeout)
+        except BrokerRefusedError as err:
+            if err.cause != "protocol_version" or version == versions[-1]:
+                raise
+            log.info("broker %s:%d refuses MQTT %s; trying MQTT 3.1.1", host, port, version)
+            continue
+        return client
+    raise AssertionError("unreachable: the last version raises or returns")
+
+
+def _await_connack(
+    client: mqtt.Client, host: str, port: int, keepalive: int, timeout: float
+) -> None:
+    answers: list[ReasonCode] = []
+    previous = client.on_connect
+    client.on_connect = lambda c, u, f, rc, p: answers.append(rc)
+    try:
+        connect_client(client, host, port, keepalive=keepalive)
+        deadline = time.monotonic() + timeout
+        while not answers:
+            rc = client.loop(timeout=0.1)
+            if answers:
+                break
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                client.disconnect()
+                if client.protocol == MQTTProtocolVersion.MQTTv5:
+                    raise closed_before_connack()
+                raise BrokerConnectionError(f"connection lost: {mqtt.error_string(rc)}")
+            if time.monotonic() > deadline:
+                client.disconnect()
+                raise BrokerConnectionError("no CONNACK in time")
+    finally:
+        client.on_connect = previous
+    if answers[0].is_failure:
+        client.disconnect()
+        raise connack_error(answers[0].value, answers[0].getName())
 
 
 def paho_client(
@@ -233,11 +306,7 @@ class Connection:
                     break
                 self.abort()
                 if self.protocol == "5":
-                    raise BrokerRefusedError(
-                        "protocol_version",
-                        "the broker closed the connection without a CONNACK to an MQTT 5 "
-                        "CONNECT (a broker that speaks only MQTT 3.1.1 does this)",
-                    ) from None
+                    raise closed_before_connack() from None
                 raise
         connack = self._connack
         if connack is not None and connack.is_failure:  # the loop ends only with one

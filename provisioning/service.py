@@ -32,11 +32,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
 from scanfleet.daemon.backoff import Backoff
+from scanfleet.daemon.config import MqttVersion
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
+from scanfleet.daemon.mqtt import paho_client
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
 
@@ -142,6 +144,7 @@ class EnrollmentService:
         broker_url: str,
         reload_command: str | None = None,
         client_id: str = "scanfleet-fleet-service",
+        protocol: MqttVersion = "5",
     ) -> None:
         self.ca = ca
         self.host = host
@@ -150,12 +153,7 @@ class EnrollmentService:
         self.reload_command = reload_command
         self._stopping = False
         self.answered = 0
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,
-        )
+        client = paho_client(client_id, protocol)  # 3.1.1: RabbitMQ, NATS (docs/brokers.md)
         client.tls_set(
             ca_certs=str(ca.paths.ca_cert),
             certfile=cert_file,

@@ -17,7 +17,12 @@ from urllib.parse import urlsplit
 from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
 from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name
 from scanfleet.provisioning.claims import ClaimError, create_claim
-from scanfleet.provisioning.inventory import collect_states, inventory, render_table
+from scanfleet.provisioning.inventory import (
+    collect_states,
+    inventory,
+    known_devices,
+    render_table,
+)
 from scanfleet.provisioning.remote import (
     FleetClient,
     build_document,
@@ -158,6 +163,12 @@ def register(subparsers: Any) -> None:
 def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtts://HOST:PORT of the device listener")
     parser.add_argument("--identity", required=True, help="fleet identity name (fleet.NAME)")
+    parser.add_argument(
+        "--protocol",
+        choices=("auto", "5", "3.1.1"),
+        default="auto",
+        help="MQTT version (auto: 5, or 3.1.1 when the broker refuses 5; default: auto)",
+    )
 
 
 def _ca(args: argparse.Namespace) -> FleetCA:
@@ -306,6 +317,7 @@ def _serve(args: argparse.Namespace) -> int:
         key_file=key,
         broker_url=args.public_broker_url or args.broker,
         reload_command=args.reload_command,
+        protocol="3.1.1" if args.protocol == "3.1.1" else "5",
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -326,7 +338,13 @@ def _ls(args: argparse.Namespace) -> int:
     host, port = _host_port(args.broker)
     try:
         states = collect_states(
-            host, port, ca_file=str(ca.paths.ca_cert), cert_file=cert, key_file=key
+            host,
+            port,
+            ca_file=str(ca.paths.ca_cert),
+            cert_file=cert,
+            key_file=key,
+            devices=known_devices(ca),
+            protocol=args.protocol,
         )
     except (OSError, ConnectionError) as err:
         return _fail(f"broker {args.broker}: {err}")
@@ -343,7 +361,14 @@ def _fleet_client(args: argparse.Namespace) -> FleetClient:
     ca = _ca(args)
     cert, key = _identity_files(ca, args.identity)
     host, port = _host_port(args.broker)
-    return FleetClient(host, port, ca_file=str(ca.paths.ca_cert), cert_file=cert, key_file=key)
+    return FleetClient(
+        host,
+        port,
+        ca_file=str(ca.paths.ca_cert),
+        cert_file=cert,
+        key_file=key,
+        protocol=args.protocol,
+    )
 
 
 def _read_sections(path: Path) -> dict[str, Any]:
