@@ -116,7 +116,7 @@ def _await_connack(
         connect_client(client, host, port, keepalive=keepalive)
         deadline = time.monotonic() + timeout
         while not answers:
-            rc = client.loop(timeout=0.1)
+            rc = _step(client, 0.1)
             if answers:
                 break
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -132,6 +132,25 @@ def _await_connack(
     if answers[0].is_failure:
         client.disconnect()
         raise connack_error(answers[0].value, answers[0].getName())
+
+
+def _step(client: mqtt.Client, timeout: float) -> MQTTErrorCode:
+    # paho's loop() would create a wake-up socket pair that a later loop_start()
+    # overwrites without closing; this reads and writes the socket only.
+    sock = client.socket()
+    if sock is None:
+        return MQTTErrorCode.MQTT_ERR_NO_CONN
+    pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+    wlist: list[Any] = [sock] if client.want_write() else []
+    readable, writable, _ = select.select([sock], wlist, [], 0 if pending else timeout)
+    rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+    if readable or pending:
+        rc = client.loop_read()
+    if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (writable or client.want_write()):
+        rc = client.loop_write()
+    if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        rc = client.loop_misc()
+    return rc
 
 
 def paho_client(
@@ -175,8 +194,11 @@ def connect_client(
     except socket.gaierror as err:
         raise BrokerRefusedError("dns", f"cannot resolve {host!r}: {err.strerror}") from err
     except ssl.SSLError as err:
+        detail = err.reason or str(err)
+        if isinstance(err, ssl.SSLCertVerificationError) and err.verify_message:
+            detail = f"{detail} ({err.verify_message})"
         raise BrokerRefusedError(
-            "tls", f"TLS handshake with {host}:{port} failed: {err.reason or err}"
+            "tls", f"TLS handshake with {host}:{port} failed: {detail}"
         ) from err
 
 

@@ -332,7 +332,9 @@ class Publisher:
         hint = ""
         if err.cause == "protocol_version" and self.broker.protocol != "auto":
             hint = f' ([broker] protocol = "{self.broker.protocol}"; "auto" falls back)'
-        log.error("broker %s refused the connection (%s): %s%s", self.url, err.cause, err, hint)
+        log.error(
+            "broker %s refused the connection (%s): %s%s", self.url, err.cause, err.reason, hint
+        )
         self.alarms.raise_(
             ALARM_BROKER_REFUSED,
             f"broker {self.url} refused the connection: {err.reason}{hint}",
