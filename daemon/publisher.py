@@ -448,7 +448,9 @@ class Publisher:
             except BrokerRefusedError as err:
                 if err.cause != "protocol_version" or protocol == attempts[-1]:
                     raise
-                log.warning("broker %s refuses MQTT %s (%s); trying MQTT 3.1.1", url, protocol, err)
+                log.warning(
+                    "broker %s refuses MQTT %s (%s); trying MQTT 3.1.1", url, protocol, err.reason
+                )
                 continue
             if self.broker.protocol == "auto":
                 self._protocols.remember(url, protocol, probed=attempts[0] == "5")
