@@ -477,6 +477,12 @@ class Publisher:
             batch = self._cutter.cut(self.journal, tracker.next_seq)
             if batch is None:
                 return
+            # Read what already arrived first: a broker that refused a batch (mosquitto
+            # then closes the connection) must be heard before the next write fails on
+            # the closed socket and loses the refusal with it.
+            conn.pump(0)
+            if tracker.refusals:
+                return
             mid = conn.publish(self._scans_topic, batch.payload)
             tracker.sent(mid, batch)
             self.counters.batches_published += 1

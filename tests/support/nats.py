@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from support.broker import free_port
-from support.rabbitmq import wait_listening
+from support.server import ServerProcess, wait_listening
 
 NATS_SERVER = "nats-server"
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """One nats-server process; restartable with the same ports and JetStream store."""
 
     protocol = "3.1.1"
@@ -40,7 +40,6 @@ class NatsServer:
         replicas: int = 1,
     ) -> None:
         self.workdir = workdir
-        self.host = "127.0.0.1"
         self.port = free_port()
         self.client_port = free_port()
         self.cluster_port = free_port()
@@ -112,21 +111,6 @@ class NatsServer:
     def close(self) -> None:
         """Stop (the same as :meth:`stop`; every fixture class has both)."""
         self.stop()
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        """Stop and start again with the same ports and store."""
-        self.stop(sig)
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        """True while the process runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def url(self) -> str:
-        """``mqtt://host:port`` of the MQTT listener."""
-        return f"mqtt://{self.host}:{self.port}"
 
     def log(self) -> str:
         """The server's log so far."""

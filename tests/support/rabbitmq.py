@@ -16,31 +16,20 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from support.broker import free_port
+from support.server import ServerProcess, wait_listening
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 """The foreground script; ``/usr/sbin/rabbitmq-server`` would switch to user rabbitmq."""
 EPMD = "epmd"
 
 
-def wait_listening(host: str, port: int, deadline: float, alive: subprocess.Popen[bytes]) -> bool:
-    """Poll until *port* accepts a TCP connection; False when *alive* exits or time runs out."""
-    while time.monotonic() < deadline:
-        if alive.poll() is not None:
-            return False
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-class RabbitMQ:
+class RabbitMQ(ServerProcess):
     """One private RabbitMQ node with the MQTT plugin; restartable with its data kept."""
 
     protocol = "3.1.1"
@@ -48,7 +37,6 @@ class RabbitMQ:
 
     def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
         self.workdir = workdir
-        self.host = "127.0.0.1"
         self.port = free_port()
         self.amqp_port = free_port()
         self.dist_port = free_port()
@@ -149,21 +137,6 @@ class RabbitMQ:
         if self.epmd is not None and self.epmd.poll() is None:
             self.epmd.terminate()
             self.epmd.wait(10)
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        """Stop and start again with the same data and ports."""
-        self.stop(sig)
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        """True while the node's process runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def url(self) -> str:
-        """``mqtt://host:port`` of the MQTT listener."""
-        return f"mqtt://{self.host}:{self.port}"
 
     def log(self) -> str:
         """The node's log and console output so far."""
