@@ -141,6 +141,8 @@ class RemoteCommands:
         config = d.config.model_dump(mode="json")
         if config.get("local_api", {}).get("token"):
             config["local_api"]["token"] = "<redacted>"  # noqa: S105 - a placeholder
+        if config.get("broker", {}).get("password"):
+            config["broker"]["password"] = "<redacted>"  # noqa: S105 - a placeholder
         stats = d.journal.stats()
         lines = list(self.recent_log.lines) if self.recent_log else []
         bundle: dict[str, Any] = {

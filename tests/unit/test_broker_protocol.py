@@ -134,3 +134,28 @@ def test_a_3_1_1_request_is_answered_on_its_own_response_topic() -> None:
     assert json.loads(payload)["error"]["code"] == "bad_request"
     with pytest.raises(CommandError):
         take_request_id({"request_id": "a" * 65})
+
+
+def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
+    import logging
+
+    from scanfleet.daemon.config import Config
+    from scanfleet.daemon.remote_commands import RemoteCommands
+    from scanfleet.daemon.runner import Daemon
+
+    config = Config.model_validate(
+        {
+            "identity": {"site": "s1", "device": "dev-pw"},
+            "paths": {"state_dir": str(tmp_path)},
+            "broker": {"url": "mqtt://127.0.0.1:1", "username": "u", "password": "hunter2"},
+        }
+    )
+    daemon = Daemon(config)
+    try:
+        bundle = RemoteCommands(daemon).diagnostics({})
+        assert "hunter2" not in json.dumps(bundle)
+        assert bundle["config"]["broker"]["password"] == "<redacted>"  # noqa: S105
+    finally:
+        daemon.publisher.stop()
+        daemon.journal.close()
+        logging.getLogger().removeHandler(daemon.recent_log)
