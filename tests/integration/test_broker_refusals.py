@@ -24,7 +24,7 @@ from scanfleet.daemon.config import BrokerConfig
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.publisher import ALARM_BROKER_REFUSED, Publisher
-from support.broker import Mosquitto
+from support.broker import Mosquitto, free_port
 from support.pki import Fleet, FleetBroker, make_fleet
 from support.prereq import require_executable
 from support.scans import make_scan_body
@@ -50,14 +50,9 @@ def run_publisher(journal: Journal, tmp_path: Path) -> Iterator[Callable[..., Pu
     started: list[Publisher] = []
 
     def start(broker: BrokerConfig, **kwargs: Any) -> Publisher:
+        kwargs.setdefault("backoff", Backoff(30.0, 60.0))
         publisher = Publisher(
-            journal,
-            broker,
-            Identity(SITE, DEVICE),
-            AlarmSet(),
-            backoff=Backoff(30.0, 60.0),
-            connect_timeout=5.0,
-            **kwargs,
+            journal, broker, Identity(SITE, DEVICE), AlarmSet(), connect_timeout=5.0, **kwargs
         )
         started.append(publisher)
         publisher.start()
@@ -196,3 +191,31 @@ def test_auto_falls_back_to_3_1_1_and_remembers_it_per_url(
     assert publisher.connected
     assert publisher.protocol == "3.1.1"
     assert "refuses MQTT 5" not in caplog.text, "remembered: no second MQTT 5 attempt"
+
+
+def test_a_dead_first_url_fails_over_to_the_next(
+    mosquitto: Mosquitto, run_publisher: Callable[..., Publisher]
+) -> None:
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    publisher = run_publisher(BrokerConfig(url=[dead, mosquitto.url]), backoff=Backoff(0.05, 0.1))
+    assert publisher.wait_delivered(10, 15)
+    assert publisher.url == mosquitto.url
+    assert publisher.counters.connection_failures == 1
+
+
+def test_a_connection_kept_on_3_1_1_is_reprobed_for_mqtt5_when_due(
+    rabbitmq: Any, run_publisher: Callable[..., Publisher], caplog: Any
+) -> None:
+    caplog.set_level(logging.INFO)
+    publisher = run_publisher(BrokerConfig(url=rabbitmq.url), backoff=Backoff(0.05, 0.1))
+    assert publisher.wait_delivered(10, 30)
+    assert publisher.counters.connects == 1
+    # Two days later (the default re-probe interval is one day).
+    publisher._protocols._clock = lambda: time.time() + 2 * 86400
+    deadline = time.monotonic() + 30
+    while publisher.counters.connects < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "for MQTT 5 again" in caplog.text
+    assert publisher.counters.connects == 2
+    assert publisher.protocol == "3.1.1"
+    assert caplog.text.count("refuses MQTT 5") == 2
