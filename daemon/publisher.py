@@ -8,14 +8,15 @@ code below 0x80; the journal's watermark advances over the contiguous prefix of
 delivered batches. Every new connection resends everything after the watermark:
 the journal is the truth, paho and the broker hold nothing we rely on.
 
+With the optional live lane, records journaled during a backlog drain also go
+out at once, ahead of the backlog (and again in order later).
+
 Brokers: ``[broker] url`` may list several URLs; a failed attempt or a lost
 connection moves to the next one (ordered failover inside the same reconnect loop
 and backoff). Each attempt speaks MQTT 5 or, when the broker refuses version 5 and
 ``protocol = "auto"``, MQTT 3.1.1 (:mod:`~scanfleet.daemon.broker_protocol`). A
 refusal that retrying will not fix (protocol, credentials, authorization, TLS, DNS)
 raises ``broker_refused`` naming the cause at the first attempt.
-With the optional live lane, records journaled during a backlog drain also go
-out at once, ahead of the backlog (and again in order later).
 
 Session choice: the device connects with ``clean_start=True`` and no session
 expiry. It publishes QoS 1 only, so a broker-side session would hold nothing the
