@@ -116,7 +116,7 @@ def _await_connack(
         connect_client(client, host, port, keepalive=keepalive)
         deadline = time.monotonic() + timeout
         while not answers:
-            rc = _step(client, 0.1)
+            rc = step(client, 0.1)
             if answers:
                 break
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -134,19 +134,28 @@ def _await_connack(
         raise connack_error(answers[0].value, answers[0].getName())
 
 
-def _step(client: mqtt.Client, timeout: float) -> MQTTErrorCode:
-    # paho's loop() would create a wake-up socket pair that a later loop_start()
-    # overwrites without closing; this reads and writes the socket only.
+def step(
+    client: mqtt.Client, timeout: float, wake_fd: socket.socket | None = None
+) -> MQTTErrorCode:
+    """Wait up to *timeout* for the client's socket (or *wake_fd*), then read, write, tick.
+
+    The caller's own ``select`` loop instead of paho's ``loop()``, which would also
+    create a wake-up socket pair that a later ``loop_start()`` overwrites unclosed.
+    """
     sock = client.socket()
     if sock is None:
         return MQTTErrorCode.MQTT_ERR_NO_CONN
+    # TLS may hold decrypted bytes that select() cannot see.
     pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+    rlist: list[Any] = [sock] if wake_fd is None else [sock, wake_fd]
     wlist: list[Any] = [sock] if client.want_write() else []
-    readable, writable, _ = select.select([sock], wlist, [], 0 if pending else timeout)
+    readable, writable, _ = select.select(rlist, wlist, [], 0 if pending else timeout)
+    if wake_fd is not None and wake_fd in readable:
+        drain_wake(wake_fd)
     rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-    if readable or pending:
+    if sock in readable or pending:
         rc = client.loop_read()
-    if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (writable or client.want_write()):
+    if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (sock in writable or client.want_write()):
         rc = client.loop_write()
     if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
         rc = client.loop_misc()
@@ -374,23 +383,9 @@ class Connection:
 
     def pump(self, timeout: float, wake_fd: socket.socket | None = None) -> None:
         """Wait up to *timeout* for socket activity (or *wake_fd*) and process it."""
-        sock = self._client.socket()
-        if sock is None or self._lost is not None:
+        if self._client.socket() is None or self._lost is not None:
             raise BrokerConnectionError(f"connection lost: {self._lost or 'socket closed'}")
-        # TLS may hold decrypted bytes that select() cannot see.
-        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
-        rlist: list[Any] = [sock] if wake_fd is None else [sock, wake_fd]
-        wlist: list[Any] = [sock] if self._client.want_write() else []
-        readable, writable, _ = select.select(rlist, wlist, [], 0 if pending else timeout)
-        if wake_fd is not None and wake_fd in readable:
-            drain_wake(wake_fd)
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        if sock in readable or pending:
-            rc = self._client.loop_read()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (sock in writable or self._client.want_write()):
-            rc = self._client.loop_write()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            rc = self._client.loop_misc()
+        rc = step(self._client, timeout, wake_fd)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._lost = self._lost or mqtt.error_string(rc)
         if self._lost is not None:
