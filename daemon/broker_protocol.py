@@ -1,4 +1,7 @@
-"""Which MQTT protocol version each broker URL speaks, remembered across restarts.
+"""Which broker URL and MQTT protocol version the next connection attempt uses.
+
+``[broker] url`` may list several URLs: :class:`BrokerDialer` tries the current one
+and the publisher moves it on after a failure (ordered failover).
 
 With ``[broker] protocol = "auto"`` the publisher tries MQTT 5 first and falls back
 to 3.1.1 in the same attempt when the broker refuses version 5 (RabbitMQ 3.10 and
@@ -15,11 +18,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.config import BrokerProtocol, MqttVersion
-from scanfleet.daemon.mqtt import versions_to_try
+from scanfleet.daemon.config import BrokerConfig, BrokerProtocol, MqttVersion
+from scanfleet.daemon.errors import BrokerRefusedError
+from scanfleet.daemon.mqtt import Connection, versions_to_try
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +115,67 @@ class ProtocolMemory:
             os.replace(tmp, self.path)
         except OSError as err:
             log.warning("cannot remember the broker protocol in %s: %s", self.path, err)
+
+
+class BrokerDialer:
+    """The broker URL list, the current URL, and the protocol choice for one attempt.
+
+    Args:
+        broker: the configuration (URLs in order, ``protocol``, ``reprobe_interval_s``).
+        memory_path: where :class:`ProtocolMemory` keeps what each URL speaks.
+    """
+
+    def __init__(self, broker: BrokerConfig, memory_path: Path | None) -> None:
+        self.broker = broker
+        self.urls = broker.urls
+        self.index = 0
+        self.memory = ProtocolMemory(memory_path, broker.reprobe_interval_s)
+        self.protocol: MqttVersion | None = None
+        """The MQTT version of the current (or last) attempt; None before the first."""
+
+    @property
+    def url(self) -> str:
+        """The URL of the current (or next) attempt."""
+        return self.urls[self.index]
+
+    def next_url(self) -> None:
+        """Move on to the next URL (after a failed attempt or a lost connection)."""
+        if len(self.urls) > 1:
+            self.index = (self.index + 1) % len(self.urls)
+            log.info("failing over to broker %s", self.url)
+
+    def dial(
+        self, make: Callable[[BrokerConfig, MqttVersion], Connection], timeout: float
+    ) -> Connection:
+        """Open a connection to the current URL, falling back from MQTT 5 when refused.
+
+        *make* builds the (unopened) connection for one URL and protocol version.
+        Raises what the last attempt raised.
+        """
+        url = self.url
+        broker = self.broker.at(url)
+        attempts = self.memory.attempts(url, self.broker.protocol)
+        for protocol in attempts:
+            self.protocol = protocol
+            conn = make(broker, protocol)
+            try:
+                conn.open(timeout)
+            except BrokerRefusedError as err:
+                if err.cause != "protocol_version" or protocol == attempts[-1]:
+                    raise
+                log.warning(
+                    "broker %s refuses MQTT %s (%s); trying MQTT 3.1.1", url, protocol, err.reason
+                )
+                continue
+            if self.broker.protocol == "auto":
+                self.memory.remember(url, protocol, probed=attempts[0] == "5")
+            return conn
+        raise AssertionError("unreachable: the last attempt raises or returns")
+
+    def reprobe_due(self) -> bool:
+        """True when the current connection fell back to 3.1.1 long enough ago."""
+        return (
+            self.protocol == "3.1.1"
+            and self.broker.protocol == "auto"
+            and self.memory.reprobe_due(self.url)
+        )

@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
 from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.broker_protocol import ProtocolMemory
+from scanfleet.daemon.broker_protocol import BrokerDialer
 from scanfleet.daemon.clock import boot_id
 from scanfleet.daemon.config import BrokerConfig, MqttVersion
 from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker
@@ -182,11 +182,7 @@ class Publisher:
         self._scans_topic = scans_topic(identity.site, identity.device)
         self._state_topic = state_topic(identity.site, identity.device)
         self._client_id = broker.client_id or identity.device
-        self._urls = broker.urls
-        self._url_index = 0
-        self._protocols = ProtocolMemory(protocol_memory, broker.reprobe_interval_s)
-        self.protocol: MqttVersion | None = None
-        """The MQTT version of the current (or last) connection; None before the first."""
+        self._dialer = BrokerDialer(broker, protocol_memory)
 
         self._state = BrokerState.STOPPED
         self._state_since = datetime.now(UTC)
@@ -304,12 +300,12 @@ class Publisher:
                 if self._stopped.is_set():
                     break
                 if not self._reprobing:
-                    self._next_url()
+                    self._dialer.next_url()
                 offline_s = time.monotonic() - disconnected_since
                 if offline_s >= self.unreachable_after:
                     self.alarms.raise_(
                         ALARM_UNREACHABLE,
-                        f"no broker connection to {', '.join(self._urls)}",
+                        f"no broker connection to {', '.join(self._dialer.urls)}",
                         Severity.WARNING,
                     )
                 delay = self._backoff.next()
@@ -322,12 +318,12 @@ class Publisher:
     @property
     def url(self) -> str:
         """The broker URL of the current (or next) connection attempt."""
-        return self._urls[self._url_index]
+        return self._dialer.url
 
-    def _next_url(self) -> None:
-        if len(self._urls) > 1:
-            self._url_index = (self._url_index + 1) % len(self._urls)
-            log.info("failing over to broker %s", self.url)
+    @property
+    def protocol(self) -> MqttVersion | None:
+        """The MQTT version of the current (or last) connection; None before the first."""
+        return self._dialer.protocol
 
     def _refused(self, err: BrokerRefusedError) -> None:
         hint = ""
@@ -378,7 +374,7 @@ class Publisher:
         self._state_mids.clear()
         self._warned_no_subscribers = False
         self._reprobing = False
-        conn = self._connect()
+        conn = self._dialer.dial(self._new_connection, self.connect_timeout)
         if self.control is not None:
             conn.subscribe(self.control.topics())
             self.control.connection_changed(True)
@@ -427,44 +423,23 @@ class Publisher:
                 # that accepts the connection but refuses every batch never gets here.
                 self._healthy = True
 
-    def _connect(self) -> Connection:
-        """Open a connection to the current URL, falling back from MQTT 5 when refused."""
-        url = self.url
-        broker = self.broker.at(url)
-        attempts = self._protocols.attempts(url, self.broker.protocol)
-        for protocol in attempts:
-            self.protocol = protocol
-            conn = Connection(
-                broker,
-                self._client_id,
-                inflight=self.window + LIVE_WINDOW + 2,  # + live lane + state messages
-                will=(self._state_topic, state_payload(self._compose_state(online=False))),
-                on_ack=self._on_ack,
-                on_message=self.control.deliver if self.control is not None else None,
-                protocol=protocol,
-            )
-            self._conn = conn
-            try:
-                conn.open(self.connect_timeout)
-            except BrokerRefusedError as err:
-                if err.cause != "protocol_version" or protocol == attempts[-1]:
-                    raise
-                log.warning(
-                    "broker %s refuses MQTT %s (%s); trying MQTT 3.1.1", url, protocol, err.reason
-                )
-                continue
-            if self.broker.protocol == "auto":
-                self._protocols.remember(url, protocol, probed=attempts[0] == "5")
-            return conn
-        raise AssertionError("unreachable: the last attempt raises or returns")
+    def _new_connection(self, broker: BrokerConfig, protocol: MqttVersion) -> Connection:
+        self._conn = Connection(
+            broker,
+            self._client_id,
+            inflight=self.window + LIVE_WINDOW + 2,  # + live lane + state messages
+            will=(self._state_topic, state_payload(self._compose_state(online=False))),
+            on_ack=self._on_ack,
+            on_message=self.control.deliver if self.control is not None else None,
+            protocol=protocol,
+        )
+        return self._conn
 
     def _reprobe_due(self) -> bool:
         return (
-            self.protocol == "3.1.1"
-            and self.broker.protocol == "auto"
-            and self._tracker.inflight + self._tracker.live_inflight == 0
+            self._tracker.inflight + self._tracker.live_inflight == 0
             and not self._state_mids
-            and self._protocols.reprobe_due(self.url)
+            and self._dialer.reprobe_due()
         )
 
     def _fill_window(self, conn: Connection) -> None:

@@ -211,7 +211,7 @@ def test_a_connection_kept_on_3_1_1_is_reprobed_for_mqtt5_when_due(
     assert publisher.wait_delivered(10, 30)
     assert publisher.counters.connects == 1
     # Two days later (the default re-probe interval is one day).
-    publisher._protocols._clock = lambda: time.time() + 2 * 86400
+    publisher._dialer.memory._clock = lambda: time.time() + 2 * 86400
     deadline = time.monotonic() + 30
     while publisher.counters.connects < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
