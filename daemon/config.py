@@ -7,6 +7,7 @@ empty file (or none, for ``scanfleet run --demo``) is a valid configuration.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,37 +54,103 @@ class PathsConfig(_Section):
         return self.state_dir / JOURNAL_FILE
 
 
-class BrokerConfig(_Section):
-    """The one MQTT broker the daemon talks to (it makes no other connection)."""
+BROKER_URL_PATTERN = r"^mqtts?://[^/\s:@]+(:\d{1,5})?/?$"
+BrokerUrl = Annotated[str, Field(pattern=BROKER_URL_PATTERN)]
+MqttVersion = Literal["5", "3.1.1"]
+"""An MQTT protocol version scanfleet speaks."""
+BrokerProtocol = Literal["5", "3.1.1", "auto"]
+USERNAME_ENV = "SCANFLEET_BROKER_USERNAME"
+PASSWORD_ENV = "SCANFLEET_BROKER_PASSWORD"  # noqa: S105 - a variable name, not a secret
 
-    url: Annotated[str, Field(pattern=r"^mqtts?://[^/\s:]+(:\d{1,5})?/?$")] = (
+
+class BrokerConfig(_Section):
+    """The MQTT broker the daemon talks to (it makes no other connection).
+
+    ``url`` is one URL or a list tried in order: the publisher stays on the URL that
+    works and moves to the next one when a connection attempt fails or an
+    established connection is lost (a clustered broker, or a primary and a standby).
+    """
+
+    url: BrokerUrl | Annotated[list[BrokerUrl], Field(min_length=1, max_length=16)] = (
         "mqtt://localhost:1883"
     )
+    protocol: BrokerProtocol = "auto"
+    """MQTT protocol version. ``auto``: try 5, fall back to 3.1.1 when the broker refuses
+    version 5; the result is remembered per URL and probed again every
+    ``reprobe_interval_s``. Under 3.1.1 the broker cannot say why it refused a publish
+    (docs/brokers.md)."""
+    reprobe_interval_s: Annotated[float, Field(ge=60)] = 86400.0
+    """How long an ``auto`` fallback to 3.1.1 is trusted before MQTT 5 is tried again."""
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     client_id: str | None = None
     username: str | None = None
+    """Broker user name; else from ``username_file`` or $SCANFLEET_BROKER_USERNAME."""
+    username_file: Path | None = None
     password: str | None = None
+    """Broker password (prefer ``password_file`` or $SCANFLEET_BROKER_PASSWORD: keeps it
+    out of the config file, the diagnostics bundle and the command line)."""
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> BrokerConfig:
+        if self.username is not None and self.username_file is not None:
+            raise ValueError("give 'username' or 'username_file', not both")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give 'password' or 'password_file', not both")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """Every broker URL, in the order they are tried."""
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    def at(self, url: str) -> BrokerConfig:
+        """This configuration with *url* as its only URL (what one connection uses)."""
+        return self.model_copy(update={"url": url})
 
     @property
     def tls(self) -> bool:
-        """True for ``mqtts://`` URLs or when a CA file is configured."""
-        return self.url.startswith("mqtts://") or self.ca_file is not None
+        """True for ``mqtts://`` URLs or when a CA file is configured (first URL)."""
+        return self.urls[0].startswith("mqtts://") or self.ca_file is not None
 
     @property
     def host(self) -> str:
-        """Host part of ``url``."""
-        return self.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+        """Host part of the first URL."""
+        return self.urls[0].split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
 
     @property
     def port(self) -> int:
-        """Port part of ``url``; 1883, or 8883 for TLS, when left out."""
-        hostport = self.url.split("://", 1)[1].rstrip("/")
+        """Port part of the first URL; 1883, or 8883 for TLS, when left out."""
+        hostport = self.urls[0].split("://", 1)[1].rstrip("/")
         if ":" in hostport:
             return int(hostport.rsplit(":", 1)[1])
         return 8883 if self.tls else 1883
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """``(username, password)``: the config value, else its file, else the environment.
+
+        Read at every connect, so a rotated password file takes effect at the next
+        reconnect. Raises :class:`OSError` when a configured file cannot be read.
+        """
+        username = self.username
+        if username is None and self.username_file is not None:
+            username = _read_secret(self.username_file)
+        if username is None:
+            username = os.environ.get(USERNAME_ENV) or None
+        password = self.password
+        if password is None and self.password_file is not None:
+            password = _read_secret(self.password_file)
+        if password is None:
+            password = os.environ.get(PASSWORD_ENV) or None
+        return username, password
+
+
+def _read_secret(path: Path) -> str:
+    # One line; the trailing newline an editor or `echo` leaves is not part of it.
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
 
 
 class PublisherConfig(_Section):

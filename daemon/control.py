@@ -11,6 +11,10 @@ Commands follow MQTT 5 request/response: the reply goes to the request's
 response topic the broker lets it write), else to that topic anyway, and carries the
 request's ``CorrelationData``. Every request gets exactly one reply: unknown commands,
 malformed payloads, rate-limited and failed ones an error reply.
+
+MQTT 3.1.1 has no correlation data: a request then carries ``"request_id"`` in its
+JSON body (never passed to the command) and the reply goes to a response topic of
+that request alone, ``cmd/{name}/response/{request_id}``, with the id in its body.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import collections
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +45,9 @@ RATE_BURST = 10
 """Requests of one command accepted back to back …"""
 RATE_PER_MINUTE = 30.0
 """… then refilled at this rate (a misbehaving fleet tool cannot keep the device busy)."""
+
+REQUEST_ID_KEY = "request_id"
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 """``(name, args) → result``; raises :class:`CommandError` for a refusal."""
@@ -85,6 +93,11 @@ class CommandResponse(BaseModel):
     result: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     time: datetime
+    request_id: str | None = Field(
+        default=None,
+        description="The request's request_id (MQTT 3.1.1 requests, which have no "
+        "correlation data); the reply then goes to cmd/{name}/response/{request_id}.",
+    )
 
 
 class RateLimiter:
@@ -120,6 +133,16 @@ def parse_args(payload: bytes) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise CommandError("bad_request", "the request must be a JSON object")
     return args
+
+
+def take_request_id(args: dict[str, Any]) -> str | None:
+    """Remove and return the request's ``request_id`` (MQTT 3.1.1 requests)."""
+    value = args.pop(REQUEST_ID_KEY, None)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not REQUEST_ID_RE.match(value):
+        raise CommandError("bad_request", "request_id must be 1-64 of A-Z a-z 0-9 _ -")
+    return value
 
 
 class ControlChannel:
@@ -250,23 +273,30 @@ class ControlChannel:
             return
         result: dict[str, Any] | None = None
         error: CommandError | None = None
+        request_id: str | None = None
         try:
+            args = parse_args(payload)
+            request_id = take_request_id(args)
             self._check_rate(name)
-            result = self._commands(name, parse_args(payload))
+            result = self._commands(name, args)
         except CommandError as err:
             error = err
         except Exception as err:
             # A command that fails unexpectedly still answers (and the daemon runs on).
             log.exception("command %s failed", name)
             error = CommandError("failed", f"{type(err).__name__}: {err}")
-        self._reply(name, properties, result, error)
+        self._reply(name, properties, result, error, request_id)
 
     def _check_rate(self, name: str) -> None:
         if not self._limiter.allow(name):
             raise CommandError("rate_limited", f"more than {RATE_BURST} {name!r} requests")
 
     def response(
-        self, name: str, result: dict[str, Any] | None, error: CommandError | None
+        self,
+        name: str,
+        result: dict[str, Any] | None,
+        error: CommandError | None,
+        request_id: str | None = None,
     ) -> CommandResponse:
         """The reply document."""
         return CommandResponse(
@@ -276,6 +306,7 @@ class ControlChannel:
             result=result if error is None else None,
             error=ErrorInfo(code=error.code, message=error.message) if error else None,
             time=datetime.now(UTC),
+            request_id=request_id,
         )
 
     def _reply(
@@ -284,11 +315,14 @@ class ControlChannel:
         request: Properties | None,
         result: dict[str, Any] | None,
         error: CommandError | None,
+        request_id: str | None = None,
     ) -> None:
         topic = f"{self.prefix}/cmd/{name}/response"
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         correlation = getattr(request, "CorrelationData", None) if request else None
         if isinstance(correlation, bytes | bytearray):
             props.CorrelationData = bytes(correlation)
-        body = self.response(name, result, error).model_dump_json(by_alias=True)
+        elif request_id is not None:
+            topic = f"{topic}/{request_id}"
+        body = self.response(name, result, error, request_id).model_dump_json(by_alias=True)
         self.publish(topic, body.encode(), properties=props)

@@ -34,13 +34,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scanfleet.daemon.config import BrokerConfig, Config
+from scanfleet.daemon.config import BrokerConfig, Config, MqttVersion
 from scanfleet.daemon.errors import EnrollmentError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.model import NAME_PATTERN, valid_name
+from scanfleet.daemon.mqtt import open_client, paho_client
 from scanfleet.daemon.statefiles import write_atomic
 from scanfleet.provisioning.claims import Claim, ClaimError
 
@@ -355,18 +356,18 @@ def exchange(
         if response.nonce == request.nonce:
             got.append(response)
 
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=MQTTProtocolVersion.MQTTv5,
-        reconnect_on_failure=False,
-    )
-    client.tls_set(ca_certs=str(broker.ca_file), cert_reqs=ssl.CERT_REQUIRED)
-    client.on_message = on_message
-    client.on_subscribe = lambda *args: subscribed.append(True)
+    def make(version: MqttVersion) -> mqtt.Client:
+        client = paho_client(client_id, version)
+        client.tls_set(ca_certs=str(broker.ca_file), cert_reqs=ssl.CERT_REQUIRED)
+        client.on_message = on_message
+        client.on_subscribe = lambda *args: subscribed.append(True)
+        return client
+
     deadline = time.monotonic() + timeout
+    host, port = str(meta["enroll_host"]), int(meta["enroll_port"])
+    client: mqtt.Client | None = None
     try:
-        client.connect(str(meta["enroll_host"]), int(meta["enroll_port"]), keepalive=30)
+        client = open_client(make, host, port, protocol=broker.protocol, timeout=timeout)
         client.subscribe(response_topic(client_id), qos=1)
         while not subscribed:
             _step(client, deadline)
@@ -383,7 +384,8 @@ def exchange(
             f"enrollment listener {meta['enroll_host']}:{meta['enroll_port']}: {err}"
         ) from err
     finally:
-        client.disconnect()
+        if client is not None:
+            client.disconnect()
     return got[0]
 
 

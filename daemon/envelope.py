@@ -154,6 +154,13 @@ class DeviceState(BaseModel):
     extra: dict[str, Any] | None = Field(
         default=None, description="Daemon-specific figures (e.g. bound scanners); may grow."
     )
+    protocol: Literal["5", "3.1.1"] | None = Field(
+        default=None,
+        description="MQTT version of the device's connection. Under 3.1.1 the broker "
+        "cannot refuse a publish with a reason code, so the device cannot raise "
+        "publish_refused or notice that nobody subscribes: the backend's gap repair "
+        "(docs/backend-contract.md) is the safety net.",
+    )
 
 
 def state_payload(state: DeviceState) -> bytes:

@@ -114,5 +114,18 @@ class BrokerConnectionError(ScanfleetError, ConnectionError):
         super().__init__(f"broker connection: {reason}" + (f" (code {code})" if code else ""))
 
 
+class BrokerRefusedError(BrokerConnectionError):
+    """The broker (or the way to it) said no in a way retrying alone will not fix.
+
+    ``cause`` is stable and machine-readable: ``protocol_version``, ``not_authorized``,
+    ``bad_credentials``, ``client_id``, ``tls``, ``dns`` or ``refused`` (another CONNACK
+    failure); ``reason`` says it for people.
+    """
+
+    def __init__(self, cause: str, reason: str, code: int | None = None) -> None:
+        self.cause = cause
+        super().__init__(reason, code)
+
+
 class EnrollmentError(ScanfleetError):
     """The device could not enroll or renew its certificate with the fleet service."""

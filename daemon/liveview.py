@@ -45,7 +45,7 @@ class LiveView:
         buffering = stats.depth and not d.publisher.connected
         lines = [
             f"{_BOLD}scanfleet{_RESET}  site {d.identity.site}  device {d.identity.device}"
-            f"  broker {d.publisher.broker_state} ({d.config.broker.url})",
+            f"  broker {d.publisher.broker_state} ({d.publisher.url})",
             f"journal: last seq {stats.last_seq}, delivered {stats.delivered_seq}, "
             f"waiting {stats.depth}"
             + ("  (buffering until the broker is reachable)" if buffering else ""),

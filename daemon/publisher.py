@@ -7,8 +7,16 @@ paho at a time. A batch is delivered only when its PUBACK arrives with a reason
 code below 0x80; the journal's watermark advances over the contiguous prefix of
 delivered batches. Every new connection resends everything after the watermark:
 the journal is the truth, paho and the broker hold nothing we rely on.
+
 With the optional live lane, records journaled during a backlog drain also go
 out at once, ahead of the backlog (and again in order later).
+
+Brokers: ``[broker] url`` may list several URLs; a failed attempt or a lost
+connection moves to the next one (ordered failover inside the same reconnect loop
+and backoff). Each attempt speaks MQTT 5 or, when the broker refuses version 5 and
+``protocol = "auto"``, MQTT 3.1.1 (:mod:`~scanfleet.daemon.broker_protocol`). A
+refusal that retrying will not fix (protocol, credentials, authorization, TLS, DNS)
+raises ``broker_refused`` naming the cause at the first attempt.
 
 Session choice: the device connects with ``clean_start=True`` and no session
 expiry. It publishes QoS 1 only, so a broker-side session would hold nothing the
@@ -39,11 +47,12 @@ from paho.mqtt.properties import Properties
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet, Severity
 from scanfleet.daemon.backoff import Backoff, listening, probe_delay, unreachable
+from scanfleet.daemon.broker_protocol import BrokerDialer
 from scanfleet.daemon.clock import boot_id
-from scanfleet.daemon.config import BrokerConfig
+from scanfleet.daemon.config import BrokerConfig, MqttVersion
 from scanfleet.daemon.delivery import Ack, BatchCutter, DeliveryTracker, Gap
 from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, state_topic
-from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
+from scanfleet.daemon.errors import BrokerConnectionError, BrokerRefusedError, ScanfleetError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.mqtt import Connection, drain_wake
@@ -59,6 +68,7 @@ log = logging.getLogger(__name__)
 ALARM_REFUSED = "publish_refused"
 ALARM_UNREACHABLE = "broker_unreachable"
 ALARM_ERROR = "publisher_error"
+ALARM_BROKER_REFUSED = "broker_refused"
 LIVE_WINDOW = 2
 """Most live-lane batches awaiting their PUBACK at once."""
 
@@ -120,6 +130,8 @@ class Publisher:
             batch the broker accepted (benchmarks, tests); must return quickly.
         control: the control channel sharing this connection (may be set after
             construction, before :meth:`start`).
+        protocol_memory: file remembering which MQTT version each broker URL speaks
+            (``protocol = "auto"``); None keeps it in memory only.
     """
 
     def __init__(
@@ -142,6 +154,7 @@ class Publisher:
         live_lane: bool = False,
         ack_listener: Callable[[int, int], None] | None = None,
         control: ControlLink | None = None,
+        protocol_memory: Path | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -169,6 +182,7 @@ class Publisher:
         self._scans_topic = scans_topic(identity.site, identity.device)
         self._state_topic = state_topic(identity.site, identity.device)
         self._client_id = broker.client_id or identity.device
+        self._dialer = BrokerDialer(broker, protocol_memory)
 
         self._state = BrokerState.STOPPED
         self._state_since = datetime.now(UTC)
@@ -193,6 +207,7 @@ class Publisher:
         """The last attempt found nothing listening: a probe may end the backoff early
         (never after a refusal by a listening broker, which would turn into a hot loop)."""
         self._live_through = 0
+        self._reprobing = False
         self.last_progress = time.monotonic()
         """Monotonic time the publishing thread last turned its loop (the watchdog's cue)."""
         alarms.add_listener(self._on_alarms_changed)
@@ -268,13 +283,19 @@ class Publisher:
                 self._healthy = False
                 try:
                     self._session()
+                except BrokerRefusedError as err:
+                    # A listening broker said no: probing it would only turn the
+                    # backoff into a hot loop.
+                    self._unreachable = False
+                    self.counters.connection_failures += 1
+                    self._refused(err)
                 except (OSError, BrokerConnectionError) as err:
-                    # OSError covers refused/unreachable TCP, TLS failures and timeouts.
-                    # Only a connect nothing answered; a broker that accepted and then
-                    # dropped us keeps the exponential backoff.
+                    # OSError covers refused/unreachable TCP and timeouts. Only a connect
+                    # nothing answered may be cut short by a probe; a broker that accepted
+                    # and then dropped us keeps the exponential backoff.
                     self._unreachable = not self._reached_broker and unreachable(err)
                     self.counters.connection_failures += 1
-                    log.warning("broker %s: %s", self.broker.url, err)
+                    log.warning("broker %s: %s", self.url, err)
                 except Exception as err:
                     # Publishing must never stop for good while the daemon runs: anything
                     # unexpected (a journal read error, a bug) is logged, alarmed and
@@ -289,19 +310,47 @@ class Publisher:
                     disconnected_since = time.monotonic()
                 if self._stopped.is_set():
                     break
+                if not self._reprobing:
+                    self._dialer.next_url()
                 offline_s = time.monotonic() - disconnected_since
                 if offline_s >= self.unreachable_after:
                     self.alarms.raise_(
                         ALARM_UNREACHABLE,
-                        f"no broker connection to {self.broker.url}",
+                        f"no broker connection to {', '.join(self._dialer.urls)}",
                         Severity.WARNING,
                     )
                 delay = self._backoff.next()
                 self._set_state(BrokerState.BACKOFF)
-                log.info("reconnecting to %s in %.1f s", self.broker.url, delay)
+                log.info("reconnecting to %s in %.1f s", self.url, delay)
                 self._wait_backoff(delay)
         finally:
             self._set_state(BrokerState.STOPPED)
+
+    @property
+    def url(self) -> str:
+        """The broker URL of the current (or next) connection attempt."""
+        return self._dialer.url
+
+    @property
+    def protocol(self) -> MqttVersion | None:
+        """The MQTT version of the current (or last) connection; None before the first."""
+        return self._dialer.protocol
+
+    def _refused(self, err: BrokerRefusedError) -> None:
+        hint = ""
+        if err.cause == "protocol_version" and self.broker.protocol != "auto":
+            hint = f' ([broker] protocol = "{self.broker.protocol}"; "auto" falls back)'
+        log.error(
+            "broker %s refused the connection (%s): %s%s", self.url, err.cause, err.reason, hint
+        )
+        self.alarms.raise_(
+            ALARM_BROKER_REFUSED,
+            f"broker {self.url} refused the connection: {err.reason}{hint}",
+            Severity.ERROR,
+            cause=err.cause,
+            url=self.url,
+            reason_code=err.code,
+        )
 
     def _end_session(self) -> None:
         # Acks and refusals that arrived before the connection broke still count
@@ -331,8 +380,9 @@ class Publisher:
             if now >= deadline:
                 return
             if self._unreachable and now >= probe_at:
-                if listening(self.broker.host, self.broker.port):
-                    log.info("broker %s listens again: reconnecting now", self.broker.url)
+                target = self.broker.at(self.url)
+                if listening(target.host, target.port):
+                    log.info("broker %s listens again: reconnecting now", self.url)
                     return
                 probe_at = time.monotonic() + probe_delay()
 
@@ -345,16 +395,8 @@ class Publisher:
         self._live_through = self.journal.last_seq  # what is journaled now is backlog
         self._state_mids.clear()
         self._warned_no_subscribers = False
-        conn = Connection(
-            self.broker,
-            self._client_id,
-            inflight=self.window + LIVE_WINDOW + 2,  # + live lane + state messages
-            will=(self._state_topic, state_payload(self._compose_state(online=False))),
-            on_ack=self._on_ack,
-            on_message=self.control.deliver if self.control is not None else None,
-        )
-        self._conn = conn
-        conn.open(self.connect_timeout)
+        self._reprobing = False
+        conn = self._dialer.dial(self._new_connection, self.connect_timeout)
         if self.control is not None:
             conn.subscribe(self.control.topics())
             self.control.connection_changed(True)
@@ -366,9 +408,17 @@ class Publisher:
         self._set_state(BrokerState.CONNECTED)
         self.alarms.clear(ALARM_UNREACHABLE)
         self.alarms.clear(ALARM_ERROR)
-        log.info("connected to %s as %s", self.broker.url, self._client_id)
+        self.alarms.clear(ALARM_BROKER_REFUSED)
+        log.info("connected to %s as %s (MQTT %s)", self.url, self._client_id, conn.protocol)
         self._publish_state()
         while True:
+            if self._reprobe_due():
+                # Nothing in flight: a clean disconnect loses nothing, and the next
+                # attempt tries MQTT 5 first.
+                log.info("probing %s for MQTT 5 again", self.url)
+                self._reprobing = True
+                conn.disconnect()
+                return
             if self._stopped.is_set():
                 outstanding = self._tracker.inflight + self._tracker.live_inflight
                 if outstanding == 0 or time.monotonic() >= self._stop_deadline:
@@ -396,6 +446,25 @@ class Publisher:
                 # that accepts the connection but refuses every batch never gets here.
                 self._healthy = True
 
+    def _new_connection(self, broker: BrokerConfig, protocol: MqttVersion) -> Connection:
+        self._conn = Connection(
+            broker,
+            self._client_id,
+            inflight=self.window + LIVE_WINDOW + 2,  # + live lane + state messages
+            will=(self._state_topic, state_payload(self._compose_state(online=False))),
+            on_ack=self._on_ack,
+            on_message=self.control.deliver if self.control is not None else None,
+            protocol=protocol,
+        )
+        return self._conn
+
+    def _reprobe_due(self) -> bool:
+        return (
+            self._tracker.inflight + self._tracker.live_inflight == 0
+            and not self._state_mids
+            and self._dialer.reprobe_due()
+        )
+
     def _fill_window(self, conn: Connection) -> None:
         tracker = self._tracker
         while True:
@@ -415,6 +484,12 @@ class Publisher:
                 )
                 tracker.skip(batch)
                 continue
+            # Read what already arrived first: a broker that refused a batch (mosquitto
+            # then closes the connection) must be heard before the next write fails on
+            # the closed socket and loses the refusal with it.
+            conn.pump(0)
+            if tracker.refusals:
+                return
             mid = conn.publish(self._scans_topic, batch.payload)
             tracker.sent(mid, batch)
             self.counters.batches_published += 1
@@ -538,7 +613,7 @@ class Publisher:
         conn.disconnect()
         log.info(
             "disconnected from %s, delivered through seq %d",
-            self.broker.url,
+            self.url,
             self._tracker.delivered_seq,
         )
 
@@ -572,6 +647,7 @@ class Publisher:
             boot_id=self.boot_id,
             stats=self.journal.stats() if online else None,
             alarms=self.alarms.active() if online else [],
+            protocol=self.protocol,
             extra=self.state_extra() if (online and self.state_extra) else None,
         )
 
@@ -590,7 +666,8 @@ class Publisher:
             "site": self.identity.site,
             "version": self.version,
             "broker": {
-                "url": self.broker.url,
+                "url": self.url,
+                "protocol": self.protocol,
                 "state": str(self._state),
                 "since": self._state_since.isoformat(),
             },

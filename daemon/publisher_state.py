@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from scanfleet.daemon.alarms import Alarm
+from scanfleet.daemon.config import MqttVersion
 from scanfleet.daemon.envelope import AlarmInfo, DeviceState, JournalSummary
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal_reader import JournalStats
@@ -53,6 +54,7 @@ def compose_state(
     alarms: Sequence[Alarm],
     extra: dict[str, Any] | None = None,
     now: datetime | None = None,
+    protocol: MqttVersion | None = None,
 ) -> DeviceState:
     """The retained state message: birth/periodic (*online*) or offline/will."""
     now = now or datetime.now(UTC)
@@ -77,4 +79,5 @@ def compose_state(
         alarms=[AlarmInfo.model_validate(a.as_json()) for a in alarms],
         time=now,
         extra=extra,
+        protocol=protocol,
     )

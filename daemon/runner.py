@@ -21,6 +21,7 @@ from typing import Any
 
 from scanfleet.daemon import __version__, redact
 from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
+from scanfleet.daemon.broker_protocol import FILE_NAME as PROTOCOL_FILE
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.control import ControlChannel
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
@@ -128,6 +129,7 @@ class Daemon:
             version=__version__,
             state_extra=self._state_extra,
             status_path=config.paths.state_dir / STATUS_FILE,
+            protocol_memory=config.paths.state_dir / PROTOCOL_FILE,
             live_lane=config.publisher.live_lane,
             max_batch_scans=config.publisher.max_batch_scans,
             max_batch_bytes=config.publisher.max_batch_bytes,

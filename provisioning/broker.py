@@ -42,6 +42,7 @@ DEVICE_TOPICS_WRITE = (
     "health",
     "config/reported",
     "cmd/+/response",
+    "cmd/+/response/+",  # MQTT 3.1.1 replies: one response topic per request
 )
 """What a device may publish, below ``scanfleet/v1/{site}/{device}/``."""
 DEVICE_TOPICS_READ = ("config", "cmd/+")
@@ -86,6 +87,7 @@ def device_acl(identities: dict[Role, list[str]]) -> str:
             "topic read scanfleet/v1/+/+/health",
             "topic read scanfleet/v1/+/+/config/reported",
             "topic read scanfleet/v1/+/+/cmd/resend/response",
+            "topic read scanfleet/v1/+/+/cmd/resend/response/+",
             "topic write scanfleet/v1/+/+/cmd/resend",
         ]
     for cn in sorted(identities.get(Role.FLEET, [])):
@@ -98,6 +100,7 @@ def device_acl(identities: dict[Role, list[str]]) -> str:
             "topic read scanfleet/v1/+/+/config/reported",
             "topic write scanfleet/v1/+/+/cmd/+",
             "topic read scanfleet/v1/+/+/cmd/+/response",
+            "topic read scanfleet/v1/+/+/cmd/+/response/+",
         ]
     return "\n".join(lines) + "\n"
 

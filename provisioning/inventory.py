@@ -4,6 +4,13 @@ Devices come from two places: the retained ``scanfleet/v1/{site}/{device}/state`
 messages (online/offline, when, journal depth) and the registry of issued device
 certificates (expiry, revocation). A device with a certificate but no state has
 never connected; a state without a current certificate is shown too.
+
+Some brokers deliver retained messages only to subscriptions on the exact topic
+(RabbitMQ 3.10's MQTT plugin ignores them for ``+/+/state``), so besides the
+wildcard the inventory subscribes to the state topic of every device it knows of:
+today the CA registry's issued certificates (:func:`known_devices`); the hub's
+device table is the place to add once a hub database exists (pass its devices to
+:func:`collect_states` the same way).
 """
 
 from __future__ import annotations
@@ -11,16 +18,21 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
+from scanfleet.daemon.config import BrokerProtocol, MqttVersion
+from scanfleet.daemon.mqtt import open_client, paho_client
 from scanfleet.provisioning.ca import FleetCA
 
 STATE_FILTER = "scanfleet/v1/+/+/state"
+SUBSCRIBE_CHUNK = 100
+"""Topic filters per SUBSCRIBE packet (a fleet of thousands must not make one huge one)."""
 
 
 @dataclass
@@ -38,17 +50,29 @@ class DeviceRow:
     revoked: bool = False
 
 
+def known_devices(ca: FleetCA) -> list[tuple[str, str]]:
+    """``(site, device)`` of every device certificate the CA issued."""
+    found = {cert.cn.partition("/")[::2] for cert in ca.registry.certs(kind="device")}
+    return sorted(found)
+
+
 def collect_states(
     host: str,
     port: int,
     *,
-    ca_file: str,
-    cert_file: str,
-    key_file: str,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    devices: Sequence[tuple[str, str]] = (),
+    protocol: BrokerProtocol = "auto",
     quiet: float = 0.5,
     timeout: float = 10.0,
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Read every retained state message; stop after *quiet* seconds without a new one."""
+    """Read every retained state message; stop after *quiet* seconds without a new one.
+
+    *devices* are subscribed to one by one as well (brokers that keep retained
+    messages from wildcard subscriptions). Without *ca_file* the connection is plain.
+    """
     states: dict[tuple[str, str], dict[str, Any]] = {}
     last_message = [time.monotonic()]
     subscribed: list[bool] = []
@@ -67,23 +91,25 @@ def collect_states(
         last_message[0] = time.monotonic()
         subscribed.append(True)
 
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"scanfleet-fleet-ls-{time.monotonic_ns() % 1_000_000}",
-        protocol=MQTTProtocolVersion.MQTTv5,
-        reconnect_on_failure=False,
-    )
-    client.tls_set(
-        ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED
-    )
-    client.on_message = on_message
-    client.on_subscribe = on_subscribe
-    client.connect(host, port, keepalive=30)
-    client.subscribe(STATE_FILTER, qos=1)
+    def make(version: MqttVersion) -> mqtt.Client:
+        client = paho_client(f"scanfleet-fleet-ls-{time.monotonic_ns() % 1_000_000}", version)
+        if ca_file is not None:
+            client.tls_set(
+                ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED
+            )
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
+        return client
+
+    client = open_client(make, host, port, protocol=protocol, timeout=timeout)
+    filters = [STATE_FILTER, *(f"scanfleet/v1/{s}/{d}/state" for s, d in devices)]
+    chunks = [filters[i : i + SUBSCRIBE_CHUNK] for i in range(0, len(filters), SUBSCRIBE_CHUNK)]
+    for chunk in chunks:
+        client.subscribe([(topic, 1) for topic in chunk])
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if subscribed and time.monotonic() - last_message[0] > quiet:
+            if len(subscribed) >= len(chunks) and time.monotonic() - last_message[0] > quiet:
                 break
             rc = client.loop(timeout=0.1)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

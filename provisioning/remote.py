@@ -1,6 +1,8 @@
 """The IT staff's side of remote management: push config, send commands, read health.
 
-One short-lived MQTT 5 connection per CLI call, as a fleet identity (``fleet.NAME``),
+One short-lived MQTT connection per CLI call (MQTT 5, or 3.1.1 where the broker
+speaks nothing newer: commands then carry a ``request_id`` instead of correlation
+data and are answered on their own response topic), as a fleet identity (``fleet.NAME``),
 whose ACL lets it read and write ``config``, write ``cmd/+`` and read ``config/reported``,
 ``cmd/+/response``, ``state`` and ``health`` of every device.
 """
@@ -21,11 +23,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import Config
+from scanfleet.daemon.config import BrokerProtocol, Config, MqttVersion
+from scanfleet.daemon.mqtt import open_client, paho_client
 from scanfleet.daemon.remote_config import canonical, compose, parse_document
 
 FINAL_RESULTS = ("applied", "restart_required", "rejected", "rolled_back", "cleared", "unchanged")
@@ -78,24 +80,40 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
 
 
 class FleetClient:
-    """A fleet identity's MQTT 5 connection (TLS, client certificate)."""
+    """A fleet identity's MQTT connection (TLS with a client certificate, or plain).
 
-    def __init__(self, host: str, port: int, *, ca_file: str, cert_file: str, key_file: str):
+    *protocol* ``auto`` falls back to 3.1.1 when the broker refuses MQTT 5.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ca_file: str | None,
+        cert_file: str | None,
+        key_file: str | None,
+        protocol: BrokerProtocol = "auto",
+    ):
         self.messages: list[tuple[str, bytes, Properties | None]] = []
         self._cond = threading.Condition()
         self._subacks = 0
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"fleet-cli-{secrets.token_hex(4)}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        self._client.tls_set(
-            ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED
-        )
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = self._on_subscribe
-        self._client.connect(host, port, keepalive=30)
+
+        def make(version: MqttVersion) -> mqtt.Client:
+            client = paho_client(f"fleet-cli-{secrets.token_hex(4)}", version)
+            if ca_file is not None:
+                client.tls_set(
+                    ca_certs=ca_file,
+                    certfile=cert_file,
+                    keyfile=key_file,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            client.on_message = self._on_message
+            client.on_subscribe = self._on_subscribe
+            return client
+
+        self._client = open_client(make, host, port, protocol=protocol)
+        self.mqtt5 = self._client.protocol == mqtt.MQTTv5
         self._client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -182,19 +200,32 @@ class FleetClient:
     def command(
         self, target: str, name: str, args: dict[str, Any], timeout: float
     ) -> dict[str, Any] | None:
-        """Send command *name* and wait for the reply with our correlation data."""
+        """Send command *name* and wait for the reply to this request.
+
+        MQTT 5: the reply carries our correlation data. MQTT 3.1.1: the request
+        carries a ``request_id`` and the reply comes on ``…/response/{request_id}``.
+        """
         topic = f"{prefix(target)}/cmd/{name}"
-        self.subscribe(f"{topic}/response")
         correlation = secrets.token_bytes(8)
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = f"{topic}/response"
-        props.CorrelationData = correlation
+        props: Properties | None = None
+        if self.mqtt5:
+            response_topic = f"{topic}/response"
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = response_topic
+            props.CorrelationData = correlation
+        else:
+            response_topic = f"{topic}/response/{correlation.hex()}"
+            args = {**args, "request_id": correlation.hex()}
+        self.subscribe(response_topic)
 
         def reply() -> dict[str, Any] | None:
             for t, payload, p in self.messages:
-                if t == f"{topic}/response" and getattr(p, "CorrelationData", None) == correlation:
-                    value: dict[str, Any] = json.loads(payload)
-                    return value
+                if t != response_topic:
+                    continue
+                if self.mqtt5 and getattr(p, "CorrelationData", None) != correlation:
+                    continue
+                value: dict[str, Any] = json.loads(payload)
+                return value
             return None
 
         self.publish(topic, json.dumps(args).encode(), props=props)

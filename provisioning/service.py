@@ -35,11 +35,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
 from scanfleet.daemon.backoff import Backoff
+from scanfleet.daemon.config import MqttVersion
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
+from scanfleet.daemon.mqtt import paho_client
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
 from scanfleet.provisioning.enroll_broker import ENROLL_CLIENT_PREFIX
@@ -169,6 +171,7 @@ class EnrollmentService:
         reload_command: str | None = None,
         admin_socket: Path | None = None,
         client_id: str = f"{ENROLL_CLIENT_PREFIX}service",
+        protocol: MqttVersion = "5",
     ) -> None:
         """*host*/*port*: the enrollment broker's service listener; *broker_url*: the
         device listener given to devices; *admin_socket*: the device broker's."""
@@ -180,12 +183,7 @@ class EnrollmentService:
         self.revoker = Revoker(ca, reload_command, admin_socket)
         self._stopping = False
         self.answered = 0
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,
-        )
+        client = paho_client(client_id, protocol)  # 3.1.1: RabbitMQ, NATS (docs/brokers.md)
         client.tls_set(
             ca_certs=str(ca.paths.ca_cert),
             certfile=cert_file,

@@ -70,5 +70,7 @@ def clients() -> Iterator[list[TLSClient]]:
         client.close()
 
 
-# The private PostgreSQL cluster (session) and a fresh database per test, for the hub.
+# Session-scoped RabbitMQ, NATS and NATS-cluster fixtures (the broker matrix, issue 18), and
+# the private PostgreSQL cluster (session) with a fresh database per test, for the hub.
+from support.broker_fixtures import nats, nats_cluster, rabbitmq  # noqa: E402, F401
 from support.postgres import hub_database, postgres_cluster  # noqa: E402, F401

@@ -23,7 +23,12 @@ from scanfleet.provisioning.claims import (
     claim_qr_text,
     create_claim,
 )
-from scanfleet.provisioning.inventory import collect_states, inventory, render_table
+from scanfleet.provisioning.inventory import (
+    collect_states,
+    inventory,
+    known_devices,
+    render_table,
+)
 from scanfleet.provisioning.remote import (
     FleetClient,
     build_document,
@@ -207,6 +212,12 @@ def register(subparsers: Any) -> None:
 def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtts://HOST:PORT of the device listener")
     parser.add_argument("--identity", required=True, help="fleet identity name (fleet.NAME)")
+    parser.add_argument(
+        "--protocol",
+        choices=("auto", "5", "3.1.1"),
+        default="auto",
+        help="MQTT version (auto: 5, or 3.1.1 when the broker refuses 5; default: auto)",
+    )
 
 
 def _admin_socket_arg(parser: argparse.ArgumentParser) -> None:
@@ -378,6 +389,7 @@ def _serve(args: argparse.Namespace) -> int:
         broker_url=args.public_broker_url,
         reload_command=args.reload_command,
         admin_socket=args.admin_socket,
+        protocol="3.1.1" if args.protocol == "3.1.1" else "5",
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -398,7 +410,13 @@ def _ls(args: argparse.Namespace) -> int:
     host, port = _host_port(args.broker)
     try:
         states = collect_states(
-            host, port, ca_file=str(ca.paths.ca_cert), cert_file=cert, key_file=key
+            host,
+            port,
+            ca_file=str(ca.paths.ca_cert),
+            cert_file=cert,
+            key_file=key,
+            devices=known_devices(ca),
+            protocol=args.protocol,
         )
     except (OSError, ConnectionError) as err:
         return _fail(f"broker {args.broker}: {err}")
@@ -415,7 +433,14 @@ def _fleet_client(args: argparse.Namespace) -> FleetClient:
     ca = _ca(args)
     cert, key = _identity_files(ca, args.identity)
     host, port = _host_port(args.broker)
-    return FleetClient(host, port, ca_file=str(ca.paths.ca_cert), cert_file=cert, key_file=key)
+    return FleetClient(
+        host,
+        port,
+        ca_file=str(ca.paths.ca_cert),
+        cert_file=cert,
+        key_file=key,
+        protocol=args.protocol,
+    )
 
 
 def _read_sections(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from scanfleet.daemon.commands.config import print_config_error
 from scanfleet.daemon.commands.location import DEMO_STATE_DIR
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
+from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config, validate_config
 from scanfleet.daemon.config_env import state_dir_problem
 from scanfleet.daemon.display import record_kind, record_value
 from scanfleet.daemon.errors import ConfigError, ScanfleetError
@@ -37,16 +37,32 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="default: %(default)s"
+        "--config",
+        type=Path,
+        help=f"default: {DEFAULT_CONFIG_PATH}; with --demo only its [broker] section is used",
     )
     parser.add_argument(
         "--demo",
         action="store_true",
         help="simulated serial scanner on a pseudo-terminal; journal under ./state/demo; "
-        "publishes to mqtt://localhost:1883 when a broker is there, buffers otherwise",
+        "publishes to mqtt://localhost:1883 (or --broker, or --config's [broker]) when a "
+        "broker is there, buffers otherwise",
     )
     parser.add_argument("--state-dir", type=Path, help="override [paths] state_dir")
-    parser.add_argument("--broker", metavar="URL", help="override [broker] url")
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        action="append",
+        help="override [broker] url; give it several times for an ordered failover list",
+    )
+    parser.add_argument("--broker-username", metavar="NAME", help="override [broker] username")
+    parser.add_argument(
+        "--broker-password-file",
+        type=Path,
+        metavar="FILE",
+        help="read the broker password from FILE (or set $SCANFLEET_BROKER_PASSWORD; "
+        "never on the command line)",
+    )
     parser.add_argument(
         "--view",
         choices=("auto", "on", "off"),
@@ -61,17 +77,32 @@ def register(subparsers: Any) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
     if args.demo:
+        # The demo has its own scanner, identity and state; a config file given with it
+        # contributes where to publish (its [broker]), and says so.
         config = Config.model_validate({"identity": {"site": "demo"}})
+        if args.config is not None:
+            config = config.model_copy(update={"broker": load_config(args.config).broker})
+            log.info("demo: publishing to the [broker] of %s", args.config)
         path = None
     else:
-        config = load_config(args.config)
-        path = args.config
+        path = args.config or DEFAULT_CONFIG_PATH
+        config = load_config(path)
     paths = config.paths
     if args.state_dir or args.demo:
         paths = paths.model_copy(update={"state_dir": args.state_dir or DEMO_STATE_DIR})
-    broker = config.broker
+    overrides: dict[str, Any] = {}
     if args.broker:
-        broker = broker.model_validate({**broker.model_dump(), "url": args.broker})
+        overrides["url"] = args.broker[0] if len(args.broker) == 1 else args.broker
+    if args.broker_username:
+        overrides["username"] = args.broker_username
+        overrides["username_file"] = None
+    if args.broker_password_file:
+        overrides["password_file"] = args.broker_password_file
+        overrides["password"] = None
+    broker = config.broker
+    if overrides:
+        data = {**broker.model_dump(exclude_unset=True), **overrides}
+        broker = validate_config({"broker": data}, source="command line").broker
     return config.model_copy(update={"paths": paths, "broker": broker}), path
 
 

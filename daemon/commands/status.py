@@ -161,6 +161,8 @@ def format_status(status: dict[str, Any]) -> str:
         )
     broker = status["broker"]
     where = f" ({broker['url']})" if broker.get("url") else ""
+    if broker.get("protocol"):
+        where += f", MQTT {broker['protocol']}"
     lines.append(f"broker:     {broker.get('state')}{where}")
     if "state_when_last_seen" in broker:
         lines.append(f"            last seen: {broker['state_when_last_seen']}")

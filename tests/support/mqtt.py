@@ -15,7 +15,11 @@ from paho.mqtt.properties import Properties
 
 
 class Collector:
-    """Subscribes (MQTT 5, QoS 1, persistent session) and keeps every message it gets."""
+    """Subscribes (MQTT 5 or 3.1.1, QoS 1, persistent session) and keeps every message.
+
+    paho reconnects by itself (its network thread), so the collector outlives a
+    broker restart; with a persistent session the broker keeps what arrives meanwhile.
+    """
 
     def __init__(
         self,
@@ -25,20 +29,35 @@ class Collector:
         *,
         client_id: str = "test-collector",
         persistent: bool = True,
+        protocol: str = "5",
     ) -> None:
         self.topic = topic
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
+        if protocol == "5":
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            # 3.1.1: a persistent session is clean_session=False (no expiry to set).
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=not persistent,
+            )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600 if persistent else 0
-        self.client.connect(host, port, keepalive=30, clean_start=not persistent, properties=props)
+        if protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600 if persistent else 0
+            self.client.connect(
+                host, port, keepalive=30, clean_start=not persistent, properties=props
+            )
+        else:
+            self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError(f"no SUBACK for {topic}")
