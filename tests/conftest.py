@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from scanfleet.drivers import virtual
 from support.broker import MOSQUITTO_DIRS, Mosquitto
 from support.pki import Fleet, FleetBroker, TLSClient, make_fleet
 from support.prereq import require_executable
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Undo what an in-process ``scanfleet`` command did to the root logger.
+
+    ``setup_logging`` points the root logger at the sys.stderr of that moment (pytest's
+    capture of one test); threads of later tests would log into the closed capture.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

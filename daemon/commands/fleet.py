@@ -160,6 +160,7 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--reload-command", help="run after the CRL changed, e.g. 'systemctl reload mosquitto'"
     )
+    _protocol_arg(serve)
     _admin_socket_arg(serve)
     serve.set_defaults(func=_serve)
 
@@ -212,6 +213,10 @@ def register(subparsers: Any) -> None:
 def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtts://HOST:PORT of the device listener")
     parser.add_argument("--identity", required=True, help="fleet identity name (fleet.NAME)")
+    _protocol_arg(parser)
+
+
+def _protocol_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protocol",
         choices=("auto", "5", "3.1.1"),

@@ -91,7 +91,8 @@ def test_enrollment_and_the_fleet_service_work_over_mqtt_3_1_1(
     service = EnrollmentService(
         fleet.ca,
         host=fleet_broker.host,
-        port=fleet_broker.port,
+        port=fleet_broker.service_port,  # the enrollment broker's service listener
+        admin_socket=fleet_broker.admin_socket,
         cert_file=str(creds.cert),
         key_file=str(creds.key),
         broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
