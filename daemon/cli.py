@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.verify",
     "scanfleet.daemon.commands.export",
     "scanfleet.daemon.commands.enroll",
+    "scanfleet.daemon.commands.firstboot",
     "scanfleet.daemon.commands.fleet",
     "scanfleet.daemon.commands.local",
     "scanfleet.daemon.commands.record",

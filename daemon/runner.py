@@ -9,6 +9,7 @@ close the journal.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,11 +21,12 @@ from typing import Any
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.claim_intake import ClaimEnroller
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.control import ControlChannel
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
 from scanfleet.daemon.duplicates import open_index, policy
-from scanfleet.daemon.enroll import ensure_enrolled
+from scanfleet.daemon.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
 from scanfleet.daemon.errors import ConfigError, EnrollmentError
 from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
@@ -77,7 +79,16 @@ class Daemon:
         self.alarms = AlarmSet()
         # Enrollment (a claim in the state dir) or renewal happens before anything
         # connects; without a claim or fleet certificate it changes nothing.
-        enrolled = ensure_enrolled(config, resolve_identity(config))
+        identity = resolve_identity(config)
+        first_error: str | None = None
+        try:
+            enrolled = ensure_enrolled(config, identity)
+        except EnrollmentError as err:
+            if not (config.paths.state_dir / CLAIM_FILE).exists():
+                raise
+            # A claim that fails (service unreachable, claim refused) must not keep the
+            # terminal from scanning: it journals locally and the enroller retries.
+            enrolled, first_error = Enrolled(identity, config.broker, None), str(err)
         self.identity: Identity = enrolled.identity
         self.cert_not_after = enrolled.not_after
         config = config.model_copy(update={"broker": enrolled.broker})
@@ -118,6 +129,16 @@ class Daemon:
         )
         self.station = self.pipeline.station
         """Operation, bill, operator: remote commands and the local API call its methods."""
+        self.enroller = ClaimEnroller(
+            self.file_config,
+            self.identity,
+            self.alarms,
+            self.station,
+            enrolled=enrolled.not_after is not None or config.broker.cert_file is not None,
+            on_enrolled=self.request_restart,
+            first_error=first_error,
+        )
+        self.pipeline.claim_handler = self.enroller.offer
         self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.local_api: LocalApi | None = None
         if config.local_api.enabled:
@@ -183,7 +204,13 @@ class Daemon:
     def _state_extra(self) -> dict[str, Any]:
         return {
             "devices": {name: str(w.state) for name, w in self.workers.items()},
+            **self.enroller.extra(),
         }
+
+    def request_restart(self) -> None:
+        """Stop cleanly and exit with RESTART_EXIT_CODE (systemd starts the daemon again)."""
+        self.restart_requested = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _start_worker(self, device: DeviceConfig) -> None:
         worker = DeviceWorker(device, self.pipeline.queue, self.alarms)
@@ -208,6 +235,7 @@ class Daemon:
             self.local_api.start()
         for device in self.config.devices:
             self._start_worker(device)
+        self.enroller.start()
         if not self.config.devices:
             log.warning("no devices configured: nothing will be scanned")
         threading.Thread(target=self._wait_ready, name="readiness", daemon=True).start()
@@ -311,6 +339,7 @@ class Daemon:
         for callback in self._on_shutdown:
             callback()
         self.health.stop()
+        self.enroller.stop()
         self.control.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         for worker in self.workers.values():
             worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
