@@ -81,10 +81,12 @@ class Daemon:
         # connects; without a claim or fleet certificate it changes nothing.
         identity = resolve_identity(config)
         first_error: str | None = None
+        claim_path = config.paths.state_dir / CLAIM_FILE
+        had_claim = claim_path.exists()
         try:
             enrolled = ensure_enrolled(config, identity)
         except EnrollmentError as err:
-            if not (config.paths.state_dir / CLAIM_FILE).exists():
+            if not claim_path.exists():
                 raise
             # A claim that fails (service unreachable, claim refused) must not keep the
             # terminal from scanning: it journals locally and the enroller retries.
@@ -139,6 +141,10 @@ class Daemon:
             first_error=first_error,
         )
         self.pipeline.claim_handler = self.enroller.offer
+        if had_claim and enrolled.not_after is not None and not claim_path.exists():
+            # Enrolled just now with the claim from the state dir (boot partition or
+            # `enroll --claim` before a start): the journal says so, as for a retry.
+            self.station.enrollment(f"{self.identity.site}/{self.identity.device}", "config")
         self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.local_api: LocalApi | None = None
         if config.local_api.enabled:

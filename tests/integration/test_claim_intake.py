@@ -202,3 +202,23 @@ def test_a_boot_partition_claim_that_fails_is_kept_alarmed_and_retried_with_back
     assert results[-1] == ("accepted", "config")
     assert len(results) == 2, "one record per distinct failure, not per retry"
     assert claim.secret not in json.dumps(_records(config))
+
+
+def test_a_claim_that_enrolls_at_start_is_journaled(
+    tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker, channel: str
+) -> None:
+    path = tmp_path / "scanfleet.toml"
+    path.write_text(_config_text(tmp_path / "state", fleet, channel), encoding="utf-8")
+    config = load_config(path)
+    _, claim = create_claim(fleet.ca.registry, SITE, fleet_broker.host, fleet_broker.enroll_port)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / CLAIM_FILE).write_text(claim.token + "\n", encoding="utf-8")
+    with running_service(fleet, fleet_broker):
+        daemon = Daemon(config, config_path=path)
+    daemon.start()
+    daemon.shutdown()
+    assert daemon.enroller.enrolled
+    records = _enroll_records(config)
+    assert [(r["verdict"], r["origin"], r["argument"]) for r in records] == [
+        ("accepted", "config", f"{SITE}/{DEVICE}")
+    ]
