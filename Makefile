@@ -32,9 +32,9 @@ test: $(STAMP) ## run the whole test suite (unit, broker, pty; HIL when QEMU is 
 unit: $(STAMP) ## run only the fast tests (no broker, no QEMU)
 	$(BIN)/pytest -m 'not integration and not hil' $(PYTEST_ARGS)
 
-hil: $(STAMP) ## only the QEMU hardware-in-the-loop tests (apt-installs QEMU and a kernel when root)
-	./.ci/sysdeps hil
-	$(BIN)/pytest -m hil $(PYTEST_ARGS)
+hil: $(STAMP) ## only the QEMU hardware-in-the-loop tests, with the Debian package's boot (~10 min)
+	./.ci/sysdeps hil deb
+	SCANFLEET_DEB_GUEST=1 $(BIN)/pytest -m hil $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff + mypy --strict on daemon/ and provisioning/
 	$(BIN)/ruff check .

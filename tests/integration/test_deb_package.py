@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.debian_root import (
+    ROOT,
     BaseRoot,
     Debs,
     base_root,
@@ -89,6 +90,17 @@ def test_installs_with_apt_on_debian_13_upgrades_keeping_the_journal_and_refuses
     assert (root / "etc/scanfleet/scanfleet.toml.example").exists()
     assert (root / "usr/share/man/man1/scanfleet-run.1.gz").exists()
     assert '"kind":"trace20"' in _sh(root, "scanfleet parse 83711700173703755001")
+
+    # The hub is its own package, built when the tree has hub/ (issue 17); the terminal
+    # package's CLI works without it either way.
+    hub = debs.old.with_name(f"scanfleet-hub_{OLD}_all.deb")
+    assert hub.exists() == (ROOT / "hub").is_dir()
+    assert " hub " not in _sh(root, "scanfleet --help")
+    if hub.exists():
+        shutil.copy2(hub, root / "srv/debs" / hub.name)
+        chroot(root, "apt-get", "install", "-y", "-q", f"/srv/debs/{hub.name}", log=log)
+        assert "usage: scanfleet hub" in _sh(root, "scanfleet hub --help")
+        chroot(root, "apt-get", "remove", "-y", "-q", "scanfleet-hub", log=log)
 
     # A journal (schema this version writes) and a site config survive the upgrade.
     (root / "var/lib/scanfleet").mkdir(exist_ok=True)
