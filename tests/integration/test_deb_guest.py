@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ import pytest
 
 from scanfleet.daemon.journal_reader import open_readonly
 from support.debian_root import base_root, build_deb, chroot, chroot_output, copy_root
+from support.ftdi_scanner import FtdiScanner
 from support.prereq import missing, require_executable
 
 pytestmark = [
@@ -169,46 +168,6 @@ echo done >> $OUT/result.txt
 """
 
 
-class FlagScanner:
-    """QEMU's FTDI, host end: sends CODE_A while ``send-a`` exists, CODE_B while ``send-b``."""
-
-    def __init__(self, sock_path: Path, out: Path) -> None:
-        self.sock_path = sock_path
-        self.out = out
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self.sock_path.exists() and not self._stop.wait(0.2):
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self.sock_path))
-        except OSError:
-            return
-        sock.settimeout(0.5)
-        with sock:
-            while not self._stop.wait(2.0):
-                for flag, code in (("send-a", CODE_A), ("send-b", CODE_B)):
-                    if (self.out / flag).exists():
-                        try:
-                            sock.sendall(code.encode() + b"\r")
-                        except OSError:
-                            return
-                try:
-                    sock.recv(4096)  # the beeps; not checked here
-                except (TimeoutError, BlockingIOError):
-                    pass
-                except OSError:
-                    return
-
-    def stop(self) -> None:
-        """Stop sending."""
-        self._stop.set()
-        self._thread.join(5)
-
-
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     # Short: QEMU's unix socket paths are limited to 108 bytes.
@@ -337,7 +296,10 @@ def test_package_boots_enrolls_from_the_boot_partition_delivers_and_upgrades(
     ]  # fmt: skip
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     (out).mkdir(parents=True, exist_ok=True)
-    scanner = FlagScanner(ftdi, out)
+    codes = (("send-a", CODE_A), ("send-b", CODE_B))
+    scanner = FtdiScanner(
+        ftdi, lambda: [code.encode() + b"\r" for flag, code in codes if (out / flag).exists()]
+    )
     console = workdir / "console.log"
     started = time.monotonic()
     with console.open("wb") as sink:
