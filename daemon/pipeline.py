@@ -29,6 +29,7 @@ from scanfleet.daemon.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
 from scanfleet.daemon.pairing import IdentityWindow, is_card_read
 from scanfleet.daemon.station import Station
 from scanfleet.drivers.base import Signal
+from scanfleet.provisioning.claims import claim_in_read
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Pipeline:
         """The station's identity window (ID-card reads pair with controlled drugs)."""
         self.station = Station(config, self._record, self._now_context, alarms=alarms)
         """Operation, bill, operator and the per-scan checks (the runner adds the index)."""
+        self.claim_handler: Callable[[str], tuple[str | None, str | None]] | None = None
+        """Takes a scanned claim token; returns (its site, refusal reason or None)."""
         self._stop = threading.Event()
         self._last_failure: str | None = None
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
@@ -165,6 +168,9 @@ class Pipeline:
             self.identity.close("next ID card read")
             identity_body = self.identity.identity_body(read, self._context(incoming, device))
             return self._commit(incoming, device, lambda: ([self._record(identity_body)], None))
+        token = claim_in_read(read.data)
+        if token is not None:
+            return self._claim_read(incoming, device, token)
         result = classify(
             read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
         )
@@ -184,6 +190,27 @@ class Pipeline:
         fixed = device.operation is not None
         return self._commit(
             incoming, device, lambda: ([self.station.scan(body, fixed_operation=fixed)], None)
+        )
+
+    def _claim_read(
+        self, incoming: Incoming, device: DeviceConfig, token: str
+    ) -> dict[str, Any] | None:
+        # A claim barcode holds a secret: it is handed over, never classified, logged or
+        # journaled; its record (an ``enroll`` control) carries the site at most.
+        handler = self.claim_handler
+        site: str | None = None
+        refused: str | None = "this daemon does not enroll from scanned claims"
+        if handler is not None:
+            site, refused = handler(token)
+        context = self._context(incoming, device)
+        log.info("claim barcode read on %s: %s", device.name, refused or "enrolling")
+        return self._commit(
+            incoming,
+            device,
+            lambda: (
+                [self.station.enrollment(site, "barcode", refused=refused, context=context)],
+                refused is None,
+            ),
         )
 
     def _record(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -22,11 +23,12 @@ from typing import Any
 from scanfleet.daemon import __version__, redact
 from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
 from scanfleet.daemon.broker_protocol import FILE_NAME as PROTOCOL_FILE
+from scanfleet.daemon.claim_intake import ClaimEnroller
 from scanfleet.daemon.config import Config, DeviceConfig, load_config
 from scanfleet.daemon.control import ControlChannel
 from scanfleet.daemon.devices import DeviceState, DeviceWorker
 from scanfleet.daemon.duplicates import open_index, policy
-from scanfleet.daemon.enroll import ensure_enrolled
+from scanfleet.daemon.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
 from scanfleet.daemon.errors import ConfigError, EnrollmentError
 from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
@@ -97,7 +99,18 @@ class Daemon:
         self.alarms = AlarmSet(config.paths.state_dir / ALARMS_FILE)
         # Enrollment (a claim in the state dir) or renewal happens before anything
         # connects; without a claim or fleet certificate it changes nothing.
-        enrolled = ensure_enrolled(config, resolve_identity(config))
+        identity = resolve_identity(config)
+        first_error: str | None = None
+        claim_path = config.paths.state_dir / CLAIM_FILE
+        had_claim = claim_path.exists()
+        try:
+            enrolled = ensure_enrolled(config, identity)
+        except EnrollmentError as err:
+            if not claim_path.exists():
+                raise
+            # A claim that fails (service unreachable, claim refused) must not keep the
+            # terminal from scanning: it journals locally and the enroller retries.
+            enrolled, first_error = Enrolled(identity, config.broker, None), str(err)
         self.identity: Identity = enrolled.identity
         self.cert_not_after = enrolled.not_after
         config = config.model_copy(update={"broker": enrolled.broker})
@@ -139,6 +152,20 @@ class Daemon:
         )
         self.station = self.pipeline.station
         """Operation, bill, operator: remote commands and the local API call its methods."""
+        self.enroller = ClaimEnroller(
+            self.file_config,
+            self.identity,
+            self.alarms,
+            self.station,
+            enrolled=enrolled.not_after is not None or config.broker.cert_file is not None,
+            on_enrolled=self.request_restart,
+            first_error=first_error,
+        )
+        self.pipeline.claim_handler = self.enroller.offer
+        if had_claim and enrolled.not_after is not None and not claim_path.exists():
+            # Enrolled just now with the claim from the state dir (boot partition or
+            # `enroll --claim` before a start): the journal says so, as for a retry.
+            self.station.enrollment(f"{self.identity.site}/{self.identity.device}", "config")
         self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.local_api: LocalApi | None = None
         if config.local_api.enabled:
@@ -205,7 +232,13 @@ class Daemon:
     def _state_extra(self) -> dict[str, Any]:
         return {
             "devices": {name: str(w.state) for name, w in self.workers.items()},
+            **self.enroller.extra(),
         }
+
+    def request_restart(self) -> None:
+        """Stop cleanly and exit with RESTART_EXIT_CODE (systemd starts the daemon again)."""
+        self.restart_requested = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _start_worker(self, device: DeviceConfig) -> None:
         worker = DeviceWorker(device, self.pipeline.queue, self.alarms)
@@ -230,6 +263,7 @@ class Daemon:
             self.local_api.start()
         for device in self.config.devices:
             self._start_worker(device)
+        self.enroller.start()
         if not self.config.devices:
             log.warning("no devices configured: nothing will be scanned")
         threading.Thread(target=self._wait_ready, name="readiness", daemon=True).start()
@@ -345,6 +379,7 @@ class Daemon:
         for callback in self._on_shutdown:
             callback()
         self.health.stop()
+        self.enroller.stop()
         self.control.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         for worker in self.workers.values():
             worker.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))

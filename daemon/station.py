@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_SCHEMA = "scanfleet.control/1"
 Origin = Literal["barcode", "local_api", "remote", "config"]
-Action = Literal["operation", "bill", "operator", "end_bill", "manual", "unknown"]
+Action = Literal["operation", "bill", "operator", "end_bill", "manual", "enroll", "unknown"]
 
 _ACTIONS: dict[str, Action] = {
     "OP": "operation",
@@ -62,7 +62,7 @@ class ControlRecord(StationRecord):
         default=None, description="The scanner, for a control barcode."
     )
     raw: str | None = Field(default=None, description="The control barcode as read.")
-    action: Literal["operation", "bill", "operator", "end_bill", "manual", "unknown"]
+    action: Literal["operation", "bill", "operator", "end_bill", "manual", "enroll", "unknown"]
     argument: str | None = None
     verdict: Literal["accepted", "refused"]
     reason: str | None = None
@@ -258,6 +258,28 @@ class Station:
                 return [refused], False
             finally:
                 self._read_base = None
+
+    def enrollment(
+        self,
+        argument: str | None,
+        origin: Origin,
+        *,
+        refused: str | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Journal an enrollment event (claim read, enrolled, failed) as an ``enroll`` record.
+
+        *argument* names the site (never the claim's secret); *context* is a scanned
+        claim's time and source, without its raw text.
+        """
+        base = None
+        if context is not None:
+            base = {
+                "raw": None,
+                **{k: context[k] for k in ("time", "clock", "t_mono", "boot_id", "source")},
+            }
+        with self._lock:
+            return self._control("enroll", argument, origin, refused=refused, base=base)
 
     def _dispatch(self, key: str, arg: str) -> tuple[list[dict[str, Any]], bool]:
         if key == "OP":

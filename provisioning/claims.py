@@ -164,3 +164,20 @@ def redeem_claim(
         # Lost a race with another request using the same claim.
         raise ClaimError("claim already used")
     return record
+
+
+_CLAIM_MARK = f"{SCHEME}://".encode()
+
+
+def claim_in_read(data: bytes) -> str | None:
+    """The claim token in a scanner read, or None when the read is not a claim barcode.
+
+    Anything around the token that a scanner adds (STX, an AIM identifier such as
+    ``]Q1``, CR/LF/TAB/ETX terminators) is dropped. A read that names the scheme but is
+    not a valid token is still returned, so the caller refuses it *as a claim*: it may
+    hold a secret and must never be journaled as a scan.
+    """
+    start = data.find(_CLAIM_MARK)
+    if start < 0:
+        return None
+    return data[start:].rstrip(b"\r\n\t\x03").decode("utf-8", errors="replace")

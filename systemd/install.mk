@@ -9,6 +9,8 @@ DESTDIR ?=
 SYSCONFDIR ?= /etc
 INSTALL_PYTHON ?= python3
 INSTALL_PIP_ARGS ?=
+# no: install only the example (the Debian package: the unit waits for a real config).
+INSTALL_CONFIG ?= yes
 # ExecStart in the unit points at $(PREFIX)/bin/scanfleet.
 SF_BINDIR := $(PREFIX)/bin
 SF_LIBDIR := $(PREFIX)/lib/scanfleet
@@ -62,7 +64,7 @@ install-files:
 	install -m 0644 "$(SF_SRC)/systemd/README.md" "$(DESTDIR)$(SF_DOCDIR)/README.systemd.md"
 	install -m 0644 "$(SF_SRC)/daemon/scanfleet.example.toml" "$(DESTDIR)$(SF_CONFDIR)/scanfleet.toml.example"
 	# An existing configuration is the site's: never overwritten.
-	test -e "$(DESTDIR)$(SF_CONFDIR)/scanfleet.toml" || \
+	test "$(INSTALL_CONFIG)" != yes || test -e "$(DESTDIR)$(SF_CONFDIR)/scanfleet.toml" || \
 	  install -m 0640 "$(SF_SRC)/daemon/scanfleet.example.toml" "$(DESTDIR)$(SF_CONFDIR)/scanfleet.toml"
 
 uninstall: ## remove what `make install` installed (keeps /var/lib/scanfleet and an edited config)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import stat
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from scanfleet.daemon.mqtt import Connection
 from scanfleet.provisioning.ca import Role, cert_pem, write_public
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.service import EnrollmentService
+from support.enroll_service import running_service
 from support.pki import Credentials, Fleet, FleetBroker, TLSClient
 
 pytestmark = pytest.mark.integration
@@ -39,22 +39,8 @@ SITE = "pharmacy-12"
 
 @pytest.fixture
 def service(fleet: Fleet, fleet_broker: FleetBroker) -> Iterator[EnrollmentService]:
-    creds = fleet.role(Role.FLEET, "svc")
-    fleet_broker.reload()  # the new fleet identity needs its ACL block
-    svc = EnrollmentService(
-        fleet.ca,
-        host=fleet_broker.host,
-        port=fleet_broker.service_port,
-        admin_socket=fleet_broker.admin_socket,
-        cert_file=str(creds.cert),
-        key_file=str(creds.key),
-        broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
-    )
-    thread = threading.Thread(target=svc.run, daemon=True)
-    thread.start()
-    yield svc
-    svc.stop()
-    thread.join(10)
+    with running_service(fleet, fleet_broker) as svc:
+        yield svc
 
 
 def device_config(tmp_path: Path, fleet: Fleet, name: str) -> Config:

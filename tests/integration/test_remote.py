@@ -381,14 +381,18 @@ def test_fleet_gaps_finds_a_backend_gap_and_requests_the_resend(rig: Rig, tmp_pa
         )
 
     assert backend.wait(lambda: copies(last) == 1, 60)
-    # The backend lost 2..3 (say, a consumer crashed before committing them).
+    # The six scans follow the start's own records (the enrollment is journaled).
+    first = last - 5
+    # The backend lost the 2nd and 3rd scan (a consumer crashed before committing them).
     received = tmp_path / "received.json"
-    received.write_text(json.dumps({f"{SITE}/{DEVICE}": [[1, 1], [4, last]]}), encoding="utf-8")
+    ranges = [[1, first], [first + 3, last]]
+    received.write_text(json.dumps({f"{SITE}/{DEVICE}": ranges}), encoding="utf-8")
     out = fleet_cli(rig, "gaps", "--received", str(received), "--resend", "--wait", "3")
     assert out.returncode == 0, out.stderr
-    assert f"{SITE}/{DEVICE}  missing 2..3  resend requested" in out.stdout
-    assert backend.wait(lambda: copies(2) == 2 and copies(3) == 2, 60)
-    assert copies(1) == 1, "only the gap is resent"
+    gap = f"{first + 1}..{first + 2}"
+    assert f"{SITE}/{DEVICE}  missing {gap}  resend requested" in out.stdout
+    assert backend.wait(lambda: copies(first + 1) == 2 and copies(first + 2) == 2, 60)
+    assert copies(first) == 1, "only the gap is resent"
     backend.close()
 
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from scanfleet.drivers.feedback import HONEYWELL_BEEP
+from support.ftdi_scanner import FtdiScanner
 from support.prereq import missing
 
 pytestmark = [pytest.mark.hil, pytest.mark.slow]
@@ -125,53 +124,6 @@ def _vng_supports_systemd(vng: str) -> bool:
     return "--systemd" in result.stdout
 
 
-class ScannerOnFtdi:
-    """The host end of QEMU's FTDI: sends the code until told to stop, keeps what comes back."""
-
-    def __init__(self, path: Path, go: Path) -> None:
-        self.path = path
-        self.go = go
-        self.received = bytearray()
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self.path.exists() and not self._stop.wait(0.2):
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self.path))
-        except OSError:
-            return
-        sock.settimeout(0.5)
-        with sock:
-            next_send = 0.0
-            while not self._stop.is_set():
-                if self.go.exists() and time.monotonic() >= next_send:
-                    try:
-                        sock.sendall(CODE + b"\r")
-                    except OSError:
-                        return
-                    self.sent += 1
-                    next_send = time.monotonic() + 2.0
-                try:
-                    data = sock.recv(4096)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                self.received += data
-
-    def stop(self) -> None:
-        """Stop sending."""
-        self._stop.set()
-        self._thread.join(5)
-
-
 DEFAULT_TARGET = """[Unit]
 Description=scanfleet HIL: basic system plus the guest script, nothing else
 Requires=basic.target scanfleet-hil.service
@@ -264,7 +216,8 @@ def test_installed_unit_runs_the_daemon_in_a_systemd_guest_and_delivers_a_scan(
             f"--qemu-opts={qemu_opts}",
     ]  # fmt: skip
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    scanner = ScannerOnFtdi(ftdi, rw / "send-scans")
+    go = rw / "send-scans"
+    scanner = FtdiScanner(ftdi, lambda: [CODE + b"\r"] if go.exists() else [])
     console = workdir / "console.log"
     cache = Path.home() / ".cache/virtme-ng/guest"
     before = set(cache.iterdir()) if cache.is_dir() else set()

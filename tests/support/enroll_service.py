@@ -1,0 +1,35 @@
+"""The fleet's enrollment service (``scanfleet fleet serve``'s EnrollmentService) on a
+test's FleetBroker, in a thread."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from scanfleet.provisioning.ca import Role
+from scanfleet.provisioning.service import EnrollmentService
+from support.pki import Fleet, FleetBroker
+
+
+@contextlib.contextmanager
+def running_service(fleet: Fleet, fleet_broker: FleetBroker) -> Iterator[EnrollmentService]:
+    """Run the enrollment service against *fleet_broker* until the block ends."""
+    creds = fleet.role(Role.FLEET, "svc")
+    fleet_broker.reload()  # the new fleet identity needs its ACL block
+    svc = EnrollmentService(
+        fleet.ca,
+        host=fleet_broker.host,
+        port=fleet_broker.service_port,  # the enrollment broker's service listener
+        admin_socket=fleet_broker.admin_socket,
+        cert_file=str(creds.cert),
+        key_file=str(creds.key),
+        broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
+    )
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+        thread.join(10)
