@@ -9,6 +9,7 @@ and stored unchanged; the hash is recomputed with the daemon's own
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,7 +89,8 @@ class Row:
 
     def copy_tuple(self) -> tuple[Any, ...]:
         """The values in :data:`COPY_COLUMNS` order."""
-        return tuple(getattr(self, name) for name in COPY_COLUMNS)
+        values: tuple[Any, ...] = _copy_values(self)
+        return values
 
 
 COPY_COLUMNS = (
@@ -112,6 +114,7 @@ COPY_COLUMNS = (
     "hash_ok",
     "payload",
 )
+_copy_values = operator.attrgetter(*COPY_COLUMNS)
 
 
 def _text(record: dict[str, Any], key: str) -> str | None:
@@ -173,7 +176,10 @@ def _losses(record: dict[str, Any], rid: str) -> tuple[LossRange, ...]:
 
 
 def make_row(site: str, device: str, record: dict[str, Any], payload: bytes) -> Row:
-    """One stored row from a record and its bytes; :class:`MessageError` when unusable."""
+    """One stored row from a record and its bytes; :class:`MessageError` when unusable.
+
+    *record* is consumed: its ``hash`` is taken out (what remains is what was hashed).
+    """
     seq, rid = _int(record, "seq"), _text(record, "id")
     claimed, prev = _text(record, "hash"), _text(record, "prev_hash")
     if seq is None or seq < 1 or rid != f"{device}:{seq}" or record.get("device") != device:
@@ -186,9 +192,9 @@ def make_row(site: str, device: str, record: dict[str, Any], payload: bytes) -> 
         # A record without a usable time is still stored (it is evidence); it files under
         # the time it arrived.
         when = datetime.now(UTC)
-    body = {k: v for k, v in record.items() if k != "hash"}
+    del record["hash"]
     try:
-        ok = record_hash(body) == claimed
+        ok = record_hash(record) == claimed
     except RecordError:
         ok = False
     kind = _text(record, "type") or "scan"

@@ -136,21 +136,11 @@ class Repairer:
                         )
                     continue
                 last = min(int(last), int(first) + MAX_RESEND - 1)
-                request_id = uuid.uuid4().hex
+                request_id = note_resend(self.db, site, device, int(first), last, gap_id=gap_id)
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 topic = f"scanfleet/v1/{site}/{device}/cmd/resend"
                 props.ResponseTopic = f"{topic}/response"
                 props.CorrelationData = request_id.encode("ascii")
-                self.db.execute(
-                    "INSERT INTO resend_requests (request_id, site, device, gap_id, from_seq,"
-                    " to_seq) VALUES (%s, %s, %s, %s, %s, %s)",
-                    (request_id, site, device, gap_id, first, last),
-                )
-                self.db.execute(
-                    "UPDATE gaps SET resends = resends + 1, last_resend_at = now()"
-                    " WHERE gap_id = %s",
-                    (gap_id,),
-                )
                 payload = json.dumps({"from_seq": int(first), "to_seq": last}).encode()
                 self.publish(topic, payload, properties=props)
                 log.info("asked %s/%s to resend %d..%d", site, device, first, last)
@@ -188,3 +178,40 @@ def sweep(db: psycopg.Connection[tuple[Any, ...]]) -> int:
             lock_devices(db, {device: site})
             total += len(reconcile_device(db, device, site, [], full=True))
     return total
+
+
+def note_resend(
+    db: psycopg.Connection[tuple[Any, ...]],
+    site: str,
+    device: str,
+    first: int,
+    last: int,
+    *,
+    gap_id: int | None = None,
+) -> str:
+    """Book a resend of *first*..*last* (the hub's own or a person's); its request id.
+
+    The open gap it repairs counts the resend (*gap_id*, or every open gap the range
+    overlaps), so a gap it fills is ``repaired``, not mistaken for reordering; and
+    ``resend_requests`` gets a row that the device's reply completes later.
+    """
+    if gap_id is None:
+        hit = db.execute(
+            "UPDATE gaps SET resends = resends + 1, last_resend_at = now()"
+            " WHERE device = %s AND status = 'open' AND from_seq <= %s AND to_seq >= %s"
+            " RETURNING gap_id",
+            (device, last, first),
+        ).fetchone()
+        gap_id = hit[0] if hit else None
+    else:
+        db.execute(
+            "UPDATE gaps SET resends = resends + 1, last_resend_at = now() WHERE gap_id = %s",
+            (gap_id,),
+        )
+    request_id = uuid.uuid4().hex
+    db.execute(
+        "INSERT INTO resend_requests (request_id, site, device, gap_id, from_seq, to_seq)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (request_id, site, device, gap_id, first, last),
+    )
+    return request_id

@@ -1,10 +1,15 @@
 """One transaction per batch of messages: records, chain checks, device state, gaps.
 
-Every batch takes the row locks of the devices it touches first, in device order, so
-N ingest workers that received messages of the same device (a shared subscription
-spreads one device's messages over all of them) serialise on that device and never
-deadlock. Uniqueness is PostgreSQL's: ``record_ids`` holds the key, ``records`` (the
-month-partitioned table) only rows whose bytes match the key's hash.
+A batch first inserts its records, then takes the row locks of the devices it
+touches, in device order, for everything that reads what other workers store (chain
+links, watermarks, gaps). N ingest workers that received messages of the same device
+(a shared subscription spreads one device's messages over all of them) therefore
+store records in parallel and serialise only on the short bookkeeping; whichever of
+two neighbouring batches takes the lock second sees the other's committed records and
+checks the link between them. Uniqueness is PostgreSQL's: ``record_ids`` holds the
+key (inserted in ``(device, seq)`` order, so two batches never wait on each other's
+keys in a cycle), ``records`` (the month-partitioned table) only rows whose bytes
+match the key's hash.
 """
 
 from __future__ import annotations
@@ -50,15 +55,10 @@ class StoreResult:
 
 
 _COLS = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
-_S_COLS = sql.SQL(", ").join(sql.Identifier("s", c) for c in COPY_COLUMNS)
-
-
-def _staging(conn: Conn) -> None:
-    # Per connection, emptied by every commit: the COPY target of one batch.
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS hub_staging"
-        " (LIKE records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
+_COPY_RECORDS = sql.SQL("COPY records ({}) FROM STDIN").format(_COLS)
+_INSERT_RECORD = sql.SQL("INSERT INTO records ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+    _COLS, sql.SQL(", ").join([sql.Placeholder()] * len(COPY_COLUMNS))
+)
 
 
 def lock_devices(conn: Conn, devices: dict[str, str]) -> None:
@@ -93,20 +93,28 @@ def alert(
 def store(conn: Conn, batch: Batch) -> StoreResult:
     """Store *batch* in one transaction (the caller acks its messages after this returns)."""
     result = StoreResult()
+    good = [r for r in batch.rows if r.hash_ok]
+    if good:
+        # A month's partition in a transaction of its own: creating it locks ``records``
+        # exclusively, which must never be held while waiting for a device lock.
+        with conn.transaction():
+            for month in sorted({(r.time.year, r.time.month) for r in good}):
+                conn.execute(
+                    "SELECT hub_ensure_partition(%s)", (f"{month[0]:04d}-{month[1]:02d}-01Z",)
+                )
     with conn.transaction():
+        inserted = _insert_rows(conn, good, result) if good else []
         devices = {r.device: r.site for r in batch.rows}
         devices.update({t.device: t.site for t, _ in batch.states + batch.healths})
         if devices:
             lock_devices(conn, devices)
-        good = [r for r in batch.rows if r.hash_ok]
         for row in batch.rows:
             if not row.hash_ok:
                 result.breaks += _break(conn, row, "hash_mismatch", None, row.hash, row.payload)
         new_by_device: dict[str, list[Row]] = defaultdict(list)
-        if good:
-            inserted = _insert_rows(conn, good, result)
-            for row in inserted:
-                new_by_device[row.device].append(row)
+        for row in inserted:
+            new_by_device[row.device].append(row)
+        if inserted:
             result.breaks += _check_links(conn, inserted)
             _explain(conn, inserted)
         _advance(conn, devices, new_by_device)
@@ -162,58 +170,106 @@ def _advance(conn: Conn, devices: dict[str, str], new: dict[str, list[Row]]) -> 
 
 
 def _insert_rows(conn: Conn, rows: Sequence[Row], result: StoreResult) -> list[Row]:
-    _staging(conn)
-    for month in sorted({(r.time.year, r.time.month) for r in rows}):
-        conn.execute("SELECT hub_ensure_partition(%s)", (f"{month[0]:04d}-{month[1]:02d}-01Z",))
-    copy_sql = sql.SQL("COPY hub_staging ({}) FROM STDIN").format(_COLS)
-    with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-        for row in rows:
-            copy.write_row(row.copy_tuple())
-    # Without statistics the planner guesses a big staging table and hashes all of
-    # record_ids for every batch (quadratic as the store grows); a few hundred rows
-    # analyse in well under a millisecond and turn the joins into index lookups.
-    conn.execute("ANALYZE hub_staging")
-    conn.execute(
-        "INSERT INTO record_ids (id, device, seq, time, hash)"
-        " SELECT id, device, seq, time, hash FROM hub_staging"
-        " ORDER BY device, seq ON CONFLICT DO NOTHING"
-    )
-    conflicts = conn.execute(
-        "INSERT INTO conflicts (id, site, device, seq, stored_hash, received_hash, payload)"
-        " SELECT DISTINCT ON (s.id, s.hash) s.id, s.site, s.device, s.seq, k.hash, s.hash,"
-        " s.payload FROM hub_staging s JOIN record_ids k ON k.id = s.id"
-        " WHERE k.hash <> s.hash ON CONFLICT (id, received_hash) DO NOTHING"
-        " RETURNING id, site, device, stored_hash, received_hash"
-    ).fetchall()
-    for rid, site, device, stored, received in conflicts:
+    """Insert the rows whose id is new (or whose stored row went missing); the stored rows.
+
+    The common case, all ids new, is one multi-row INSERT of the keys and one COPY of
+    the rows straight into ``records``; only a batch holding ids already known looks
+    further (an identical redelivery, a conflict, a row deleted behind the hub's back).
+    """
+    ordered = sorted(rows, key=lambda r: (r.device, r.seq))
+    first: dict[str, Row] = {}
+    repeats: list[Row] = []
+    for row in ordered:
+        if first.setdefault(row.id, row) is not row:
+            repeats.append(row)
+    unique = list(first.values())
+    new_ids = {
+        rid
+        for (rid,) in conn.execute(
+            "INSERT INTO record_ids (id, device, seq, time, hash)"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[],"
+            " %b::text[]) ON CONFLICT DO NOTHING RETURNING id",
+            (
+                [r.id for r in unique],
+                [r.device for r in unique],
+                [r.seq for r in unique],
+                [r.time for r in unique],
+                [r.hash for r in unique],
+            ),
+        )
+    }
+    fresh = [r for r in unique if r.id in new_ids]
+    known = [r for r in unique if r.id not in new_ids]
+    restored: list[Row] = []
+    if known or repeats:
+        stored: dict[str, str] = dict(
+            conn.execute(
+                "SELECT id, hash FROM record_ids WHERE id = ANY(%s)",
+                ([r.id for r in known + repeats],),
+            ).fetchall()
+        )
+        _conflicts(conn, [r for r in known + repeats if stored.get(r.id, r.hash) != r.hash], result)
+        restored = _restore(conn, [r for r in known if stored.get(r.id) == r.hash])
+    stored_rows = _copy_records(conn, fresh) + restored
+    result.inserted += len(stored_rows)
+    result.duplicates += len(rows) - len(stored_rows)
+    return stored_rows
+
+
+def _copy_records(conn: Conn, rows: list[Row]) -> list[Row]:
+    """COPY rows whose key this transaction just inserted straight into ``records``."""
+    if not rows:
+        return rows
+    try:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_RECORDS) as copy:
+            for row in rows:
+                copy.write_row(row.copy_tuple())
+    except psycopg.errors.UniqueViolation:
+        # A records row without its key (record_ids edited by hand): what is there stays.
+        log.warning("records held rows whose key was missing; inserting the rest one by one")
+        return _restore(conn, rows)
+    return rows
+
+
+def _restore(conn: Conn, rows: Sequence[Row]) -> list[Row]:
+    """Insert rows whose key is already held with the same hash but whose row is missing."""
+    if not rows:
+        return []
+    present = {
+        rid
+        for (rid,) in conn.execute(
+            "SELECT id FROM records WHERE id = ANY(%s)", ([r.id for r in rows],)
+        )
+    }
+    out = []
+    for row in rows:
+        if row.id not in present and conn.execute(_INSERT_RECORD, row.copy_tuple()).rowcount:
+            out.append(row)
+    return out
+
+
+def _conflicts(conn: Conn, rows: Sequence[Row], result: StoreResult) -> None:
+    """Keep and report rows whose id is held with other bytes; the original stays."""
+    for row in rows:
+        found = conn.execute(
+            "INSERT INTO conflicts (id, site, device, seq, stored_hash, received_hash, payload)"
+            " SELECT %s, %s, %s, %s, k.hash, %s, %s FROM record_ids k WHERE k.id = %s"
+            " ON CONFLICT (id, received_hash) DO NOTHING RETURNING stored_hash",
+            (row.id, row.site, row.device, row.seq, row.hash, row.payload, row.id),
+        ).fetchone()
+        if found is None:
+            continue
+        result.conflicts += 1
         alert(
             conn,
             "conflict",
-            site,
-            device,
-            f"record {rid} arrived with different bytes than stored",
-            id=rid,
-            stored_hash=stored,
-            received_hash=received,
+            row.site,
+            row.device,
+            f"record {row.id} arrived with different bytes than stored",
+            id=row.id,
+            stored_hash=found[0],
+            received_hash=row.hash,
         )
-    result.conflicts += len(conflicts)
-    stored = conn.execute(
-        sql.SQL(
-            "INSERT INTO records ({}) SELECT DISTINCT ON (s.id) {} FROM hub_staging s"
-            " JOIN record_ids k ON k.id = s.id AND k.hash = s.hash"
-            " ORDER BY s.id ON CONFLICT DO NOTHING RETURNING id"
-        ).format(_COLS, _S_COLS)
-    ).fetchall()
-    new_ids = {r[0] for r in stored}
-    result.inserted += len(new_ids)
-    result.duplicates += len(rows) - len(new_ids)
-    seen: set[str] = set()
-    out = []
-    for row in rows:
-        if row.id in new_ids and row.id not in seen:
-            seen.add(row.id)
-            out.append(row)
-    return out
 
 
 def _break(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-import uuid
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +33,7 @@ from scanfleet.hub.console.web import (
     render,
     require_site,
 )
+from scanfleet.hub.repair import note_resend
 
 # -- signing in -------------------------------------------------------------------------------
 
@@ -144,25 +144,9 @@ def acknowledge(request: Request, sess: Session, form: FormData) -> Response:
 
 
 def _note_resend(request: Request, site: str, device: str, span: dict[str, int]) -> str:
-    """Record a person's resend in the hub's books, as the hub's own repairer does.
-
-    The open gaps it covers count the resend (so a gap it fills is ``repaired``, not
-    mistaken for reordering) and ``resend_requests`` gets a row with the answer later.
-    """
-    request_id = uuid.uuid4().hex
+    """Record a person's resend in the hub's books, as the hub's own repairer does."""
     with console(request).db() as db:
-        gap = db.execute(
-            "UPDATE gaps SET resends = resends + 1, last_resend_at = now()"
-            " WHERE device = %s AND status = 'open' AND from_seq <= %s AND to_seq >= %s"
-            " RETURNING gap_id",
-            (device, span["to_seq"], span["from_seq"]),
-        ).fetchone()
-        db.execute(
-            "INSERT INTO resend_requests (request_id, site, device, gap_id, from_seq, to_seq)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (request_id, site, device, gap[0] if gap else None, span["from_seq"], span["to_seq"]),
-        )
-    return request_id
+        return note_resend(db, site, device, span["from_seq"], span["to_seq"])
 
 
 def _note_reply(request: Request, request_id: str, reply: dict[str, Any] | None) -> None:
