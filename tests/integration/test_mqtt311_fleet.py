@@ -11,7 +11,6 @@ against the product-generated mosquitto (TLS, enrollment listener), which speaks
 from __future__ import annotations
 
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,11 @@ import pytest
 from scanfleet.daemon.config import Config
 from scanfleet.daemon.enroll import CLAIM_FILE, ensure_enrolled
 from scanfleet.daemon.identity import Identity
-from scanfleet.provisioning.ca import Role
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.inventory import collect_states
 from scanfleet.provisioning.remote import FleetClient
-from scanfleet.provisioning.service import EnrollmentService
 from support.daemon import DaemonProcess, write_config
+from support.enroll_service import running_service
 from support.pki import Fleet, FleetBroker
 
 pytestmark = pytest.mark.integration
@@ -86,21 +84,7 @@ url = "{rabbitmq.url}"
 def test_enrollment_and_the_fleet_service_work_over_mqtt_3_1_1(
     tmp_path: Path, fleet: Fleet, fleet_broker: FleetBroker
 ) -> None:
-    creds = fleet.role(Role.FLEET, "svc311")
-    fleet_broker.reload()  # the new fleet identity needs its ACL block
-    service = EnrollmentService(
-        fleet.ca,
-        host=fleet_broker.host,
-        port=fleet_broker.service_port,  # the enrollment broker's service listener
-        admin_socket=fleet_broker.admin_socket,
-        cert_file=str(creds.cert),
-        key_file=str(creds.key),
-        broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
-        protocol="3.1.1",
-    )
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
+    with running_service(fleet, fleet_broker, name="svc311", protocol="3.1.1") as service:
         config = Config.model_validate(
             {
                 "identity": {"site": SITE},
@@ -121,6 +105,3 @@ def test_enrollment_and_the_fleet_service_work_over_mqtt_3_1_1(
         assert enrolled.identity == Identity(SITE, "sf-0000000e3111")
         assert enrolled.broker.protocol == "3.1.1"
         assert service.answered == 1
-    finally:
-        service.stop()
-        thread.join(10)

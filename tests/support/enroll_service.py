@@ -7,15 +7,18 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+from scanfleet.daemon.config import MqttVersion
 from scanfleet.provisioning.ca import Role
 from scanfleet.provisioning.service import EnrollmentService
 from support.pki import Fleet, FleetBroker
 
 
 @contextlib.contextmanager
-def running_service(fleet: Fleet, fleet_broker: FleetBroker) -> Iterator[EnrollmentService]:
-    """Run the enrollment service against *fleet_broker* until the block ends."""
-    creds = fleet.role(Role.FLEET, "svc")
+def running_service(
+    fleet: Fleet, fleet_broker: FleetBroker, *, name: str = "svc", protocol: MqttVersion = "5"
+) -> Iterator[EnrollmentService]:
+    """Run the enrollment service (fleet identity *name*) on *fleet_broker* until the block ends."""
+    creds = fleet.role(Role.FLEET, name)
     fleet_broker.reload()  # the new fleet identity needs its ACL block
     svc = EnrollmentService(
         fleet.ca,
@@ -25,6 +28,7 @@ def running_service(fleet: Fleet, fleet_broker: FleetBroker) -> Iterator[Enrollm
         cert_file=str(creds.cert),
         key_file=str(creds.key),
         broker_url=f"mqtts://{fleet_broker.host}:{fleet_broker.port}",
+        protocol=protocol,
     )
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
