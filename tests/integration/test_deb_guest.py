@@ -67,21 +67,28 @@ aim_prefix = false
 """
 
 UNITS = {
-    "sf-broker.service": """[Unit]
-Description=the fleet's broker (config from scanfleet fleet broker-config)
+    # docs/fleet.md: Debian's mosquitto.service runs the generated device broker (its
+    # ExecStartPre makes /run/mosquitto, the admin socket's directory, for the account),
+    # the generated scanfleet-enroll-broker.service the enrollment broker (both
+    # installed in _install_brokers), and fleet serve talks to the latter's service
+    # listener and to the former's admin socket.
+    "mosquitto.service.d/fleet.conf": """[Unit]
 Before=scanfleet.service
 [Service]
+ExecStart=
 ExecStart=/usr/sbin/mosquitto -c /srv/fleet/broker/mosquitto.conf
-[Install]
-WantedBy=multi-user.target
 """,
     "sf-fleet.service": """[Unit]
 Description=the fleet's enrollment service (scanfleet fleet serve)
-After=sf-broker.service
+Wants=mosquitto.service scanfleet-enroll-broker.service
+After=mosquitto.service scanfleet-enroll-broker.service
 Before=scanfleet.service
 [Service]
 ExecStart=/usr/bin/scanfleet fleet --fleet-dir /srv/fleet serve \
-  --broker mqtts://127.0.0.1:8883 --identity ops
+  --broker mqtts://127.0.0.1:8885 --identity ops \
+  --public-broker-url mqtts://127.0.0.1:8883 \
+  --admin-socket /run/mosquitto/scanfleet-admin.sock \
+  --reload-command 'systemctl reload mosquitto scanfleet-enroll-broker'
 Restart=on-failure
 RestartSec=2s
 [Install]
@@ -112,7 +119,7 @@ WantedBy=sysinit.target
 """,
     "sf-test.service": """[Unit]
 Description=scanfleet package test: scans, upgrade, results, power off
-After=sf-broker.service
+After=mosquitto.service
 SuccessAction=poweroff-force
 FailureAction=poweroff-force
 [Service]
@@ -127,6 +134,8 @@ WantedBy=multi-user.target
 
 GUEST_SCRIPT = r"""#!/bin/sh
 OUT=/srv/out
+UNITS="scanfleet mosquitto scanfleet-enroll-broker sf-fleet"
+JOURNAL_UNITS=$(for u in $UNITS; do printf ' -u %s' $u; done)
 mkdir -p $OUT
 exec > $OUT/test.log 2>&1
 wait_for() {  # wait_for PATTERN FILE SECONDS
@@ -141,14 +150,14 @@ wait_for() {  # wait_for PATTERN FILE SECONDS
     -h 127.0.0.1 -p 8883 -i backend-test -c -q 1 -v -t 'scanfleet/v1/+/+/scans' \
     >> $OUT/scans.txt 2>> $OUT/sub.err; do sleep 1; done ) &
 ( while sleep 20; do
-    journalctl -b --no-pager -u scanfleet -u sf-fleet -u sf-broker -u sf-bootfs \
+    journalctl -b --no-pager $JOURNAL_UNITS -u sf-bootfs \
       > $OUT/journal-live.txt 2>&1
   done ) &
 set -x
 findmnt /boot/firmware > $OUT/boot-mount.txt 2>&1
 touch $OUT/send-a
 wait_for @CODE_A@ $OUT/scans.txt 600; echo "scan_a=$?" >> $OUT/result.txt
-systemctl status --no-pager scanfleet sf-broker sf-fleet sf-bootfs > $OUT/status1.txt 2>&1
+systemctl status --no-pager $UNITS sf-bootfs > $OUT/status1.txt 2>&1
 rm -f $OUT/send-a
 systemctl show scanfleet -p ActiveState -p NRestarts -p StatusText > $OUT/show1.txt
 ls -la /boot/firmware/scanfleet > $OUT/boot-after.txt 2>&1
@@ -161,7 +170,7 @@ systemctl show scanfleet -p ActiveState -p NRestarts > $OUT/show2.txt
 touch $OUT/send-b
 wait_for @CODE_B@ $OUT/scans.txt 600; echo "scan_b=$?" >> $OUT/result.txt
 rm -f $OUT/send-b
-journalctl -b --no-pager -u scanfleet -u sf-fleet -u sf-broker > $OUT/journal.txt 2>&1
+journalctl -b --no-pager $JOURNAL_UNITS > $OUT/journal.txt 2>&1
 systemctl stop scanfleet
 mkdir -p $OUT/state && cp -a /var/lib/scanfleet/. $OUT/state/
 echo done >> $OUT/result.txt
@@ -187,6 +196,15 @@ def _fat_image(path: Path, files: dict[str, bytes]) -> None:
         src.write_bytes(data)
         subprocess.run(["mcopy", "-i", str(path), str(src), f"::/scanfleet/{name}"], check=True)
         src.unlink()
+
+
+def _install_brokers(root: Path, log: Path) -> None:
+    """The two brokers as docs/fleet.md installs them on the broker host: Debian's
+    mosquitto.service (pointed at the generated mosquitto.conf by a drop-in in UNITS;
+    the base root disabled it) and the generated enrollment broker unit."""
+    unit = "scanfleet-enroll-broker.service"
+    shutil.copy2(root / "srv/fleet/broker" / unit, root / "etc/systemd/system" / unit)
+    chroot(root, "systemctl", "enable", "mosquitto.service", unit, log=log)
 
 
 def _fleet(root: Path, *args: str) -> str:
@@ -238,11 +256,15 @@ def test_package_boots_enrolls_from_the_boot_partition_delivers_and_upgrades(
 
     # The guest's own setup: test units, the FAT boot partition in fstab, kernel modules.
     for name, text in UNITS.items():
+        (root / "etc/systemd/system" / name).parent.mkdir(exist_ok=True)
         (root / "etc/systemd/system" / name).write_text(text, encoding="utf-8")
+        if name.endswith(".d/fleet.conf"):
+            continue
         target = "sysinit" if name == "sf-bootfs.service" else "multi-user"
         wants = root / "etc/systemd/system" / f"{target}.target.wants"
         wants.mkdir(exist_ok=True)
         (wants / name).symlink_to(f"/etc/systemd/system/{name}")
+    _install_brokers(root, log)
     script = (
         GUEST_SCRIPT.replace("@CERT@", cert)
         .replace("@KEY@", key)
