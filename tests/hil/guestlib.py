@@ -63,7 +63,9 @@ def usb_device(vid: int, pid: int) -> Path | None:
                 and int((dev / "idProduct").read_text(), 16) == pid
             ):
                 return dev.resolve()
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
+            # A device being removed: its attributes vanish (ENOENT) or answer ENODEV
+            # between the listing and the read.
             continue
     return None
 
