@@ -20,27 +20,28 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from scanfleet.daemon import __version__, redact
-from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
-from scanfleet.daemon.broker_protocol import FILE_NAME as PROTOCOL_FILE
-from scanfleet.daemon.claim_intake import ClaimEnroller
-from scanfleet.daemon.config import Config, DeviceConfig, load_config
-from scanfleet.daemon.control import ControlChannel
-from scanfleet.daemon.devices import DeviceState, DeviceWorker
-from scanfleet.daemon.duplicates import open_index, policy
-from scanfleet.daemon.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
-from scanfleet.daemon.errors import ConfigError, EnrollmentError
-from scanfleet.daemon.health import HealthReporter
-from scanfleet.daemon.identity import Identity, resolve_identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.local_api import LocalApi, read_token
-from scanfleet.daemon.pipeline import ALARM_THREAD, Pipeline
-from scanfleet.daemon.publisher import Publisher
-from scanfleet.daemon.redact import Redactor
-from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
-from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
-from scanfleet.daemon.statefiles import secure_state_dir
-from scanfleet.daemon.status import STATUS_FILE
+from scanfleet.daemon import __version__
+from scanfleet.daemon.core import redact
+from scanfleet.daemon.core.alarms import ALARMS_FILE, AlarmSet
+from scanfleet.daemon.core.config import Config, DeviceConfig, load_config
+from scanfleet.daemon.core.errors import ConfigError, EnrollmentError
+from scanfleet.daemon.core.identity import Identity, resolve_identity
+from scanfleet.daemon.core.redact import Redactor
+from scanfleet.daemon.core.statefiles import secure_state_dir
+from scanfleet.daemon.intake.devices import DeviceState, DeviceWorker
+from scanfleet.daemon.intake.pipeline import ALARM_THREAD, Pipeline
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.local.api import LocalApi, read_token
+from scanfleet.daemon.publish.broker_protocol import FILE_NAME as PROTOCOL_FILE
+from scanfleet.daemon.publish.publisher import Publisher
+from scanfleet.daemon.publish.status import STATUS_FILE
+from scanfleet.daemon.remote.claim_intake import ClaimEnroller
+from scanfleet.daemon.remote.commands import RecentLog, RemoteCommands
+from scanfleet.daemon.remote.config import ConfigReport, RemoteConfig
+from scanfleet.daemon.remote.control import ControlChannel
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
+from scanfleet.daemon.remote.health import HealthReporter
+from scanfleet.daemon.station.duplicates import open_index, policy
 
 log = logging.getLogger(__name__)
 

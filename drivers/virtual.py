@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError
+from scanfleet.daemon.core.errors import DeviceGoneError
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
 
 

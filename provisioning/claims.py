@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import segno
 
-from scanfleet.daemon.model import valid_name
+from scanfleet.daemon.core.model import valid_name
 from scanfleet.provisioning.registry import ClaimRecord, Registry
 
 SCHEME = "scanfleet-claim"

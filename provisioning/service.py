@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import MqttVersion
-from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
-from scanfleet.daemon.mqtt import paho_client
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import MqttVersion
+from scanfleet.daemon.core.mqtt import paho_client
+from scanfleet.daemon.remote.enroll import EnrollRequest, EnrollResponse
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
 from scanfleet.provisioning.enroll_broker import ENROLL_CLIENT_PREFIX

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon import claim_intake
-from scanfleet.daemon.claim_intake import import_boot_files
-from scanfleet.daemon.config import Config, load_config
-from scanfleet.daemon.enroll import CLAIM_FILE, DeviceTLS
-from scanfleet.daemon.journal_reader import open_readonly
+from scanfleet.daemon.core.config import Config, load_config
+from scanfleet.daemon.journal.reader import open_readonly
+from scanfleet.daemon.remote import claim_intake
+from scanfleet.daemon.remote.claim_intake import import_boot_files
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, DeviceTLS
 from scanfleet.daemon.runner import Daemon, journal_path
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal

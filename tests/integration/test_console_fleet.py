@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.enroll import CLAIM_FILE
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.remote.enroll import CLAIM_FILE
 from scanfleet.daemon.runner import Daemon
 from scanfleet.drivers import virtual
 from scanfleet.hub.db import connect, upgrade

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.journal_reader import open_readonly
-from scanfleet.daemon.model import Scan
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.model import Scan
+from scanfleet.daemon.journal.reader import open_readonly
 from scanfleet.daemon.runner import Daemon, journal_path
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import DriverProblem, Signal

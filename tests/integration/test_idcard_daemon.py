@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.journal_reader import open_readonly
-from scanfleet.daemon.logs import TRACE
-from scanfleet.daemon.model import Scan
-from scanfleet.daemon.pairing import NO_WINDOW_REASON, IdentityRead
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.logs import TRACE
+from scanfleet.daemon.core.model import Scan
+from scanfleet.daemon.intake.pairing import NO_WINDOW_REASON, IdentityRead
+from scanfleet.daemon.journal.reader import open_readonly
 from scanfleet.daemon.runner import Daemon, journal_path
 from scanfleet.drivers import driver_class, virtual
 from scanfleet.drivers.base import Signal

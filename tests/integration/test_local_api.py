@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from scanfleet.daemon.config import Config
+from scanfleet.daemon.core.config import Config
 from scanfleet.daemon.runner import Daemon
 from scanfleet.drivers import virtual
 from support.broker import Mosquitto

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import Config
+from scanfleet.daemon.core.config import Config
 from scanfleet.daemon.runner import Daemon
 from scanfleet.drivers import virtual
 from support.broker import Mosquitto

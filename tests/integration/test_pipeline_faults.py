@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.alarms import Severity
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.control import CommandError
+from scanfleet.daemon.core.alarms import Severity
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.remote.control import CommandError
 from scanfleet.daemon.runner import Daemon
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal

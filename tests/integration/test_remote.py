@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.devices import DeviceState
-from scanfleet.daemon.enroll import CLAIM_FILE
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.intake.devices import DeviceState
+from scanfleet.daemon.remote.enroll import CLAIM_FILE
 from scanfleet.daemon.runner import Daemon
 from scanfleet.provisioning.ca import Role
 from scanfleet.provisioning.claims import create_claim

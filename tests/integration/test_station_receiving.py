@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.manual import ManualEntry
-from scanfleet.daemon.model import Scan
-from scanfleet.daemon.receiving import BillSummary
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.model import Scan
 from scanfleet.daemon.runner import Daemon
-from scanfleet.daemon.station import ControlRecord
+from scanfleet.daemon.station.manual import ManualEntry
+from scanfleet.daemon.station.receiving import BillSummary
+from scanfleet.daemon.station.station import ControlRecord
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal
 from support.broker import Mosquitto

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.control import ControlChannel, RateLimiter
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.remote.control import ControlChannel, RateLimiter
 from scanfleet.daemon.runner import Daemon
 
 PREFIX = "scanfleet/v1/s1/dev-1"
