@@ -24,6 +24,7 @@ from scanfleet.daemon import __version__
 from scanfleet.daemon.core import redact
 from scanfleet.daemon.core.alarms import ALARMS_FILE, AlarmSet
 from scanfleet.daemon.core.config import Config, DeviceConfig, load_config
+from scanfleet.daemon.core.desired_config import ConfigReport
 from scanfleet.daemon.core.errors import ConfigError, EnrollmentError
 from scanfleet.daemon.core.identity import Identity, resolve_identity
 from scanfleet.daemon.core.redact import Redactor
@@ -37,7 +38,7 @@ from scanfleet.daemon.publish.publisher import Publisher
 from scanfleet.daemon.publish.status import STATUS_FILE
 from scanfleet.daemon.remote.claim_intake import ClaimEnroller
 from scanfleet.daemon.remote.commands import RecentLog, RemoteCommands
-from scanfleet.daemon.remote.config import ConfigReport, RemoteConfig
+from scanfleet.daemon.remote.config import RemoteConfig
 from scanfleet.daemon.remote.control import ControlChannel
 from scanfleet.daemon.remote.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
 from scanfleet.daemon.remote.health import HealthReporter
@@ -236,10 +237,19 @@ class Daemon:
             **self.enroller.extra(),
         }
 
-    def request_restart(self) -> None:
-        """Stop cleanly and exit with RESTART_EXIT_CODE (systemd starts the daemon again)."""
+    def request_restart(self, *, delay: float = 0.0) -> None:
+        """Stop cleanly and exit with RESTART_EXIT_CODE (systemd starts the daemon again).
+
+        With *delay*, the stop comes that many seconds later (a command's reply goes out
+        first).
+        """
         self.restart_requested = True
-        os.kill(os.getpid(), signal.SIGTERM)
+        if delay <= 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
 
     def _start_worker(self, device: DeviceConfig) -> None:
         worker = DeviceWorker(device, self.pipeline.queue, self.alarms)

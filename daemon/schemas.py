@@ -11,12 +11,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from scanfleet.daemon.core.desired_config import ConfigReport, DesiredConfig
+from scanfleet.daemon.core.enrollment import EnrollRequest, EnrollResponse
 from scanfleet.daemon.core.model import JournalLoss, ParseResult, Scan
 from scanfleet.daemon.intake.pairing import IdentityRead
 from scanfleet.daemon.publish.envelope import DeviceState, ScanBatch
-from scanfleet.daemon.remote.config import ConfigReport, DesiredConfig
 from scanfleet.daemon.remote.control import CommandResponse
-from scanfleet.daemon.remote.enroll import EnrollRequest, EnrollResponse
 from scanfleet.daemon.remote.health import Health
 from scanfleet.daemon.station.manual import ManualEntry
 from scanfleet.daemon.station.receiving import BillSummary

@@ -25,7 +25,8 @@ from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUna
 from scanfleet.drivers import discovery, ssi
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
 from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
-from scanfleet.drivers.framing import Event, Frame, Framer, Reply, make_framer
+from scanfleet.drivers.framing import Event, Frame, Framer, Reply
+from scanfleet.drivers.framing_presets import make_framer
 
 try:
     import serial as pyserial

@@ -14,15 +14,11 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from scanfleet.daemon.core.claims import ClaimError
 from scanfleet.provisioning.broker import BrokerLayout, write_broker_config
 from scanfleet.provisioning.broker_layout import DEFAULT_MAX_PACKET
 from scanfleet.provisioning.ca import CAError, FleetCA, Role, role_common_name, write_private
-from scanfleet.provisioning.claims import (
-    ClaimError,
-    claim_qr_png,
-    claim_qr_text,
-    create_claim,
-)
+from scanfleet.provisioning.claims import claim_qr_png, claim_qr_text, create_claim
 from scanfleet.provisioning.inventory import (
     collect_states,
     inventory,
@@ -461,7 +457,7 @@ def _read_sections(path: Path) -> dict[str, Any]:
 
 
 def _config_push(args: argparse.Namespace) -> int:
-    from scanfleet.daemon.remote.config import Rejected
+    from scanfleet.daemon.core.desired_config import Rejected
 
     try:
         sections = _read_sections(args.file)

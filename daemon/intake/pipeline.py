@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.claims import claim_in_read
 from scanfleet.daemon.core.clock import ClockState, boot_id
 from scanfleet.daemon.core.config import Config, DeviceConfig
 from scanfleet.daemon.core.errors import JournalDiskFullError, JournalError, JournalFullError
@@ -29,7 +30,6 @@ from scanfleet.daemon.intake.pairing import IdentityWindow, is_card_read
 from scanfleet.daemon.journal.journal import Journal
 from scanfleet.daemon.station.station import Station
 from scanfleet.drivers.base import Signal
-from scanfleet.provisioning.claims import claim_in_read
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ from typing import Any
 
 from scanfleet.daemon.core.alarms import AlarmSet
 from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.claims import Claim, ClaimError
 from scanfleet.daemon.core.config import Config, load_config
 from scanfleet.daemon.core.errors import ConfigError, EnrollmentError, ScanfleetError
 from scanfleet.daemon.core.identity import Identity
 from scanfleet.daemon.remote.enroll import CLAIM_FILE, ensure_enrolled
 from scanfleet.daemon.station.station import Origin, Station
-from scanfleet.provisioning.claims import Claim, ClaimError
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import platform
-import signal
-import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.core.errors import EnrollmentError, ScanfleetError
 from scanfleet.daemon.publish.envelope import build_batch, scans_topic
 from scanfleet.daemon.remote.control import CommandError
+from scanfleet.daemon.remote.host import CommandHost
 from scanfleet.daemon.station.station import StationError
-
-if TYPE_CHECKING:
-    from scanfleet.daemon.runner import Daemon
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +63,9 @@ def _int(args: dict[str, Any], key: str) -> int:
 
 
 class RemoteCommands:
-    """Carries out commands against a running :class:`~scanfleet.daemon.runner.Daemon`."""
+    """Carries out commands against the running daemon (a :class:`CommandHost`)."""
 
-    def __init__(self, daemon: Daemon, recent_log: RecentLog | None = None) -> None:
+    def __init__(self, daemon: CommandHost, recent_log: RecentLog | None = None) -> None:
         self.daemon = daemon
         self.recent_log = recent_log
         self._handlers = {
@@ -233,10 +228,8 @@ class RemoteCommands:
         """Stop cleanly, exit with status 75; systemd's ``Restart=on-failure`` starts it again."""
         if not self._restarting:
             self._restarting = True
-            self.daemon.restart_requested = True
-            timer = threading.Timer(RESTART_DELAY, os.kill, (os.getpid(), signal.SIGTERM))
-            timer.daemon = True
-            timer.start()
+            # Later, so that this reply still goes out.
+            self.daemon.request_restart(delay=RESTART_DELAY)
         return {"restarting": True, "at": datetime.now(UTC).isoformat()}
 
     def rotate_cert(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -35,20 +35,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import MQTTErrorCode
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from scanfleet.daemon.core.claims import Claim, ClaimError
 from scanfleet.daemon.core.config import BrokerConfig, Config, MqttVersion
+from scanfleet.daemon.core.enrollment import (
+    EnrollRequest,
+    EnrollResponse,
+    request_topic,
+    response_topic,
+)
 from scanfleet.daemon.core.errors import EnrollmentError
 from scanfleet.daemon.core.identity import Identity
-from scanfleet.daemon.core.model import NAME_PATTERN, valid_name
+from scanfleet.daemon.core.model import valid_name
 from scanfleet.daemon.core.mqtt import open_client, paho_client
 from scanfleet.daemon.core.statefiles import write_atomic
-from scanfleet.provisioning.claims import Claim, ClaimError
 
 log = logging.getLogger(__name__)
 
-ENROLL_REQUEST_SCHEMA: Final = "scanfleet.enroll-request/1"
-ENROLL_RESPONSE_SCHEMA: Final = "scanfleet.enroll-response/1"
 CLAIM_FILE = "claim"
 TLS_DIR = "tls"
 REQUEST_RETRY = 5.0
@@ -56,58 +60,6 @@ REQUEST_RETRY = 5.0
 a repeat of a consumed claim gets a refusal that arrives after the certificate)."""
 RENEW_FRACTION = 1 / 3
 """Renew when less than this share of the certificate's lifetime is left."""
-
-
-def request_topic(client_id: str) -> str:
-    """``scanfleet/v1/enroll/{client}/request``."""
-    return f"scanfleet/v1/enroll/{client_id}/request"
-
-
-def response_topic(client_id: str) -> str:
-    """``scanfleet/v1/enroll/{client}/response``."""
-    return f"scanfleet/v1/enroll/{client_id}/response"
-
-
-class EnrollRequest(BaseModel):
-    """A device asks for a certificate (``…/enroll/{client}/request``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    schema_: Literal["scanfleet.enroll-request/1"] = Field(
-        default=ENROLL_REQUEST_SCHEMA, alias="schema"
-    )
-    kind: Literal["enroll", "renew"]
-    site: str = Field(pattern=NAME_PATTERN)
-    device: str = Field(pattern=NAME_PATTERN)
-    nonce: str = Field(max_length=64, description="Echoed in the response.")
-    csr: str = Field(max_length=4096, description="PEM CSR for the device's new key.")
-    claim: str | None = Field(
-        default=None, max_length=128, description="Claim secret (kind 'enroll')."
-    )
-    cert: str | None = Field(
-        default=None, max_length=8192, description="Current certificate PEM (kind 'renew')."
-    )
-    proof: str | None = Field(
-        default=None,
-        max_length=512,
-        description="Base64 ECDSA-SHA256 signature of the CSR's DER by the current key (renew).",
-    )
-
-
-class EnrollResponse(BaseModel):
-    """The fleet service's answer (``…/enroll/{client}/response``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    schema_: Literal["scanfleet.enroll-response/1"] = Field(
-        default=ENROLL_RESPONSE_SCHEMA, alias="schema"
-    )
-    nonce: str
-    ok: bool
-    error: str | None = None
-    cert: str | None = Field(default=None, description="Signed device certificate (PEM).")
-    ca: str | None = Field(default=None, description="Fleet CA certificate (PEM).")
-    broker_url: str | None = Field(default=None, description="mqtts:// URL of the device listener.")
 
 
 @dataclass(frozen=True)

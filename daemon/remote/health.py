@@ -17,16 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.core.clock import ClockState
 from scanfleet.daemon.publish.envelope import AlarmInfo
-
-if TYPE_CHECKING:
-    from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.remote.host import HealthSource
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +121,7 @@ class HealthReporter:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: HealthSource,
         publish: Callable[[str, bytes], None],
         *,
         interval: float = DEFAULT_INTERVAL,

@@ -13,16 +13,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from scanfleet.daemon.core.config import Config
-from scanfleet.daemon.remote.config import (
-    KEY_FILE,
+from scanfleet.daemon.core.desired_config import (
     ConfigReport,
     Rejected,
-    RemoteConfig,
     canonical,
     compose,
     merge,
     parse_document,
 )
+from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig
 
 
 def base_config(tmp_path: Path) -> Config:
