@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{path or '<demo>'}: paths.state_dir: {problem}", file=sys.stderr)
         print("scanfleet run: cannot use the state directory, not started", file=sys.stderr)
         return EX_CONFIG
-    from scanfleet.daemon.runner import Daemon  # the daemon's imports only when running it
+    from scanfleet.daemon.runner import build_daemon  # the daemon's imports only when running it
 
     simulator = None
     if args.demo:
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
 
         simulator, config = start_demo_scanner(config, rate=args.demo_rate)
     try:
-        daemon = Daemon(config, config_path=path)
+        daemon = build_daemon(config, config_path=path)
     except (ScanfleetError, OSError) as err:
         log.error("cannot start: %s", err)  # noqa: TRY400 - the message says what is wrong
         if simulator is not None:

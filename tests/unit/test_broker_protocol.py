@@ -141,7 +141,7 @@ def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
 
     from scanfleet.daemon.core.config import Config
     from scanfleet.daemon.remote.commands import RemoteCommands
-    from scanfleet.daemon.runner import Daemon
+    from scanfleet.daemon.runner import build_daemon
 
     config = Config.model_validate(
         {
@@ -150,7 +150,7 @@ def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
             "broker": {"url": "mqtt://127.0.0.1:1", "username": "u", "password": "hunter2"},
         }
     )
-    daemon = Daemon(config)
+    daemon = build_daemon(config)
     try:
         # The path a remote "diagnostics" command takes: run() redacts the whole reply.
         bundle = RemoteCommands(daemon).run("diagnostics", {})
