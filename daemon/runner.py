@@ -171,7 +171,7 @@ class Daemon:
         config = self.remote.compose(config)
         self.redactor.add(*config_secrets(config))
         self.config = config
-        self.journal = Journal(
+        self.journal = Journal.open(
             journal_path(config),
             self.identity.device,
             max_bytes=config.journal.max_bytes,

@@ -119,7 +119,7 @@ def run() -> Iterator[dict[str, Any]]:
     base_rates, flat_rates, conc_rates = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-append-", dir="/var/tmp") as tmp:
         directory = Path(tmp)
-        journal = Journal(directory / "journal.sqlite3", DEVICE)
+        journal = Journal.open(directory / "journal.sqlite3", DEVICE)
         try:
             cursor = 0
             for n in range(ROUNDS):
