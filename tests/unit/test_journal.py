@@ -369,3 +369,17 @@ def test_a_foreign_sqlite_database_is_refused_not_quarantined(path: Path) -> Non
     with sql(path) as conn:
         assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("inventory",)]
     assert not list(path.parent.glob("*.corrupt-*"))
+
+
+def test_a_failed_open_releases_what_it_opened(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    head = path.with_name(path.name + ".head")
+    head.mkdir()  # the seq reservation cannot be written: open fails after the SQLite open
+    threads = {t.name for t in threading.enumerate()}
+    with pytest.raises(JournalError):
+        Journal.open(path, DEVICE)
+    assert {t.name for t in threading.enumerate()} <= threads  # no checkpointer left behind
+    head.rmdir()
+    # The writer lock and the connections were released: the same process opens it again.
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        assert j.last_seq == 0
