@@ -262,7 +262,18 @@ class Daemon:
         )
         logging.getLogger().addHandler(self.recent_log)
         redact.install(self.redactor)
-        self.commands = RemoteCommands(self, self.recent_log)
+        self.commands = RemoteCommands(
+            identity=self.identity,
+            supervisor=self,
+            journal=self.journal,
+            alarms=self.alarms,
+            station=self.station,
+            overlay=self.remote,
+            broker=self.publisher,
+            publish=lambda topic, payload: self.control.publish(topic, payload),
+            redactor=self.redactor,
+            recent_log=self.recent_log,
+        )
         self.control = ControlChannel(
             self.identity.site,
             self.identity.device,
@@ -273,8 +284,13 @@ class Daemon:
         )
         self.publisher.control = self.control
         self.health = HealthReporter(
-            self,
-            lambda topic, payload: self.control.publish(topic, payload),
+            identity=self.identity,
+            state=self,
+            journal=self.journal,
+            alarms=self.alarms,
+            overlay=self.remote,
+            link=self.control,
+            publish=lambda topic, payload: self.control.publish(topic, payload),
             interval=health_interval or config.publisher.health_interval_s,
         )
         self.pipeline.add_listener(self.health.rate.on_record)
