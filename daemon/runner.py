@@ -529,8 +529,9 @@ class Daemon:
         self.alarms.sync()
 
     def device_states(self) -> dict[str, DeviceState]:
-        """Configured device name → its current state."""
-        return {name: worker.state for name, worker in self.workers.items()}
+        """Configured device name → its current state (safe from any thread)."""
+        # list(): one step under the GIL, while the main thread may rebind a device.
+        return {name: worker.state for name, worker in list(self.workers.items())}
 
     def serve(self, *, tick: Callable[[], None] | None = None) -> int:
         """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""

@@ -3,6 +3,7 @@ the Daemon constructor itself only wires. Nothing here connects to a broker."""
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from pathlib import Path
@@ -13,7 +14,9 @@ from scanfleet.daemon.core.config import Config
 from scanfleet.daemon.journal.journal import Journal
 from scanfleet.daemon.remote.commands import RecentLog
 from scanfleet.daemon.runner import build_daemon, journal_path
+from scanfleet.daemon.service.sdnotify import summary
 from scanfleet.daemon.station.duplicates import INDEX_FILE
+from scanfleet.daemon.ui.liveview import LiveView
 
 
 def _config(tmp_path: Path) -> Config:
@@ -52,3 +55,23 @@ def test_a_build_that_fails_late_closes_the_journal_it_opened(tmp_path: Path) ->
     }  # wired, not started: only the journal's checkpointer runs before start()
     daemon.start()
     daemon.shutdown()
+
+
+def test_the_status_line_and_the_live_view_read_a_built_daemon(tmp_path: Path) -> None:
+    daemon = build_daemon(_config(tmp_path))
+    try:
+        daemon.journal.append({"type": "scan", "value": "code-1"})
+        assert summary(daemon) == ("0 devices; journal depth 1 (last seq 1); broker stopped")
+        out = io.StringIO()
+        view = LiveView(daemon, out=out)
+        daemon.pipeline.add_listener(view.on_record)
+        view.draw()
+        screen = out.getvalue()
+        assert "site site-a  device dev-1" in screen
+        assert "journal: last seq 1, delivered 0, waiting 1" in screen
+        assert "devices: none configured" in screen
+    finally:
+        daemon.detach()
+        assert daemon.station.index is not None
+        daemon.station.index.close()
+        daemon.journal.close()
