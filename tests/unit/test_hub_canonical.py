@@ -161,6 +161,33 @@ def test_the_one_pass_envelope_split_gives_what_the_general_one_gives(payload: b
     assert fast is None or fast == general
 
 
+flat_records = st.dictionaries(
+    st.sampled_from(["a", "b", "hash", "kind", "seq", "value", "zz"]),
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats() | odd_text,
+    min_size=1,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(flat_records, min_size=1, max_size=4), st.integers(0, 7), st.data())
+def test_envelopes_of_any_records_split_the_same_both_ways(
+    records: list[dict[str, Any]], how: int, data: st.DataObject
+) -> None:
+    texts = []
+    for record in records:
+        try:
+            variants = _variants(record)
+        except rfc8785.CanonicalizationError:
+            return
+        texts.append(variants[0] if how == 0 else data.draw(st.sampled_from(variants)))
+    head = '{"schema":"scanfleet.scan-batch/1","device":"d","first_seq":1,"last_seq":1,'
+    tail = ["]}", "] }", '],"x":1}', '],"scans":[{}]}'][how % 4]
+    for sep in (",", ", "):
+        test_the_one_pass_envelope_split_gives_what_the_general_one_gives(
+            (head + '"scans":[' + sep.join(texts) + tail).encode()
+        )
+
+
 def test_numbers_beyond_their_columns_are_refused() -> None:
     chain = Chain("site-u", "sf-0000000000cc")
     chain.add(split_unit=2**31, split_units=2**31)
