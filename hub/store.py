@@ -163,12 +163,18 @@ def _advance(conn: Conn, devices: dict[str, str], new: dict[str, list[Row]]) -> 
         else:
             reconcile_device(conn, device, devices[device], seqs)
     if fast:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE devices SET last_seq = %s, contiguous_seq = %s, records = records + %s,"
-                " last_seen = now(), updated_at = now() WHERE device = %s",
-                [(top, top, count, device) for top, count, device in fast],
-            )
+        # One statement for all of them: one UPDATE per device cost the server ~40 µs each.
+        conn.execute(
+            "UPDATE devices d SET last_seq = n.top, contiguous_seq = n.top,"
+            " records = d.records + n.count, last_seen = now(), updated_at = now()"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS n(device, top, count)"
+            " WHERE d.device = n.device",
+            (
+                [device for _, _, device in fast],
+                [top for top, _, _ in fast],
+                [count for _, count, _ in fast],
+            ),
+        )
 
 
 def _insert_rows(conn: Conn, rows: Sequence[Row], result: StoreResult) -> list[Row]:
