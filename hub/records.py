@@ -272,7 +272,7 @@ def hash_matches(record: dict[str, Any], text: str, claimed: str) -> bool:
     *record* is the decoded *text* (``hash`` still in it). When *text* already is that
     form of the whole record (:func:`is_canonical_flat`), the bytes hashed are *text*
     with the ``hash`` member cut out, which skips encoding the record again; otherwise
-    the daemon's own :func:`~scanfleet.daemon.journal_codec.record_hash` decides.
+    the daemon's own :func:`~scanfleet.daemon.journal.codec.record_hash` decides.
     """
     if is_canonical_flat(record, text):
         # No backslash anywhere, so every quote delimits a string and the one place

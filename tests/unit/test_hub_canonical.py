@@ -16,7 +16,7 @@ import rfc8785
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from scanfleet.daemon.journal_codec import RecordError, record_hash
+from scanfleet.daemon.journal.codec import RecordError, record_hash
 from scanfleet.hub.records import (
     MessageError,
     _split_any,
