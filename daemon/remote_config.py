@@ -40,17 +40,19 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanfleet.daemon.config import Config, validate_config
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.model import NAME_PATTERN
 from scanfleet.daemon.statefiles import write_atomic
+
+if TYPE_CHECKING:
+    # cryptography is imported where a key is loaded or checked: a terminal without a
+    # fleet config key never loads it.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,8 @@ def parse_document(payload: bytes, key: Ed25519PublicKey | None) -> DesiredConfi
 def _verify(raw: Mapping[str, Any], doc: DesiredConfig, key: Ed25519PublicKey) -> None:
     if doc.signature is None:
         raise Rejected([KeyedError(key="signature", message="a signed document is required")])
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(base64.b64decode(doc.signature, validate=True), canonical(raw))
     except (InvalidSignature, binascii.Error, ValueError) as err:
@@ -250,6 +254,9 @@ def load_key(state_dir: Path) -> Ed25519PublicKey | None:
     path = state_dir / KEY_FILE
     if not path.exists():
         return None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as err:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanfleet.daemon import __version__, redact
 from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
@@ -33,7 +33,6 @@ from scanfleet.daemon.errors import ConfigError, EnrollmentError
 from scanfleet.daemon.health import HealthReporter
 from scanfleet.daemon.identity import Identity, resolve_identity
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.local_api import LocalApi, read_token
 from scanfleet.daemon.pipeline import ALARM_THREAD, Pipeline
 from scanfleet.daemon.publisher import Publisher
 from scanfleet.daemon.redact import Redactor
@@ -41,6 +40,10 @@ from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
 from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
 from scanfleet.daemon.statefiles import secure_state_dir
 from scanfleet.daemon.status import STATUS_FILE
+
+if TYPE_CHECKING:
+    # The local API (asyncio, websockets) is imported only when it is enabled.
+    from scanfleet.daemon.local_api import LocalApi
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ def config_secrets(config: Config) -> list[str | None]:
     """The secret values of *config*: broker password, local API token (also from its file)."""
     found = [config.broker.password, config.local_api.token]
     if config.local_api.token_file is not None:
+        from scanfleet.daemon.local_api import read_token
+
         with contextlib.suppress(ConfigError):
             found.append(read_token(config.local_api))
     return found
@@ -169,6 +174,8 @@ class Daemon:
         self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.local_api: LocalApi | None = None
         if config.local_api.enabled:
+            from scanfleet.daemon.local_api import LocalApi
+
             self.local_api = LocalApi(self.station, config.local_api, config.paths.state_dir)
             self.pipeline.add_listener(self.local_api.on_record)
         self.recent_log = RecentLog(

@@ -19,12 +19,17 @@ import io
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import segno
-
 from scanfleet.daemon.model import valid_name
-from scanfleet.provisioning.registry import ClaimRecord, Registry
+
+if TYPE_CHECKING:
+    # A terminal parses claims (enrollment, a claim scanned at the counter) but never
+    # makes QR codes nor opens the registry (cryptography): neither is loaded there.
+    import segno
+
+    from scanfleet.provisioning.registry import ClaimRecord, Registry
 
 SCHEME = "scanfleet-claim"
 DEFAULT_TTL = timedelta(hours=24)
@@ -81,6 +86,8 @@ def _qr(claim: Claim) -> segno.QRCode:
     # Error level M (15 % recovery; segno raises it when the version has room) keeps a
     # ~60-character token at version 4-5: large modules, so a counter scanner reads it
     # off a phone screen or a smudged print. Byte mode keeps the token's case exact.
+    import segno
+
     return segno.make_qr(claim.token, error="m", encoding="utf-8")
 
 
