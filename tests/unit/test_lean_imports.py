@@ -95,3 +95,14 @@ def test_the_chosen_command_is_the_first_word_that_is_not_an_option() -> None:
     assert chosen_command(["--log-level=debug", "status"]) == "status"
     assert chosen_command(["--help"]) == ""
     assert chosen_command(["fleet", "claim", "--site", "s"]) == "fleet"
+
+
+def test_the_daemon_caps_malloc_arenas_unless_the_operator_did() -> None:
+    code = (
+        "import os, platform\n"
+        "from scanfleet.daemon.commands.run import limit_malloc_arenas\n"
+        "assert limit_malloc_arenas() is (platform.libc_ver()[0] == 'glibc')\n"
+        "os.environ['MALLOC_ARENA_MAX'] = '4'\n"
+        "assert limit_malloc_arenas() is False"
+    )
+    assert _loaded_after(code) == set()
