@@ -8,6 +8,12 @@ publisher as the pipeline does. Per scan: ``commit_to_puback`` runs from the mom
 batch that carried it, as the publisher's ack listener sees it (0 when the PUBACK
 came first); ``append_to_puback`` includes the commit itself.
 
+Baseline, same run, same broker (``paho_*``): plain paho-mqtt (its own network
+thread, default settings) publishing a message of the same size at QoS 1 every 50 ms,
+timed from ``publish()`` to ``on_publish``: the floor any publisher on this machine
+and broker could reach, and a gauge of how much of the tail is the machine's load.
+``ratio_p95`` = commit_to_puback p95 / paho p95.
+
 ``daemon`` (the view from outside): a real ``scanfleet run`` with one serial scanner
 on a pseudo-terminal. A scan is written to the pty every 50 ms; a QoS 1 subscriber
 on the device's scans topic timestamps each arrival. ``pty_to_subscriber`` runs from
@@ -106,19 +112,67 @@ def publisher_case(workdir: Path, broker: Mosquitto) -> dict[str, Any]:
                 time.sleep(max(0.0, next_at - time.perf_counter()))
             if not publisher.wait_delivered(journal.last_seq, 30):
                 raise RuntimeError("live scans not delivered")
+            last = journal.read_after(journal.last_seq - 1, limit=1, max_bytes=1 << 20)
+            payload_size = len(last[0].payload)
         finally:
             publisher.stop(10)
     commit_to_ack = [max(0.0, acked[s] - done) for s, (_, done) in committed.items()]
     append_to_ack = [acked[s] - began for s, (began, _) in committed.items()]
     append = [done - began for began, done in committed.values()]
+    baseline = paho_baseline(broker, payload_size, len(committed))
+    ours = _summary("commit_to_puback", commit_to_ack)
+    floor = _summary("paho", baseline)
     return {
         "case": "publisher",
         "scans": len(committed),
         "rate_per_s": round(1 / INTERVAL),
-        **_summary("commit_to_puback", commit_to_ack),
+        **ours,
         **_summary("append_to_puback", append_to_ack),
         **_summary("append", append),
+        **floor,
+        "ratio_p95": round(ours["commit_to_puback_p95_ms"] / max(floor["paho_p95_ms"], 0.1), 2),
     }
+
+
+def paho_baseline(broker: Mosquitto, payload_size: int, count: int) -> list[float]:
+    """publish() to PUBACK of plain paho at QoS 1, one message every INTERVAL."""
+    started: dict[int, float] = {}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    connected = threading.Event()
+
+    def on_publish(client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        now = time.perf_counter()
+        with lock:
+            began = started.pop(mid, None)
+            if began is not None:
+                latencies.append(now - began)
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-live-paho")
+    client.on_publish = on_publish
+    client.on_connect = lambda *args: connected.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        if not connected.wait(10):
+            raise RuntimeError("baseline client did not connect")
+        payload = b"x" * payload_size
+        next_at = time.perf_counter()
+        for i in range(WARMUP + count):
+            with lock:
+                began = time.perf_counter()
+                info = client.publish("bench/live-baseline", payload, qos=1)
+                if i >= WARMUP:
+                    started[info.mid] = began
+            next_at += INTERVAL
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        deadline = time.monotonic() + 10
+        while started and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return latencies
 
 
 def _trace_code(i: int) -> str:
