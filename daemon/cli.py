@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from scanfleet.daemon import __version__
-from scanfleet.daemon.logs import LEVELS, setup_logging
+from scanfleet.daemon.core.logs import LEVELS, setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": (
@@ -74,7 +74,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "move a claim and config from the boot partition into place (run as root)",
     ),
     "fleet": (
-        "scanfleet.daemon.commands.fleet",
+        "scanfleet.provisioning.cli",
         "fleet CA, claims, broker config, enrollment service, inventory",
     ),
     "local": (

@@ -43,11 +43,11 @@ import paho.mqtt.client as mqtt
 from bench_drain import DEVICE, SITE, mosquitto_executable, percentile_ms
 from paho.mqtt.enums import CallbackAPIVersion
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.config import BrokerConfig, PublisherConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.config import BrokerConfig, PublisherConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.publisher import Publisher
 from support.broker import Mosquitto, running_mosquitto
 from support.scans import make_scan_body
 

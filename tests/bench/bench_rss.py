@@ -44,12 +44,12 @@ from bench_drain import (
     mosquitto_executable,
 )
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.journal_reader import open_readonly
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.journal.reader import open_readonly
+from scanfleet.daemon.publish.publisher import Publisher
 from scanfleet.drivers.sim.codes import generate_code
 from support.broker import Mosquitto, running_mosquitto
 

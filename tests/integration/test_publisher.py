@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.envelope import DeviceState, ScanBatch
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import ALARM_REFUSED, Publisher
-from scanfleet.daemon.status import STATUS_FILE
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.envelope import DeviceState, ScanBatch
+from scanfleet.daemon.publish.publisher import ALARM_REFUSED, Publisher
+from scanfleet.daemon.publish.status import STATUS_FILE
 from support.broker import Mosquitto
 from support.mqtt import Collector
 from support.scans import make_scan_body
@@ -286,7 +286,7 @@ def test_the_connection_sends_without_nagle_delay(mosquitto: Mosquitto) -> None:
     # PUBACK) must not wait for the broker's TCP ACK of the earlier packet.
     import socket
 
-    from scanfleet.daemon.mqtt import connect_client, paho_client
+    from scanfleet.daemon.core.mqtt import connect_client, paho_client
 
     client = paho_client("nodelay-check", "5")
     connect_client(client, mosquitto.host, mosquitto.port, keepalive=30)

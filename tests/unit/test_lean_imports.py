@@ -53,7 +53,7 @@ def test_the_daemon_start_path_loads_no_heavy_library() -> None:
         "from scanfleet.daemon.cli import build_parser; build_parser('run')\n"
         "import scanfleet.daemon.commands.run, scanfleet.daemon.runner\n"
         f"{drivers}\n"
-        "from scanfleet.daemon.classify import classify\n"
+        "from scanfleet.daemon.intake.classify import classify\n"
         "assert classify(b'81234567890123456789').kind.value == 'trace20'"
     )
     assert _loaded_after(code) == set()
@@ -73,7 +73,7 @@ def test_help_loads_no_command_module() -> None:
 
 def test_the_first_gs1_read_loads_biip_and_parses_it() -> None:
     code = (
-        "from scanfleet.daemon.classify import classify\n"
+        "from scanfleet.daemon.intake.classify import classify\n"
         "r = classify(b'0103453120000011172512311021ABC', aim=']d2')\n"
         "assert r.kind.value == 'gs1' and r.fields['gtin'] == '03453120000011', r"
     )
