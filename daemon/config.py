@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -25,6 +25,8 @@ from pydantic import (
 
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.model import NAME_PATTERN, Kind, Operation
+from scanfleet.drivers.base import DeviceConfigBase
+from scanfleet.drivers.registry import device_config_type, driver_names
 
 DEFAULT_CONFIG_PATH = Path("/etc/scanfleet/scanfleet.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/scanfleet")
@@ -222,151 +224,13 @@ class ClassifyConfig(_Section):
         return value
 
 
-class _DeviceBase(_Section):
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    operation: Operation | None = None
-    """Overrides the station's operation for scans from this device."""
-
-
-class VirtualDeviceConfig(_DeviceBase):
-    """A scanner that exists only in software (tests, demos, replayed traces)."""
-
-    driver: Literal["virtual"]
-    channel: str = "default"
-
-
-class SerialDeviceConfig(_DeviceBase):
-    """A serial scanner: RS-232, USB-COM (cdc_acm) or a USB-serial bridge."""
-
-    driver: Literal["serial"]
-    port: str | None = None
-    """Device path; prefer a stable one under /dev/serial/by-id/ or /dev/serial/by-path/."""
-    usb: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")] = None
-    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 9600
-    bytesize: Literal[7, 8] = 8
-    parity: Literal["none", "even", "odd"] = "none"
-    stopbits: Literal[1, 2] = 1
-    framing: Literal["cr", "lf", "crlf", "stx_etx", "honeywell_packet", "ssi", "suffix", "idle"] = (
-        "cr"
-    )
-    suffix_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
-    """Terminator bytes for ``framing = "suffix"``."""
-    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 50
-    """Inter-byte silence that ends a frame (``framing = "idle"``, and a safety net otherwise)."""
-    aim_prefix: bool = False
-    max_frame: Annotated[int, Field(ge=16, le=4096)] = 4096
-    feedback: Literal["none", "honeywell", "ssi", "custom"] = "none"
-    good_read_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
-    bad_read_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
-    silence_scanner_beep: bool = True
-    """At bind time send the preset's command that turns the scanner's own decode beep off."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.lower() if value else value
-
-    @model_validator(mode="after")
-    def _cross_field_rules(self) -> SerialDeviceConfig:
-        if (self.port is None) == (self.usb is None):
-            raise ValueError("give exactly one of 'port' or 'usb'")
-        if self.framing == "suffix" and not self.suffix_hex:
-            raise ValueError("framing 'suffix' needs 'suffix_hex'")
-        if self.feedback == "custom" and not (self.good_read_hex or self.bad_read_hex):
-            raise ValueError("feedback 'custom' needs 'good_read_hex' and/or 'bad_read_hex'")
-        return self
-
-
-class IdCardDeviceConfig(_DeviceBase):
-    """A second-generation ID-card reader (SAM protocol) on serial or USB-HID."""
-
-    driver: Literal["idcard_serial", "idcard_usb"]
-    port: str | None = None
-    """Serial device path (``idcard_serial``); prefer /dev/serial/by-id/…."""
-    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
-    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")] = "10c4:0007"
-    """``vid:pid`` of the HID reader (``idcard_usb``)."""
-    poll_interval_ms: Annotated[int, Field(ge=300, le=5000)] = 500
-    """Pause between find-card polls; readers need at least 300 ms."""
-    command_timeout_ms: Annotated[int, Field(ge=50, le=5000)] = 500
-    """Reply timeout for find, select and SAM commands."""
-    read_timeout_ms: Annotated[int, Field(ge=500, le=10000)] = 3000
-    """Reply timeout for reading the card (text, photo, fingerprint)."""
-    read_fingerprint: bool = False
-    """Use ``30 10`` (text + photo + fingerprint) instead of ``30 01``."""
-
-    @model_validator(mode="after")
-    def _transport(self) -> IdCardDeviceConfig:
-        if self.driver == "idcard_serial" and self.port is None:
-            raise ValueError("driver 'idcard_serial' needs 'port'")
-        return self
-
-
-class WedgeDeviceConfig(_DeviceBase):
-    """A keyboard-mode (wedge) scanner read through evdev, grabbed from everyone else."""
-
-    driver: Literal["evdev"]
-    path: str | None = None
-    """Event device; prefer /dev/input/by-id/…-event-kbd (a FIFO replays a raw trace)."""
-    usb: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")] = None
-    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
-    name_pattern: str | None = None
-    """Bind the first keyboard whose input device name matches this regular expression."""
-    layout: Literal["us", "uk", "de", "fr"] = "us"
-    """The scanner's keyboard-country setting (which keys it presses for each character)."""
-    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
-    """Key that ends a scan (Enter includes keypad Enter); ``none``: inter-key silence does."""
-    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
-    """Inter-key silence that ends a scan (``terminator = "none"``) or drops a fragment."""
-    max_key_interval_ms: Annotated[int | None, Field(ge=1, le=1000)] = None
-    """Reject key sequences with a slower gap between keys as human typing (shared keyboards)."""
-    grab: bool = True
-    """EVIOCGRAB: no keystroke of this device reaches any other application."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.lower() if value else value
-
-    @model_validator(mode="after")
-    def _one_binding(self) -> WedgeDeviceConfig:
-        given = [x for x in (self.path, self.usb, self.name_pattern) if x is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'path', 'usb' or 'name_pattern'")
-        return self
-
-
-class UsbHidDeviceConfig(_DeviceBase):
-    """A USB scanner read directly through libusb (pyusb): boot keyboard or HID POS."""
-
-    driver: Literal["usbhid"]
-    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")]
-    """``vid:pid[:serial]`` of the scanner."""
-    mode: Literal["keyboard", "hidpos"] = "keyboard"
-    """``keyboard``: 8-byte boot reports decoded through ``layout``; ``hidpos``: usage page
-    0x8C scanned-data reports (report id 2) with AIM ids."""
-    interface: Annotated[int, Field(ge=0, le=15)] = 0
-    layout: Literal["us", "uk", "de", "fr"] = "us"
-    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
-    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
-    feedback: Literal["none", "honeywell"] = "none"
-    """``honeywell``: enable HID POS with feature report FE 01 and beep with ``FD`` reports."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
-
-
-DeviceConfig = Annotated[
-    VirtualDeviceConfig
-    | SerialDeviceConfig
-    | IdCardDeviceConfig
-    | WedgeDeviceConfig
-    | UsbHidDeviceConfig,
-    Field(discriminator="driver"),
-]
+# Each driver module defines its device config model; the registry lists them.
+if TYPE_CHECKING:
+    DeviceConfig: TypeAlias = DeviceConfigBase
+    """Statically, any device config: the fields every driver's model has."""
+else:
+    DeviceConfig = device_config_type()
+    """At run time, the union of the registered drivers' models, discriminated by ``driver``."""
 
 
 class IdentityCheckConfig(_Section):
@@ -483,19 +347,14 @@ def _problems(
             message = "unknown key"
         elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "driver")
-            message = f"unknown or missing driver; known drivers: {', '.join(_driver_tags())}"
+            message = f"unknown or missing driver; known drivers: {', '.join(driver_names())}"
         problems.append(ConfigProblem(_dotted(loc), message, _line_for(loc, lines)))
     return problems
 
 
-def _driver_tags() -> list[str]:
-    union = get_args(DeviceConfig)[0]
-    return [t for m in get_args(union) for t in get_args(m.model_fields["driver"].annotation)]
-
-
 def _strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
     # A discriminated union inserts the tag ("serial") after the list index.
-    tags = set(_driver_tags())
+    tags = set(driver_names())
     out: list[str | int] = []
     for i, part in enumerate(loc):
         if i > 0 and isinstance(loc[i - 1], int) and part in tags:

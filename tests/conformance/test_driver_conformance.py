@@ -18,12 +18,15 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import SerialDeviceConfig, VirtualDeviceConfig, WedgeDeviceConfig
 from scanfleet.daemon.errors import DeviceGoneError
-from scanfleet.drivers import keymaps, open_driver, virtual
+from scanfleet.drivers import keymaps, virtual
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
+from scanfleet.drivers.registry import open_driver
+from scanfleet.drivers.serial import SerialDeviceConfig
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
+from scanfleet.drivers.virtual import VirtualDeviceConfig
 from scanfleet.drivers.wedge import trace as key_trace
+from scanfleet.drivers.wedge.evdev import WedgeDeviceConfig
 
 TRACE = b"83711700173703755001"
 BAD_READ = b"\x1b8"  # what the serial harnesses configure as their bad-read bytes

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import SerialDeviceConfig
 from scanfleet.daemon.errors import DeviceGoneError
 from scanfleet.daemon.model import Kind
-from scanfleet.drivers import open_driver, ssi
+from scanfleet.drivers import ssi
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
+from scanfleet.drivers.registry import open_driver
+from scanfleet.drivers.serial import SerialDeviceConfig
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 
 pytestmark = pytest.mark.integration

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import (
-    Config,
-    SerialDeviceConfig,
-    example_config,
-    load_config,
-    locate_keys,
-    parse_config,
-)
+from scanfleet.daemon.config import Config, example_config, load_config, locate_keys, parse_config
 from scanfleet.daemon.errors import ConfigError
 from scanfleet.daemon.model import Operation
+from scanfleet.drivers.serial import SerialDeviceConfig
 
 BROKEN = """\
 [identity]
