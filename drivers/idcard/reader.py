@@ -117,13 +117,23 @@ class IdCardReader(Driver[IdCardDeviceConfig]):
             raise SamStatusError(status, Command.SAM_STATUS)
 
     def _read(self, timeout: float | None) -> Read | None:
-        wait = self._next_poll - time.monotonic()
-        if wait > 0:
-            if timeout is not None and wait > timeout:
-                time.sleep(timeout)
+        # Poll every poll_interval until a card is read or *timeout* has passed (the
+        # Driver contract: None means the whole timeout went by without a read).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, self._next_poll - now)
+            if deadline is not None and now + wait >= deadline:
+                time.sleep(max(0.0, deadline - now))
                 return None
             time.sleep(wait)
-        self._next_poll = time.monotonic() + self._poll_interval
+            self._next_poll = time.monotonic() + self._poll_interval
+            card = self._poll()
+            if card is not None:
+                return card
+
+    def _poll(self) -> CardRead | None:
+        """One find → select → read cycle; wire and card problems are reported, not raised."""
         try:
             return self._cycle()
         except DriverTimeoutError as err:
