@@ -6,7 +6,7 @@ import os
 import threading
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +133,19 @@ class Worker:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
+    def _problem_reporter(self, instance: int) -> Callable[[DriverProblem], None]:
+        """Record problems with the number of the driver instance that reported them."""
+
+        def report(problem: DriverProblem) -> None:
+            self.problems.append((instance, problem.code))
+
+        return report
+
     def run(self) -> None:
         delay = 0.1
         while not self.stop.is_set():
             try:
-                instance = self.opens
-                driver = open_driver(
-                    self.config, on_problem=lambda p, i=instance: self.problems.append((i, p.code))
-                )
+                driver = open_driver(self.config, on_problem=self._problem_reporter(self.opens))
             except DeviceGoneError:
                 self.stop.wait(delay)
                 delay = min(delay * 2, 1.0)

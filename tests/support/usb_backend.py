@@ -130,7 +130,7 @@ def stall() -> usb.core.USBError:
     return usb.core.USBError("Pipe error", LIBUSB_ERROR_PIPE, errno.EPIPE)
 
 
-class FakeUsbBackend(usb.backend.IBackend):  # type: ignore[misc] # pyusb is untyped
+class FakeUsbBackend(usb.backend.IBackend):
     """pyusb's backend interface over :class:`UsbDeviceModel` objects (no libusb)."""
 
     def __init__(self, *devices: UsbDeviceModel) -> None:
