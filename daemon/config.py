@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -25,8 +25,6 @@ from pydantic import (
 
 from scanfleet.daemon.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.model import NAME_PATTERN, Kind, Operation
-from scanfleet.drivers.base import DeviceConfigBase
-from scanfleet.drivers.registry import device_config_type, driver_names
 
 DEFAULT_CONFIG_PATH = Path("/etc/scanfleet/scanfleet.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/scanfleet")
@@ -224,13 +222,29 @@ class ClassifyConfig(_Section):
         return value
 
 
-# Each driver module defines its device config model; the registry lists them.
+class DeviceConfigBase(_Section):
+    """What every ``[[devices]]`` entry has; a driver's config model adds the rest.
+
+    Each driver module defines its model as a subclass that narrows ``driver`` to the
+    ``Literal`` name(s) it is registered under (drivers/registry.py). The drivers sit
+    above this module: it never imports them. :func:`register_device_models`, called
+    by the registry (``registry.complete_config()``) at the program's start, completes
+    :class:`Config` with their union.
+    """
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    operation: Operation | None = None
+    """Overrides the station's operation for scans from this device."""
+    driver: str
+
+
+DeviceConfig: TypeAlias = DeviceConfigBase
+"""A device config as code that holds one sees it (each is a driver's own subclass)."""
+
 if TYPE_CHECKING:
-    DeviceConfig: TypeAlias = DeviceConfigBase
-    """Statically, any device config: the fields every driver's model has."""
-else:
-    DeviceConfig = device_config_type()
-    """At run time, the union of the registered drivers' models, discriminated by ``driver``."""
+    _RegisteredDevices: TypeAlias = DeviceConfigBase
+# At run time _RegisteredDevices stays undefined until register_device_models() gives
+# pydantic the union of the drivers' models: Config cannot validate before that.
 
 
 class IdentityCheckConfig(_Section):
@@ -292,7 +306,7 @@ class Config(_Section):
     classify: ClassifyConfig = ClassifyConfig()
     identity_check: IdentityCheckConfig = IdentityCheckConfig()
     local_api: LocalApiConfig = LocalApiConfig()
-    devices: list[DeviceConfig] = Field(default_factory=list)
+    devices: list[_RegisteredDevices] = Field(default_factory=list)
 
     @field_validator("devices")
     @classmethod
@@ -303,6 +317,39 @@ class Config(_Section):
                 raise ValueError(f"device name {dev.name!r} is used twice")
             seen.add(dev.name)
         return value
+
+
+_registered_drivers: list[str] = []
+"""The ``driver`` names register_device_models() accepted, in registry order."""
+
+
+def register_device_models(models: Sequence[type[DeviceConfigBase]]) -> None:
+    """Complete :class:`Config`: ``[[devices]]`` entries are one of *models*.
+
+    The union is discriminated by each model's ``driver`` literal(s). Called again, it
+    replaces the previous set.
+    """
+    names = [str(name) for model in models for name in _driver_literals(model)]
+    union: Any = Annotated[Union[tuple(models)], Field(discriminator="driver")]  # noqa: UP007
+    Config.model_rebuild(force=True, _types_namespace={"_RegisteredDevices": union})
+    _registered_drivers[:] = names
+
+
+def _driver_literals(model: type[DeviceConfigBase]) -> tuple[object, ...]:
+    return get_args(model.model_fields["driver"].annotation)
+
+
+def registered_drivers() -> list[str]:
+    """The ``driver`` names a configuration accepts.
+
+    :raises RuntimeError: no driver has been registered (see :class:`DeviceConfigBase`).
+    """
+    if not _registered_drivers:
+        raise RuntimeError(
+            "no device drivers registered: call scanfleet.drivers.registry.complete_config() "
+            "before reading a configuration"
+        )
+    return list(_registered_drivers)
 
 
 def load_config(path: Path) -> Config:
@@ -329,6 +376,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def validate_config(data: Mapping[str, Any], source: str, text: str | None = None) -> Config:
     """Validate an already parsed document; *text*, when given, supplies line numbers."""
+    registered_drivers()  # a clear error instead of pydantic's "not fully defined"
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -347,14 +395,15 @@ def _problems(
             message = "unknown key"
         elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "driver")
-            message = f"unknown or missing driver; known drivers: {', '.join(driver_names())}"
+            known = ", ".join(registered_drivers())
+            message = f"unknown or missing driver; known drivers: {known}"
         problems.append(ConfigProblem(_dotted(loc), message, _line_for(loc, lines)))
     return problems
 
 
 def _strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
     # A discriminated union inserts the tag ("serial") after the list index.
-    tags = set(driver_names())
+    tags = set(registered_drivers())
     out: list[str | int] = []
     for i, part in enumerate(loc):
         if i > 0 and isinstance(loc[i - 1], int) and part in tags:

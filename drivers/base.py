@@ -5,10 +5,11 @@ Modelled on python-can's ``BusABC``: the constructor opens the device, the publi
 the class is a context manager. A driver knows its wire protocol and nothing else: no
 journal, no MQTT, no business rules.
 
-Each driver module also owns its configuration: a :class:`DeviceConfigBase` subclass
-whose ``driver`` field is the name ``[[devices]]`` entries select it by. The driver
-class is generic in it (``class SerialDriver(Driver[SerialDeviceConfig])``), and
-drivers/registry.py lists both, one line per driver.
+Each driver module also owns its configuration: a
+:class:`~scanfleet.daemon.config.DeviceConfigBase` subclass whose ``driver`` field is the
+name ``[[devices]]`` entries select it by. The driver class is generic in it
+(``class SerialDriver(Driver[SerialDeviceConfig])``), and drivers/registry.py lists
+both, one line per driver.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Annotated, ClassVar, Generic, Self, TypeVar
+from typing import ClassVar, Generic, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from scanfleet.daemon.model import NAME_PATTERN, Operation
+from scanfleet.daemon.config import DeviceConfigBase
 
 log = logging.getLogger(__name__)
 
@@ -140,22 +139,6 @@ class ProblemReporter:
     def clear(self) -> None:
         """Forget every incident (the next problem of any code is reported)."""
         self._active.clear()
-
-
-class DeviceConfigBase(BaseModel):
-    """What every ``[[devices]]`` entry has; a driver's config model adds the rest.
-
-    A subclass narrows ``driver`` to the ``Literal`` name(s) it is registered under
-    (the tag of the discriminated union drivers/registry.py builds).
-    """
-
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    operation: Operation | None = None
-    """Overrides the station's operation for scans from this device."""
-    driver: str
 
 
 ConfigT = TypeVar("ConfigT", bound=DeviceConfigBase)

@@ -3,13 +3,15 @@
 :data:`BACKENDS` maps a config's ``driver`` name to the module that implements it, the
 :class:`~scanfleet.drivers.base.Driver` class in it and the config model it takes (a
 :class:`~scanfleet.drivers.base.DeviceConfigBase` subclass defined next to the driver).
-The daemon's configuration validates ``[[devices]]`` entries against
-:func:`device_config_type`, a pydantic union discriminated by ``driver``.
+The configuration (daemon/config.py) sits below the drivers and never imports them:
+:func:`complete_config`, called once at the program's start (the CLI, the test suite),
+hands it the config models, and ``[[devices]]`` entries are validated against their
+union, discriminated by ``driver``.
 
-Reading the configuration imports every driver module for its config model, so driver
-modules import their hardware library (pyserial, pyusb, python-evdev) only when a
-device is opened (python-can's registry does the same): a missing library makes that
-driver unavailable, never the configuration unreadable.
+That imports every driver module for its config model, so driver modules import their
+hardware library (pyserial, pyusb, python-evdev) only when a device is opened
+(python-can's registry does the same): a missing library makes that driver
+unavailable, never the configuration unreadable.
 
 Adding a driver: a module with its config model and Driver class, one line here, and
 its tests (docs/drivers.md).
@@ -20,12 +22,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import Field
-
+from scanfleet.daemon.config import DeviceConfigBase, register_device_models
 from scanfleet.daemon.errors import DriverUnavailableError
-from scanfleet.drivers.base import DeviceConfigBase, DeviceInfo, Driver, ProblemCallback
+from scanfleet.drivers.base import DeviceInfo, Driver, ProblemCallback
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,9 @@ def config_models() -> tuple[type[DeviceConfigBase], ...]:
     return tuple(models)
 
 
-@cache
-def device_config_type() -> Any:
-    """``Annotated[Model1 | Model2 | …, Field(discriminator="driver")]`` for ``[[devices]]``.
-
-    Typed ``Any``: it is a runtime-built type for pydantic; code that holds a device
-    config sees it as a :class:`DeviceConfigBase` (or the driver's own model).
-    """
-    models = config_models()
-    # Union[tuple] is the runtime spelling of Model1 | Model2 | … for a computed list.
-    return Annotated[Union[models], Field(discriminator="driver")]  # noqa: UP007
+def complete_config() -> None:
+    """Let the configuration accept every registered driver's ``[[devices]]`` entries."""
+    register_device_models(config_models())
 
 
 def driver_class(name: str) -> type[Driver[Any]]:

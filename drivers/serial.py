@@ -23,11 +23,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from scanfleet.daemon.config import DeviceConfigBase
 from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import discovery, ssi
 from scanfleet.drivers.base import (
     USB_MATCH_PATTERN,
-    DeviceConfigBase,
     DeviceInfo,
     Driver,
     DriverProblem,

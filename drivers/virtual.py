@@ -17,9 +17,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from scanfleet.daemon.config import DeviceConfigBase
 from scanfleet.daemon.errors import DeviceGoneError
 from scanfleet.drivers.base import (
-    DeviceConfigBase,
     DeviceInfo,
     Driver,
     DriverProblem,

@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 
+from scanfleet.daemon.config import DeviceConfigBase
 from scanfleet.daemon.errors import DeviceGoneError
 from scanfleet.drivers import keymaps, virtual
-from scanfleet.drivers.base import DeviceConfigBase, Driver, DriverProblem, Read, Signal
+from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
 from scanfleet.drivers.idcard.protocol import parse_frame
 from scanfleet.drivers.idcard.reader import IdCardDeviceConfig
 from scanfleet.drivers.idcard.text import CardRead

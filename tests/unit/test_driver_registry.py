@@ -9,10 +9,10 @@ from typing import get_args, get_origin
 
 import pytest
 
-from scanfleet.daemon.config import Config, parse_config
+from scanfleet.daemon.config import Config, DeviceConfigBase, parse_config
 from scanfleet.daemon.errors import ConfigError, DriverUnavailableError
 from scanfleet.drivers import registry
-from scanfleet.drivers.base import DeviceConfigBase, Driver
+from scanfleet.drivers.base import Driver
 
 EVERY_DRIVER = """
 [[devices]]
@@ -118,16 +118,38 @@ def test_open_driver_passes_the_typed_config() -> None:
         assert driver.driver_name == "virtual"
 
 
+def _fresh_python(code: str) -> str:
+    # A fresh interpreter: the test process has long imported the drivers and pyserial.
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return out.stdout
+
+
 def test_reading_a_config_imports_no_hardware_library() -> None:
-    # A fresh interpreter: the test process has long imported pyserial and friends.
     code = f"""
 import json, sys
 from scanfleet.daemon.config import parse_config
+from scanfleet.drivers import registry
+registry.complete_config()
 parse_config({EVERY_DRIVER!r})
 heavy = ("serial", "usb", "evdev", "cryptography")
 print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert json.loads(out.stdout) == []
+    assert json.loads(_fresh_python(code)) == []
+
+
+def test_the_configuration_does_not_import_the_drivers_and_says_when_they_are_missing() -> None:
+    # drivers/ sits above the configuration: the registry completes it, never the reverse.
+    code = """
+import json, sys
+from scanfleet.daemon import config
+loaded = sorted(m for m in sys.modules if m.startswith("scanfleet.drivers"))
+try:
+    config.parse_config('[[devices]]\\nname = "v"\\ndriver = "virtual"\\n')
+except RuntimeError as err:
+    print(json.dumps([loaded, str(err)]))
+"""
+    loaded, message = json.loads(_fresh_python(code))
+    assert loaded == []
+    assert "scanfleet.drivers.registry.complete_config()" in message
