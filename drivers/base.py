@@ -6,7 +6,7 @@ the class is a context manager. A driver knows its wire protocol and nothing els
 journal, no MQTT, no business rules.
 
 Each driver module also owns its configuration: a
-:class:`~scanfleet.daemon.config.DeviceConfigBase` subclass whose ``driver`` field is the
+:class:`~scanfleet.daemon.core.config.DeviceConfigBase` subclass whose ``driver`` field is the
 name ``[[devices]]`` entries select it by. The driver class is generic in it
 (``class SerialDriver(Driver[SerialDeviceConfig])``), and drivers/registry.py lists
 both, one line per driver.
@@ -24,7 +24,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Generic, Self, TypeVar
 
-from scanfleet.daemon.config import DeviceConfigBase
+from scanfleet.daemon.core.config import DeviceConfigBase
 
 log = logging.getLogger(__name__)
 

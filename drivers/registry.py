@@ -3,7 +3,7 @@
 :data:`BACKENDS` maps a config's ``driver`` name to the module that implements it, the
 :class:`~scanfleet.drivers.base.Driver` class in it and the config model it takes (a
 :class:`~scanfleet.drivers.base.DeviceConfigBase` subclass defined next to the driver).
-The configuration (daemon/config.py) sits below the drivers and never imports them:
+The configuration (daemon/core/config.py) sits below the drivers and never imports them:
 :func:`complete_config`, called once at the program's start (the CLI, the test suite),
 hands it the config models, and ``[[devices]]`` entries are validated against their
 union, discriminated by ``driver``.
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal, get_args, get_origin
 
-from scanfleet.daemon.config import DeviceConfigBase, register_device_models
-from scanfleet.daemon.errors import DriverUnavailableError
+from scanfleet.daemon.core.config import DeviceConfigBase, register_device_models
+from scanfleet.daemon.core.errors import DriverUnavailableError
 from scanfleet.drivers.base import DeviceInfo, Driver, ProblemCallback
 
 

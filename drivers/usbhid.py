@@ -33,8 +33,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from scanfleet.daemon.config import DeviceConfigBase
-from scanfleet.daemon.errors import DeviceGoneError, DriverUnavailableError
+from scanfleet.daemon.core.config import DeviceConfigBase
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
 from scanfleet.drivers.base import (
     USB_MATCH_PATTERN,

@@ -50,7 +50,7 @@ class _Stop:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from scanfleet.daemon.errors import ScanfleetError
+    from scanfleet.daemon.core.errors import ScanfleetError
 
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)

@@ -16,9 +16,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from scanfleet.daemon.config import DeviceConfigBase
-from scanfleet.daemon.errors import DriverTimeoutError
-from scanfleet.daemon.logs import TRACE
+from scanfleet.daemon.core.config import DeviceConfigBase
+from scanfleet.daemon.core.errors import DriverTimeoutError
+from scanfleet.daemon.core.logs import TRACE
 from scanfleet.drivers.base import Driver, DriverProblem, ProblemCallback, Read
 from scanfleet.drivers.idcard.protocol import (
     CardAuthenticationError,

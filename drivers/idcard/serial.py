@@ -11,7 +11,7 @@ import termios
 import time
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError, DriverTimeoutError, DriverUnavailableError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError, DriverUnavailableError
 from scanfleet.drivers.base import DriverProblem, ProblemCallback
 from scanfleet.drivers.idcard.protocol import FrameParser, Garbage
 from scanfleet.drivers.idcard.reader import IdCardDeviceConfig, IdCardReader

@@ -5,7 +5,7 @@ residence permit, ``I`` 2017 foreigner permanent-residence card, ``Y`` 2023 fore
 card, anything else a mainland resident card. Fields are space-padded on the card.
 
 Every decoded field is personal information: it is held in a
-:class:`~scanfleet.daemon.personal.PersonalData`, whose repr is masked.
+:class:`~scanfleet.daemon.core.personal.PersonalData`, whose repr is masked.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from scanfleet.drivers.base import Read
 
 if TYPE_CHECKING:
-    from scanfleet.daemon.personal import PersonalData
+    from scanfleet.daemon.core.personal import PersonalData
 
 TEXT_LEN = 256
 NO_EXPIRY = "长期"
@@ -136,7 +136,7 @@ def decode_text(block: bytes) -> CardText:
     fields["no_expiry"] = fields.get("valid_to") == NO_EXPIRY
     # Imported at the first card, not with the driver module: the registry imports every
     # driver for its config model, and sealing (``cryptography``) is heavy.
-    from scanfleet.daemon.personal import PersonalData
+    from scanfleet.daemon.core.personal import PersonalData
 
     return CardText(card_type, PersonalData(fields))
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import DeviceConfigBase
-from scanfleet.daemon.errors import DeviceGoneError
+from scanfleet.daemon.core.config import DeviceConfigBase
+from scanfleet.daemon.core.errors import DeviceGoneError
 from scanfleet.drivers import keymaps, virtual
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
 from scanfleet.drivers.idcard.protocol import parse_frame

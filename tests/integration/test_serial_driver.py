@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.errors import DeviceGoneError
-from scanfleet.daemon.model import Kind
+from scanfleet.daemon.core.errors import DeviceGoneError
+from scanfleet.daemon.core.model import Kind
 from scanfleet.drivers import ssi
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
 from scanfleet.drivers.registry import open_driver

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import Config, example_config, load_config, locate_keys, parse_config
-from scanfleet.daemon.errors import ConfigError
-from scanfleet.daemon.model import Operation
+from scanfleet.daemon.core.config import (
+    Config,
+    example_config,
+    load_config,
+    locate_keys,
+    parse_config,
+)
+from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.core.model import Operation
 from scanfleet.drivers.serial import SerialDeviceConfig
 
 BROKEN = """\

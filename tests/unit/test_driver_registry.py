@@ -9,8 +9,8 @@ from typing import get_args, get_origin
 
 import pytest
 
-from scanfleet.daemon.config import Config, DeviceConfigBase, parse_config
-from scanfleet.daemon.errors import ConfigError, DriverUnavailableError
+from scanfleet.daemon.core.config import Config, DeviceConfigBase, parse_config
+from scanfleet.daemon.core.errors import ConfigError, DriverUnavailableError
 from scanfleet.drivers import registry
 from scanfleet.drivers.base import Driver
 
@@ -129,7 +129,7 @@ def _fresh_python(code: str) -> str:
 def test_reading_a_config_imports_no_hardware_library() -> None:
     code = f"""
 import json, sys
-from scanfleet.daemon.config import parse_config
+from scanfleet.daemon.core.config import parse_config
 from scanfleet.drivers import registry
 registry.complete_config()
 parse_config({EVERY_DRIVER!r})
@@ -143,7 +143,7 @@ def test_the_configuration_does_not_import_the_drivers_and_says_when_they_are_mi
     # drivers/ sits above the configuration: the registry completes it, never the reverse.
     code = """
 import json, sys
-from scanfleet.daemon import config
+from scanfleet.daemon.core import config
 loaded = sorted(m for m in sys.modules if m.startswith("scanfleet.drivers"))
 try:
     config.parse_config('[[devices]]\\nname = "v"\\ndriver = "virtual"\\n')

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.remote_config import Rejected
+from scanfleet.daemon.core.desired_config import Rejected
 from scanfleet.provisioning.remote import (
     build_document,
     diff,
