@@ -161,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     setup_logging(args.log_level)
+    # The composition root: the configuration learns the drivers' config models here
+    # (after argument parsing, so --help does not import every driver).
+    from scanfleet.drivers import registry
+
+    registry.complete_config()
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from hypothesis import assume, given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from scanfleet.daemon.journal.codec import RecordError, record_hash
@@ -31,7 +31,7 @@ from support.hub import Chain
 # Strings with what RFC 8785 escapes or orders specially: quotes, backslashes, control
 # characters, U+2028, DEL, astral characters (UTF-16 order differs from code points).
 odd_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",))
+    alphabet=st.characters(exclude_categories=["Cs"])
     | st.sampled_from(['"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u2028", "\ue000", "😀", "/"]),
     max_size=12,
 )
@@ -83,7 +83,8 @@ def test_the_hash_check_on_received_bytes_agrees_with_encoding_the_record(
 ) -> None:
     rest.pop("hash", None)
     correct = _hash_of(rest)
-    assume(correct is not None)
+    if correct is None:
+        reject()  # discards the example, as assume() would
     claimed = correct if genuine else hashlib.sha256(b"other").hexdigest()
     full = {**rest, "hash": claimed}
     for text in _variants(full):
