@@ -22,6 +22,7 @@ from scanfleet.daemon.core.desired_config import (
     parse_document,
 )
 from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig, StoredOverlay
+from scanfleet.drivers.virtual import VirtualDeviceConfig
 
 
 def base_config(tmp_path: Path) -> Config:
@@ -158,7 +159,9 @@ def test_lost_binding_in_probation_rolls_back_to_the_last_good_config(tmp_path: 
     assert [e.key for e in report.errors] == ["devices.scanner"]
     assert h.remote.version == 1
     restored = h.applied[-1]
-    assert restored.devices[0].channel == "a"  # type: ignore[union-attr]
+    device = restored.devices[0]
+    assert isinstance(device, VirtualDeviceConfig)
+    assert device.channel == "a"
     assert str(restored.station.operation) == "receiving"
 
 
