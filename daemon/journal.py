@@ -57,6 +57,7 @@ from scanfleet.daemon.journal_store import (
     Checkpointer,
     WriterLock,
 )
+from scanfleet.daemon.records import RecordBody
 
 __all__ = [
     "ALARM_FULL",
@@ -83,10 +84,11 @@ ROW_OVERHEAD = 24
 ROOM_MARGIN_PAGES = 8
 """Below this many pages of headroom each append checks the page count exactly."""
 RETENTION_PRUNE_INTERVAL = 60.0
-GATHER_SECONDS = 0.0005
-"""Longest a group-commit leader holds its commit for sibling producers to queue."""
-ACTIVE_SECONDS = 0.05
-"""A thread that appended this recently counts as a producer about to append again."""
+GATHER_SECONDS = (0.0002, 0.002)
+"""Bounds of how long a group-commit leader holds its commit for sibling producers to
+queue: half the last commit's duration, within these (a slow disk makes waiting cheap)."""
+ACTIVE_SECONDS = 0.01
+"""A thread whose append returned this recently counts as a producer about to append again."""
 
 
 def _utcnow() -> datetime:
@@ -168,6 +170,7 @@ class Journal(SpacePolicy, HeadKeeping):
         self._gather = threading.Condition(self._mutex)
         """The group-commit leader waits here for sibling producers to queue."""
         self._gathering = False
+        self._commit_seconds = 0.0
         self._producers: dict[int, float] = {}
         """Thread id → monotonic time of its last append (who counts as a sibling)."""
         self._queue: list[_Pending] = []
@@ -233,15 +236,17 @@ class Journal(SpacePolicy, HeadKeeping):
 
     # -- appending -------------------------------------------------------------------
 
-    def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def append(self, body: RecordBody | Mapping[str, Any]) -> dict[str, Any]:
         """Journal one record; returns it complete once it is committed and fsynced.
 
+        *body* is a typed record body (:mod:`records`) or a mapping of the same fields.
         Raises :class:`JournalFullError` when undelivered records fill the budget and
         :class:`RecordError` (a ValueError) for a body that cannot be a record.
         """
         # Serialized here, in the producer's thread and outside every lock: the commit
         # only joins bytes, hashes and compresses (see journal_codec.Encoded).
-        prepared, time_us = prepare_body(body, self._clock())
+        fields = body if isinstance(body, Mapping) else body.to_body()
+        prepared, time_us = prepare_body(fields, self._clock())
         pending = _Pending(Encoded(prepared), time_us)
         me = threading.get_ident()
         with self._cond:
@@ -264,14 +269,18 @@ class Journal(SpacePolicy, HeadKeeping):
                 self._gather_siblings(me)
                 batch, self._queue = self._queue, []
                 self._cond.release()
+                started = time.perf_counter()
                 try:
                     self._commit(batch)
                 finally:
+                    self._commit_seconds = time.perf_counter() - started
                     self._cond.acquire()
                     self._leader = False
                     for item in batch:
                         item.done = True
                     self._cond.notify_all()
+            # Back to the caller: a closed-loop producer appends again right away.
+            self._producers[me] = time.monotonic()
         if pending.error is not None:
             raise pending.error
         if pending.record is None:  # every path sets record or error; guard the invariant
@@ -279,8 +288,8 @@ class Journal(SpacePolicy, HeadKeeping):
         return pending.record
 
     def _gather_siblings(self, me: int) -> None:
-        """Hold the commit (at most GATHER_SECONDS) until every producer active within
-        ACTIVE_SECONDS has queued a record (called with the condition held).
+        """Hold the commit (see GATHER_SECONDS) until every producer whose append
+        returned within ACTIVE_SECONDS has queued a record (called with the condition held).
 
         Producers that each wait for their own record come back right after the commit
         that released them; without this the first one back commits alone and the
@@ -298,7 +307,8 @@ class Journal(SpacePolicy, HeadKeeping):
                 siblings += 1
         if not siblings:
             return
-        deadline = now + GATHER_SECONDS
+        low, high = GATHER_SECONDS
+        deadline = now + min(high, max(low, self._commit_seconds / 2))
         self._gathering = True
         try:
             while len(self._queue) <= siblings and not self._closed:

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 
 from scanfleet.daemon.alarms import AlarmSet
+from scanfleet.daemon.classify import classify
 from scanfleet.daemon.config import Config
 from scanfleet.daemon.duplicates import open_index
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.manual import Category, EntryRequest, parse_entry
-from scanfleet.daemon.model import Operation
+from scanfleet.daemon.model import ClockSync, Operation, Verdict
 from scanfleet.daemon.receiving import Manifest
+from scanfleet.daemon.records import ScanBody, Stamp, StationContext
 from scanfleet.daemon.station import ControlRecord, Station, StationError
 
 CODE = "83711700200000000051"
@@ -32,25 +34,26 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 def _station(journal: Journal, alarms: AlarmSet | None = None, **station: Any) -> Station:
     config = Config.model_validate({"station": {"name": "s1", **station}})
 
-    def now() -> dict[str, Any]:
-        return {
-            "time": datetime.now(UTC).isoformat(),
-            "clock": "unknown",
-            "t_mono": 1.0,
-            "boot_id": None,
-        }
+    def now() -> Stamp:
+        return Stamp(datetime.now(UTC).isoformat(), ClockSync.UNKNOWN, 1.0, None)
 
     return Station(config, journal.append, now, alarms=alarms)
 
 
-def _scan_body(code: str) -> dict[str, Any]:
-    return {
-        "schema": "scanfleet.scan/1",
-        "type": "scan",
-        "value": code,
-        "verdict": "accepted",
-        "reason": None,
-    }
+def _scan_body(code: str) -> ScanBody:
+    result = classify(code.encode())
+    return ScanBody(
+        stamp=Stamp(datetime.now(UTC).isoformat(), ClockSync.UNKNOWN, 1.0, None),
+        context=StationContext(Operation.RETAIL_SALE),
+        station="s1",
+        raw=result.raw,
+        aim=result.aim,
+        kind=result.kind,
+        value=result.value,
+        fields=result.fields,
+        problems=result.problems,
+        verdict=Verdict.ACCEPTED,
+    )
 
 
 def test_every_change_is_a_journaled_control_record(journal: Journal) -> None:
