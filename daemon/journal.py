@@ -83,6 +83,8 @@ ROW_OVERHEAD = 24
 """Bytes a row costs beyond its payload (cell header, pointer, time and dict columns)."""
 ROOM_MARGIN_PAGES = 8
 """Below this many pages of headroom each append checks the page count exactly."""
+ROOM_RECHECK_COMMITS = 32
+"""Commits after which the free room is counted again rather than carried over."""
 RETENTION_PRUNE_INTERVAL = 60.0
 GATHER_SECONDS = (0.0002, 0.002)
 """Bounds of how long a group-commit leader holds its commit for sibling producers to
@@ -171,6 +173,9 @@ class Journal(SpacePolicy, HeadKeeping):
         """The group-commit leader waits here for sibling producers to queue."""
         self._gathering = False
         self._commit_seconds = 0.0
+        self._room_left: int | None = None
+        """Bytes of budget surely free after the last commit (None: ask SQLite)."""
+        self._room_age = 0
         self._producers: dict[int, float] = {}
         """Thread id → monotonic time of its last append (who counts as a sibling)."""
         self._queue: list[_Pending] = []
@@ -368,8 +373,14 @@ class Journal(SpacePolicy, HeadKeeping):
                 self._train_dictionary()
             committed: list[tuple[_Pending, dict[str, Any], bytes]] = []
             # Room that surely fits without asking SQLite for page counts per record;
-            # close to the budget every record gets the exact check.
-            room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
+            # close to the budget every record gets the exact check. The count is carried
+            # from commit to commit (less what was written) and asked again every
+            # ROOM_RECHECK_COMMITS commits or after anything but plain inserts.
+            room = self._room_left
+            if room is None or self._room_age >= ROOM_RECHECK_COMMITS:
+                room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
+                self._room_age = 0
+            exact_room_lost = self._dict_id != dict_before
             if seq + len(batch) > self._reserved:
                 self._reserve(seq + len(batch))
             for item in batch:
@@ -382,9 +393,11 @@ class Journal(SpacePolicy, HeadKeeping):
                 need = len(blob) + ROW_OVERHEAD
                 if need <= room:
                     room -= need
-                elif not self._make_room(need, after):
-                    item.error = JournalFullError(self.max_bytes, self._used_bytes())
-                    continue
+                else:
+                    exact_room_lost = True
+                    if not self._make_room(need, after):
+                        item.error = JournalFullError(self.max_bytes, self._used_bytes())
+                        continue
                 seq += 1
                 record = {
                     **item.encoded.body,
@@ -401,12 +414,14 @@ class Journal(SpacePolicy, HeadKeeping):
                 )
                 committed.append((item, record, payload))
             if committed:
-                conn.executemany(
-                    "UPDATE meta SET value = ? WHERE key = ?",
-                    ((str(seq), "head_seq"), (prev, "head_hash")),
+                conn.execute(
+                    "UPDATE meta SET value = CASE key WHEN 'head_seq' THEN ? ELSE ? END "
+                    "WHERE key IN ('head_seq', 'head_hash')",
+                    (str(seq), prev),
                 )
             conn.execute("COMMIT")
         except BaseException:
+            self._room_left = None
             # In-memory state first: SQLite may already have rolled back by itself (a full
             # disk does that), and then an explicit ROLLBACK fails and would hide the cause.
             self._pruned_through, self._dict_id = pruned_before, dict_before
@@ -417,6 +432,8 @@ class Journal(SpacePolicy, HeadKeeping):
                     log.warning("journal %s: rollback failed: %s", self.path, err)
             raise
         self.commits += 1
+        self._room_left = None if exact_room_lost else room
+        self._room_age += 1
         self._checkpointer.poke()
         self._last_seq, self._last_hash = seq, prev
         if committed:
