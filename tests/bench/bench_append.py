@@ -29,8 +29,8 @@ from typing import Any
 
 import rfc8785
 
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.records import ScanBody
+from scanfleet.daemon.core.records import ScanBody
+from scanfleet.daemon.journal.journal import Journal
 from support.scans import make_scan_record
 
 DEVICE = "sf-0a1b2c3d4e5f"

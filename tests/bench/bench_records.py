@@ -5,9 +5,9 @@ dataclasses, chosen by measured cost. Each figure is microseconds per scan to bu
 the typed body from the parsed read and turn it into the JSON object the journal
 serializes:
 
-- ``dataclass_us``: :class:`scanfleet.daemon.records.ScanBody` + ``to_body()`` (what
+- ``dataclass_us``: :class:`scanfleet.daemon.core.records.ScanBody` + ``to_body()`` (what
   the pipeline does);
-- ``pydantic_validate_us``: the published :class:`scanfleet.daemon.model.Scan` model
+- ``pydantic_validate_us``: the published :class:`scanfleet.daemon.core.model.Scan` model
   validated from the same fields, then ``model_dump(mode="json", by_alias=True)``;
 - ``pydantic_construct_us``: ``Scan.model_construct`` (no validation) + the same dump;
 - ``dict_us``: the plain dict the pipeline built before (the floor).
@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from scanfleet.daemon.model import Scan
-from scanfleet.daemon.records import ScanBody
+from scanfleet.daemon.core.model import Scan
+from scanfleet.daemon.core.records import ScanBody
 from support.scans import make_scan_body, make_scan_record
 
 ROUNDS = 7

@@ -19,14 +19,14 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.clock import ClockState
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.devices import DeviceWorker, Incoming
-from scanfleet.daemon.duplicates import open_index, policy
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.model import ClockSync
-from scanfleet.daemon.pipeline import Pipeline
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.clock import ClockState
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.model import ClockSync
+from scanfleet.daemon.intake.devices import DeviceWorker, Incoming
+from scanfleet.daemon.intake.pipeline import Pipeline
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.station.duplicates import open_index, policy
 from scanfleet.drivers.base import Read
 from scanfleet.drivers.idcard.text import CardRead, decode_text
 from scanfleet.drivers.sim.idcard import SAMPLE_CARDS

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scanfleet.daemon.journal_codec import (
+from scanfleet.daemon.journal.codec import (
     RESERVED_KEYS,
     Codec,
     Encoded,

@@ -1,7 +1,7 @@
 """Every record the typed pipeline journals validates against its published JSON Schema.
 
 The schemas in ``docs/schema/`` are generated from the pydantic models (the contract);
-the pipeline builds records as frozen dataclasses (``daemon/records.py``). This runs a
+the pipeline builds records as frozen dataclasses (``daemon/core/records.py``). This runs a
 session of reads of every record type through the real pipeline and journal and
 validates each stored record, as a backend would, against the committed schema file.
 """
