@@ -14,6 +14,7 @@ instead of waiting for ``broker_unreachable``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -211,6 +212,20 @@ def connect_client(
         raise BrokerRefusedError(
             "tls", f"TLS handshake with {host}:{port} failed: {detail}"
         ) from err
+    no_delay(client.socket())
+
+
+def no_delay(sock: Any) -> None:
+    """Turn Nagle's algorithm off on *sock* (paho leaves it on).
+
+    With it on, a small packet written while an earlier one is unacknowledged waits for
+    that ACK: a scan published right after a state message, or while the previous
+    batch's PUBACK is outstanding, would leave a round trip late (and up to the peer's
+    delayed-ACK timer, 40 ms on Linux, when the peer has nothing to answer with).
+    """
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # not TCP (a socket pair in tests)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):

@@ -311,6 +311,9 @@ def test_a_device_cannot_push_config_or_commands_to_another_device(rig: Rig) -> 
     rig.ops.request(f"{PREFIX}/cmd/status", b"", b"after")
     assert rig.ops.reply(b"after")["result"]["config_version"] is None
     assert [d.name for d in daemon.config.devices] == ["scanner"]
+    # The channel thread counts a message after handle() returns, and the reply (queued
+    # inside handle()) may reach us first: wait for the count, then check it is exact.
+    assert wait(lambda: daemon.control.handled >= 1, 5)
     assert daemon.control.handled == 1
     other.close()
 
