@@ -23,7 +23,15 @@ from typing import Any
 
 from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import discovery, ssi
-from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
+from scanfleet.drivers.base import (
+    DeviceInfo,
+    Driver,
+    DriverProblem,
+    ProblemCallback,
+    Read,
+    Signal,
+    Waker,
+)
 from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
 from scanfleet.drivers.framing import Event, Frame, Framer, Reply, make_framer
 
@@ -58,6 +66,7 @@ class SerialDriver(Driver):
     """The driver for ``driver = "serial"`` devices (a SerialDeviceConfig)."""
 
     driver_name = "serial"
+    interruptible = True
 
     def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
         port: str | None = config.port
@@ -103,6 +112,7 @@ class SerialDriver(Driver):
         self._late_replies: tuple[bytes, ...] = ()
         self._late_buf = b""
         self._late_until = 0.0
+        self._waker = Waker()
         super().__init__(config, on_problem=on_problem)
         try:
             self._bind()
@@ -189,9 +199,12 @@ class SerialDriver(Driver):
             limits = [t - now for t in (deadline, framer_deadline) if t is not None]
             wait = max(0.0, min(limits)) if limits else None
             try:
-                ready, _, _ = select.select([self._fd], [], [], wait)
+                ready, _, _ = select.select([self._fd, self._waker.fileno()], [], [], wait)
             except (OSError, ValueError) as err:
                 self._gone(f"select failed: {err}", err)
+            if self._waker.fileno() in ready:
+                self._waker.clear()
+                return None
             if not ready:
                 self._check_present(now)
                 continue
@@ -296,7 +309,12 @@ class SerialDriver(Driver):
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """End a read blocked in another thread: it returns None."""
+        self._waker.set()
+
     def _close(self) -> None:
+        self._waker.close()
         try:
             self._ser.close()
         except (OSError, pyserial.SerialException) as err:

@@ -33,7 +33,14 @@ from typing import Any
 
 from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
-from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read
+from scanfleet.drivers.base import (
+    DeviceInfo,
+    Driver,
+    DriverProblem,
+    ProblemCallback,
+    Read,
+    Waker,
+)
 from scanfleet.drivers.framing import Frame
 from scanfleet.drivers.wedge.decoder import DecoderStats, EventDecoder, KeyDecoder
 from scanfleet.drivers.wedge.trace import INPUT_EVENT, InputEvent
@@ -94,6 +101,7 @@ class EvdevWedgeDriver(Driver):
     """The driver for ``driver = "evdev"`` devices (a WedgeDeviceConfig)."""
 
     driver_name = "evdev"
+    interruptible = True
 
     def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
         path = find_input_device(config)
@@ -121,6 +129,7 @@ class EvdevWedgeDriver(Driver):
         if not self._raw:
             self._keys.resync(self._held_keys(), caps=self._caps_led())
         self._reads: deque[Read] = deque()
+        self._waker = Waker()
         super().__init__(config, on_problem=on_problem)
         log.info("bound input device %s (%s, layout %s)", path, self.vid_pid, config.layout)
 
@@ -169,9 +178,12 @@ class EvdevWedgeDriver(Driver):
             limits = [t - now for t in (deadline, self._keys.deadline()) if t is not None]
             wait = max(0.0, min(limits)) if limits else None
             try:
-                ready, _, _ = select.select([self._fd], [], [], wait)
+                ready, _, _ = select.select([self._fd, self._waker.fileno()], [], [], wait)
             except (OSError, ValueError) as err:
                 raise DeviceGoneError(f"{self.port}: select failed: {err}") from err
+            if self._waker.fileno() in ready:
+                self._waker.clear()
+                return None
             if ready:
                 self._drain()
                 continue
@@ -233,7 +245,12 @@ class EvdevWedgeDriver(Driver):
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """End a read blocked in another thread: it returns None."""
+        self._waker.set()
+
     def _close(self) -> None:
+        self._waker.close()
         if self._dev is None:
             os.close(self._fd)
             return
