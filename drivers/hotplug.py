@@ -76,7 +76,7 @@ def udev_running() -> bool:
     return UDEV_CONTROL.exists()
 
 
-def _import_pyudev() -> Any:
+def import_pyudev() -> Any:
     """pyudev when udev runs and the library imports, else None (then: inotify and polling)."""
     if not udev_running():
         return None
@@ -153,11 +153,10 @@ class DeviceWatch:
     def __init__(self, driver: str, paths: Iterable[str] = ()) -> None:
         self.driver = driver
         self.subsystems = SUBSYSTEMS.get(driver, ())
-        paths = [p for p in paths if p]
-        folder = DEVICE_FOLDERS.get(driver)
-        folders = {_nearest_folder(p) for p in paths} or ({folder} if folder else set())
-        self._folders = sorted(folders)
-        self._pyudev = _import_pyudev() if self.subsystems else None
+        self._paths = [p for p in paths if p]
+        self._default_folder = DEVICE_FOLDERS.get(driver)
+        self._inotify_ok = True
+        self._pyudev = import_pyudev() if self.subsystems else None
         self._monitor: Any = None
         self._inotify: _Inotify | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -186,12 +185,20 @@ class DeviceWatch:
                 self._pyudev = None
             else:
                 self._monitor = monitor
-        if self._inotify is None and self._folders:
+        if self._inotify is None and self._inotify_ok:
+            # Recomputed on each arm: the nearest existing folder changes as by-id
+            # folders come and go.
+            folders = {_nearest_folder(p) for p in self._paths}
+            if not folders and self._default_folder:
+                folders = {self._default_folder}
+            if not folders:
+                self._inotify_ok = False
+                return
             try:
-                self._inotify = _Inotify(self._folders)
+                self._inotify = _Inotify(sorted(folders))
             except OSError as err:
-                log.debug("inotify on %s unavailable: %s", self._folders, err)
-                self._folders = []
+                log.debug("inotify on %s unavailable: %s", sorted(folders), err)
+                self._inotify_ok = False
 
     def wait(self, retry_delay: float, now: float, *, failing: bool = False) -> str | None:
         """Sleep until an event, :meth:`wake` or the poll timer; what woke it (None: timer).
