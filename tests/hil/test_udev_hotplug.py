@@ -176,6 +176,7 @@ def _assert_event_driven(guest: Guest, name: str, result: dict[str, Any]) -> Non
     woke = [line for line in log.splitlines() if f"device {name}: udev add" in line]
     woke += [line for line in log.splitlines() if f"device {name}: inotify" in line]
     assert woke, log[-3000:]
+    print(f"\n{name}: rebound {result['latency']:.3f} s after udev's {result['event']}", woke[-1:])
     assert result["latency"] < REBIND_BOUND, (result, log[-3000:])
 
 
