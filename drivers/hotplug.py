@@ -30,6 +30,7 @@ import logging
 import os
 import select
 import struct
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,7 @@ class DeviceWatch:
             self.arm()
             reason = f"inotify {','.join(n for n in names if n) or 'folder'}"
         if reason is not None and reason != "wake":
-            self._retry_until = now + EVENT_RETRY_WINDOW
+            self._retry_until = time.monotonic() + EVENT_RETRY_WINDOW
         return reason
 
     def _udev_events(self) -> str | None:
