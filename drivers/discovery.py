@@ -163,11 +163,7 @@ def _udev_serial_devices(context: Any) -> list[DeviceInfo]:
         looks, reason = _guess(vid_pid)
         if name.startswith("ttyS"):
             looks, reason = False, "on-board UART (an RS-232 scanner may be attached)"
-        extra = {
-            key: props[prop]
-            for key, prop in (("id_path", "ID_PATH"), ("interface", "ID_USB_INTERFACE_NUM"))
-            if prop in props
-        }
+        extra = _udev_extra(props)
         found.append(
             DeviceInfo(
                 driver="serial",
@@ -235,8 +231,66 @@ def serial_devices() -> list[DeviceInfo]:
     return found
 
 
+def _udev_extra(props: Any) -> dict[str, str]:
+    return {
+        key: props[prop]
+        for key, prop in (("id_path", "ID_PATH"), ("interface", "ID_USB_INTERFACE_NUM"))
+        if prop in props
+    }
+
+
+def _udev_attribute(device: Any, name: str) -> str | None:
+    """A sysfs attribute of a pyudev device, None when it (or the device) is missing."""
+    if device is None:
+        return None
+    try:
+        value: str = device.attributes.asstring(name)
+    except (KeyError, OSError, UnicodeDecodeError):
+        return None
+    return value.strip() or None
+
+
+def _udev_input_devices(context: Any) -> list[DeviceInfo]:
+    found: list[DeviceInfo] = []
+    for device in sorted(context.list_devices(subsystem="input"), key=lambda d: d.sys_name):
+        if not device.sys_name.startswith("event") or not device.device_node:
+            continue
+        props = device.properties
+        parent = device.parent  # the inputN device: its name and bus ids
+        name = _udev_attribute(parent, "name")
+        vid, pid = props.get("ID_VENDOR_ID"), props.get("ID_MODEL_ID")
+        if not (vid and pid):
+            vid, pid = _udev_attribute(parent, "id/vendor"), _udev_attribute(parent, "id/product")
+        vid_pid = f"{vid}:{pid}".lower() if vid and pid else None
+        looks, reason = _guess(vid_pid)
+        if not looks and any(w in (name or "").lower() for w in ("barcode", "scanner", "scan")):
+            looks, reason = True, "device name mentions a scanner"
+        found.append(
+            DeviceInfo(
+                driver="evdev",
+                path=device.device_node,
+                links=tuple(sorted(device.device_links)),
+                vid_pid=vid_pid,
+                serial=props.get("ID_SERIAL_SHORT"),
+                manufacturer=_unescape(props.get("ID_VENDOR_ENC")) or props.get("ID_VENDOR"),
+                product=_unescape(props.get("ID_MODEL_ENC")) or props.get("ID_MODEL"),
+                name=name,
+                looks_like_scanner=looks,
+                reason=reason,
+                extra=_udev_extra(props),
+            )
+        )
+    return found
+
+
 def input_devices() -> list[DeviceInfo]:
-    """``/dev/input/event*`` nodes with their names, by-id links and USB identity."""
+    """``/dev/input/event*`` nodes with their names, stable links and USB identity.
+
+    From udev's database where udev runs, else from sysfs.
+    """
+    context = _udev_context()
+    if context is not None:
+        return _udev_input_devices(context)
     links = _links(DEV / "input" / "by-id")
     found: list[DeviceInfo] = []
     for sys_node in sorted(glob.glob(str(SYS / "class" / "input" / "event*"))):

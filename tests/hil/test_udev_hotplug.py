@@ -142,6 +142,27 @@ def rebind_latency(
     return {"latency": time.monotonic() - event_at, "event": event, "load": os.getloadavg()[0]}
 
 
+def discovered(vid_pid: str) -> list[dict[str, Any]]:
+    """In the guest: what discovery (udev's database here) reports for *vid_pid*."""
+    from dataclasses import asdict
+
+    from scanfleet.drivers import discovery
+
+    found = discovery.serial_devices() + discovery.input_devices()
+    return [asdict(info) for info in found if info.vid_pid == vid_pid]
+
+
+def _assert_discovered_through_udev(guest: Guest, vid_pid: str, links: str) -> None:
+    found = guest.run(discovered, vid_pid)
+    assert found, vid_pid
+    for info in found:
+        # ID_USB_INTERFACE_NUM and ID_PATH exist only in udev's database: these
+        # came through udev, not through the sysfs walk.
+        assert info["extra"].get("interface") == "00", info
+        assert info["extra"].get("id_path"), info
+    assert any(link.startswith(links) for info in found for link in info["links"]), found
+
+
 def write_to_guest_tty_via_host(usb_serial: ByteStream, code: str) -> None:
     """Host side: the scanner on the FTDI's far end sends *code* + CR."""
     usb_serial.write(code.encode() + b"\r")
@@ -214,6 +235,7 @@ def test_a_replugged_usb_serial_scanner_is_rebound_within_a_second_of_its_udev_e
         )
         result = call.result(timeout=150)
         _assert_event_driven(guest, "serial", result)
+        _assert_discovered_through_udev(guest, FTDI_VID_PID, "/dev/serial/by-id/")
         # Bound for real: a scan sent by the scanner after the replug is published.
         code = "83711700173703755016"
         scan = guest.submit(receive_scan, guest_mosquitto, code, device="udev-serial")
@@ -257,6 +279,7 @@ def test_a_replugged_keyboard_wedge_scanner_is_rebound_within_a_second_of_its_ud
         gadgets.replug("udevwedge", "input")
         result = call.result(timeout=150)
         _assert_event_driven(guest, "evdev", result)
+        _assert_discovered_through_udev(guest, vid_pid, "/dev/input/by-")
         code = "83711700173703755017"
         scan = guest.submit(receive_scan, guest_mosquitto, code, device="udev-evdev")
         assert scan.wait_notice() == "subscribed"
