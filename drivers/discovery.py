@@ -326,6 +326,9 @@ def resolve_usb(spec: str) -> str | None:
     """The tty path (by-id link when there is one) of the USB device ``vid:pid[:serial]``."""
     vid, pid, *rest = spec.lower().split(":", 2)
     serial = rest[0] if rest else None
+    context = _udev_context()
+    if context is not None:
+        return _udev_resolve_usb(context, vid, pid, serial)
     for info in serial_devices():
         if info.vid_pid != f"{vid}:{pid}":
             continue
@@ -333,4 +336,22 @@ def resolve_usb(spec: str) -> str | None:
             continue
         by_id = [link for link in info.links if "/by-id/" in link]
         return by_id[0] if by_id else info.path
+    return None
+
+
+def _udev_resolve_usb(context: Any, vid: str, pid: str, serial: str | None) -> str | None:
+    # libudev matches the vendor itself: a device worker calls this on every reopen
+    # attempt, and listing every tty with its properties is slow on a small CPU. (Several
+    # property matches are OR-ed by libudev, so the model is checked here.)
+    ttys = context.list_devices(subsystem="tty").match_property("ID_VENDOR_ID", vid)
+    for device in sorted(ttys, key=lambda d: d.sys_name):
+        props = device.properties
+        if props.get("ID_MODEL_ID", "").lower() != pid:
+            continue
+        if serial is not None and props.get("ID_SERIAL_SHORT", "").lower() != serial:
+            continue
+        by_id = sorted(link for link in device.device_links if "/by-id/" in link)
+        node: str | None = by_id[0] if by_id else device.device_node
+        if node:
+            return node
     return None
