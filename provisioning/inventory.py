@@ -26,8 +26,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from scanfleet.daemon.config import BrokerProtocol, MqttVersion
-from scanfleet.daemon.mqtt import open_client, paho_client
+from scanfleet.daemon.core.config import BrokerProtocol, MqttVersion
+from scanfleet.daemon.core.mqtt import open_client, paho_client
 from scanfleet.provisioning.ca import FleetCA
 
 STATE_FILTER = "scanfleet/v1/+/+/state"

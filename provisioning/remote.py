@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import BrokerProtocol, Config, MqttVersion
-from scanfleet.daemon.mqtt import open_client, paho_client
-from scanfleet.daemon.remote_config import canonical, compose, parse_document
+from scanfleet.daemon.core.config import BrokerProtocol, Config, MqttVersion
+from scanfleet.daemon.core.desired_config import canonical, compose, parse_document
+from scanfleet.daemon.core.mqtt import open_client, paho_client
 
 FINAL_RESULTS = ("applied", "restart_required", "rejected", "rolled_back", "cleared", "unchanged")
 RETAINED_WAIT = 2.0

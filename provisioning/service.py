@@ -38,12 +38,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import MqttVersion
-from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
-from scanfleet.daemon.mqtt import paho_client
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.claims import Claim, ClaimError
+from scanfleet.daemon.core.config import MqttVersion
+from scanfleet.daemon.core.enrollment import EnrollRequest, EnrollResponse
+from scanfleet.daemon.core.mqtt import paho_client
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
-from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
+from scanfleet.provisioning.claims import redeem_claim
 from scanfleet.provisioning.enroll_broker import ENROLL_CLIENT_PREFIX
 from scanfleet.provisioning.revocation import Revoker, run_reload
 
