@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.config import SerialDeviceConfig
-from scanfleet.daemon.devices import DeviceState, DeviceWorker, Incoming
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.config import SerialDeviceConfig
+from scanfleet.daemon.intake.devices import DeviceState, DeviceWorker, Incoming
 from scanfleet.drivers import hotplug
 from scanfleet.drivers.hotplug import DeviceWatch
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
