@@ -200,7 +200,7 @@ class DeviceWorker:
             self.reads += 1
             self._put(Incoming(self, read))
 
-    def _read_timeout(self, driver: Driver) -> float | None:
+    def _read_timeout(self, driver: Driver[Any]) -> float | None:
         """None (block) for an interruptible driver unless a problem alarm is due to clear."""
         if not driver.interruptible:
             return READ_TIMEOUT
