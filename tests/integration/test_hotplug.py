@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from scanfleet.daemon.core.alarms import AlarmSet
-from scanfleet.daemon.core.config import SerialDeviceConfig
 from scanfleet.daemon.intake.devices import DeviceState, DeviceWorker, Incoming
 from scanfleet.drivers import hotplug
 from scanfleet.drivers.hotplug import DeviceWatch
+from scanfleet.drivers.serial import SerialDeviceConfig
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 
 pytestmark = pytest.mark.integration
