@@ -225,6 +225,8 @@ class Publisher:
         """Start the publishing thread (and the one that wakes it on appends)."""
         if self._thread is not None:
             raise RuntimeError("publisher already started")
+        if self._status is not None:
+            self._status.prepare()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._watcher = threading.Thread(target=self._watch, name="publisher-watch", daemon=True)
         self._thread.start()
