@@ -54,12 +54,12 @@ READY_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 RENEWAL_CHECK_SECONDS = 6 * 3600.0
 RESTART_EXIT_CODE = 75
+"""Exit status after a remote ``restart`` (EX_TEMPFAIL): ``Restart=on-failure`` restarts."""
 SUPERVISE_INTERVAL = 5.0
 """Seconds between supervise() rounds (dead threads, alarms acknowledged by the CLI):
 an idle daemon sleeps; signals still end the wait at once."""
 TICK_INTERVAL = 0.5
 """…and between rounds while a live view draws on the terminal."""
-"""Exit status after a remote ``restart`` (EX_TEMPFAIL): ``Restart=on-failure`` restarts."""
 RESTART_SECTIONS = ("identity", "paths", "broker", "publisher", "journal")
 """Config sections a SIGHUP reload does not apply (the daemon says so)."""
 
