@@ -34,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
+from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.daemon.publisher import Outgoing
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def device_prefix(site: str, device: str) -> str:
     return f"scanfleet/v1/{site}/{device}"
 
 
-class CommandError(Exception):
+class CommandError(ScanfleetError):
     """A command that cannot be carried out; ``code`` is machine-readable."""
 
     def __init__(self, code: str, message: str) -> None:

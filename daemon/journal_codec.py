@@ -21,6 +21,7 @@ from typing import Any
 
 import rfc8785
 
+from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.daemon.model import GENESIS_HASH
 
 RESERVED_KEYS = frozenset({"device", "seq", "id", "prev_hash", "hash"})
@@ -33,7 +34,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _WBITS = -15  # raw DEFLATE: no zlib header/adler, the row already has its own framing
 
 
-class RecordError(ValueError):
+class RecordError(ScanfleetError, ValueError):
     """A body cannot become a journal record (reserved key, bad time, not JSON)."""
 
 

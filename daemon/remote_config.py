@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanfleet.daemon.config import Config, validate_config
-from scanfleet.daemon.errors import ConfigError, ConfigProblem
+from scanfleet.daemon.errors import ConfigError, ConfigProblem, ScanfleetError
 from scanfleet.daemon.model import NAME_PATTERN
 from scanfleet.daemon.statefiles import write_atomic
 
@@ -132,7 +132,7 @@ def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-class Rejected(Exception):
+class Rejected(ScanfleetError):
     """A pushed document is refused; ``errors`` say where."""
 
     def __init__(self, errors: list[KeyedError]) -> None:

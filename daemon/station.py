@@ -21,7 +21,7 @@ from pydantic import Field
 from scanfleet.daemon.alarms import AlarmSet
 from scanfleet.daemon.config import Config
 from scanfleet.daemon.duplicates import DuplicateIndex
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.errors import ConfigError, ScanfleetError
 from scanfleet.daemon.index_guard import IndexGuard
 from scanfleet.daemon.journal import Journal
 from scanfleet.daemon.manual import EntryRequest, entry_body, parse_entry
@@ -72,7 +72,7 @@ class ControlRecord(StationRecord):
     operator: str | None = Field(description="The operator after this change.")
 
 
-class StationError(ValueError):
+class StationError(ScanfleetError, ValueError):
     """A station change that cannot be made (bad operation, bill name, entry)."""
 
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.daemon.model import valid_name
 from scanfleet.daemon.statefiles import write_atomic
 from scanfleet.provisioning.registry import Registry
@@ -57,7 +58,7 @@ class Role(StrEnum):
     """Fleet service and IT tooling: enrollment, config push, commands, inventory."""
 
 
-class CAError(ValueError):
+class CAError(ScanfleetError, ValueError):
     """The CA cannot do what was asked (missing CA, bad CSR, bad name)."""
 
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import segno
 
+from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.daemon.model import valid_name
 from scanfleet.provisioning.registry import ClaimRecord, Registry
 
@@ -30,7 +31,7 @@ SCHEME = "scanfleet-claim"
 DEFAULT_TTL = timedelta(hours=24)
 
 
-class ClaimError(ValueError):
+class ClaimError(ScanfleetError, ValueError):
     """A claim token is malformed, unknown, used, expired or for another site/device."""
 
 

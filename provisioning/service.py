@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from scanfleet.daemon.backoff import Backoff
 from scanfleet.daemon.config import MqttVersion
 from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
+from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.daemon.mqtt import paho_client
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
@@ -55,7 +56,7 @@ MAX_REQUEST_BYTES = 8 * 1024
 """Largest request the service parses; a real renewal request is under 3 KiB."""
 
 
-class Refused(Exception):
+class Refused(ScanfleetError):
     """An enrollment request is refused; the message goes back to the device."""
 
 
