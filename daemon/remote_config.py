@@ -19,7 +19,8 @@ remotely: a bad value there could cut the device off for good.
 
 When ``STATE_DIR/fleet-config-key.pem`` (an Ed25519 public key) exists, only documents
 signed with the matching private key are accepted. The signature covers the document
-without ``signature`` as canonical JSON (sorted keys, no spaces, UTF-8).
+without ``signature`` as RFC 8785 canonical JSON (the journal's); a signature over the
+older sorted-keys form (:func:`legacy_canonical`) is still accepted.
 
 After applying, the daemon watches for ``probation_s`` seconds: if a scanner that was
 bound before (and is still configured) is not bound at the end, or the broker
@@ -49,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanfleet.daemon.config import Config, validate_config
 from scanfleet.daemon.errors import ConfigError, ConfigProblem, ScanfleetError
+from scanfleet.daemon.journal_codec import canonical as jcs
 from scanfleet.daemon.model import NAME_PATTERN
 from scanfleet.daemon.statefiles import write_atomic
 
@@ -115,7 +117,22 @@ class ConfigReport(BaseModel):
 
 
 def canonical(document: Mapping[str, Any]) -> bytes:
-    """The bytes a signature covers: *document* without ``signature``, canonical JSON."""
+    """The bytes a signature covers: *document* without ``signature``, RFC 8785 JSON.
+
+    The same canonical JSON the journal hashes its records with. Raises
+    :class:`~scanfleet.daemon.journal_codec.RecordError` (a ``ValueError``) for a
+    document RFC 8785 cannot express (NaN, integers beyond 2**53).
+    """
+    return jcs({k: v for k, v in document.items() if k != "signature"})
+
+
+def legacy_canonical(document: Mapping[str, Any]) -> bytes:
+    """What signatures made before issue 16 covered: sorted keys, no spaces, UTF-8.
+
+    It differs from RFC 8785 for integral floats (``60.0`` against ``60``), exponents
+    and non-ASCII key order. Documents signed this way may still be retained on the
+    broker, so :func:`parse_document` accepts either form; nothing signs with it.
+    """
     body = {k: v for k, v in document.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -172,10 +189,18 @@ def parse_document(payload: bytes, key: Ed25519PublicKey | None) -> DesiredConfi
 def _verify(raw: Mapping[str, Any], doc: DesiredConfig, key: Ed25519PublicKey) -> None:
     if doc.signature is None:
         raise Rejected([KeyedError(key="signature", message="a signed document is required")])
+    refused = Rejected([KeyedError(key="signature", message="signature does not verify")])
     try:
-        key.verify(base64.b64decode(doc.signature, validate=True), canonical(raw))
-    except (InvalidSignature, binascii.Error, ValueError) as err:
-        raise Rejected([KeyedError(key="signature", message="signature does not verify")]) from err
+        signature = base64.b64decode(doc.signature, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise refused from err
+    for form in (canonical, legacy_canonical):
+        try:
+            key.verify(signature, form(raw))
+        except (InvalidSignature, ValueError):
+            continue
+        return
+    raise refused
 
 
 def compose(base: Config, doc: DesiredConfig | None) -> Config:
