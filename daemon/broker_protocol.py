@@ -24,7 +24,8 @@ from typing import Any
 
 from scanfleet.daemon.config import BrokerConfig, BrokerProtocol, MqttVersion
 from scanfleet.daemon.errors import BrokerRefusedError
-from scanfleet.daemon.mqtt import Connection, versions_to_try
+from scanfleet.daemon.mqtt import Connection
+from scanfleet.daemon.mqtt_client import versions_to_try
 
 log = logging.getLogger(__name__)
 

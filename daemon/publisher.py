@@ -55,7 +55,8 @@ from scanfleet.daemon.envelope import DeviceState, scans_topic, state_payload, s
 from scanfleet.daemon.errors import BrokerConnectionError, BrokerRefusedError, ScanfleetError
 from scanfleet.daemon.identity import Identity
 from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.mqtt import Connection, drain_wake
+from scanfleet.daemon.mqtt import Connection
+from scanfleet.daemon.mqtt_client import drain_wake
 from scanfleet.daemon.publisher_state import (
     BrokerState,
     PublisherCounters,
