@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from scanfleet.daemon.errors import ScanfleetError
 from scanfleet.daemon.model import valid_name
 from scanfleet.daemon.statefiles import write_atomic
-from scanfleet.provisioning.registry import Registry
+from scanfleet.provisioning.registry import Registry, RegistrySchemaError
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,10 @@ class FleetCA:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CAError(f"{self.paths.ca_key} is not an EC key")
         self._key = key
-        self.registry = Registry(self.paths.registry)
+        try:
+            self.registry = Registry(self.paths.registry)
+        except (RegistrySchemaError, sqlite3.DatabaseError) as err:
+            raise CAError(f"fleet registry {self.paths.registry}: {err}") from err
 
     @classmethod
     def init(cls, root: Path, *, name: str = "scanfleet fleet CA", days: int = CA_DAYS) -> FleetCA:
