@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
 from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.mqtt_client import REQUEST_ID_KEY
 from scanfleet.daemon.publisher import Outgoing
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ RATE_BURST = 10
 RATE_PER_MINUTE = 30.0
 """… then refilled at this rate (a misbehaving fleet tool cannot keep the device busy)."""
 
-REQUEST_ID_KEY = "request_id"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
