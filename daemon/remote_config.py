@@ -48,9 +48,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from scanfleet.daemon.canonical_json import canonical as jcs
 from scanfleet.daemon.config import Config, validate_config
 from scanfleet.daemon.errors import ConfigError, ConfigProblem, ScanfleetError
-from scanfleet.daemon.journal_codec import canonical as jcs
 from scanfleet.daemon.model import NAME_PATTERN
 from scanfleet.daemon.statefiles import write_atomic
 
@@ -120,8 +120,8 @@ def canonical(document: Mapping[str, Any]) -> bytes:
     """The bytes a signature covers: *document* without ``signature``, RFC 8785 JSON.
 
     The same canonical JSON the journal hashes its records with. Raises
-    :class:`~scanfleet.daemon.journal_codec.RecordError` (a ``ValueError``) for a
-    document RFC 8785 cannot express (NaN, integers beyond 2**53).
+    :class:`~scanfleet.daemon.canonical_json.CanonicalJSONError` (a ``ValueError``)
+    for a document RFC 8785 cannot express (NaN, integers beyond 2**53).
     """
     return jcs({k: v for k, v in document.items() if k != "signature"})
 
