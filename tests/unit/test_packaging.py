@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
+
+from scanfleet.daemon.commands.export import ExportError, Progress, write_sqlite
 
 ROOT = Path(__file__).parents[2]
 
@@ -92,3 +97,11 @@ def test_starting_the_daemon_imports_no_hardware_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_export_to_sqlite_without_its_extra_says_which_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "sqlite_utils", None)  # import raises ImportError
+    with pytest.raises(ExportError, match=r"scanfleet\[export\]"):
+        write_sqlite([], tmp_path / "out.sqlite3", Progress(0, io.StringIO()))
