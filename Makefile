@@ -36,7 +36,8 @@ hil: $(STAMP) ## only the QEMU hardware-in-the-loop tests, with the Debian packa
 	./.ci/sysdeps hil deb
 	SCANFLEET_DEB_GUEST=1 $(BIN)/pytest -m hil $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff + mypy --strict on daemon/, provisioning/ and hub/
+lint: $(STAMP) ## import contracts + ruff + mypy --strict on daemon/, provisioning/ and hub/
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@mkdir -p .typecheck/scanfleet

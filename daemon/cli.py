@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from scanfleet.daemon import __version__
-from scanfleet.daemon.logs import LEVELS, setup_logging
+from scanfleet.daemon.core.logs import LEVELS, setup_logging
 
 COMMAND_MODULES = (
     "scanfleet.daemon.commands.config",
@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "scanfleet.daemon.commands.alarms",
     "scanfleet.daemon.commands.enroll",
     "scanfleet.daemon.commands.firstboot",
-    "scanfleet.daemon.commands.fleet",
+    "scanfleet.provisioning.cli",
     "scanfleet.daemon.commands.local",
     "scanfleet.daemon.commands.record",
     "scanfleet.hub.cli",

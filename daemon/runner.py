@@ -15,32 +15,35 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from scanfleet.daemon import __version__, redact
-from scanfleet.daemon.alarms import ALARMS_FILE, AlarmSet
-from scanfleet.daemon.broker_protocol import FILE_NAME as PROTOCOL_FILE
-from scanfleet.daemon.claim_intake import ClaimEnroller
-from scanfleet.daemon.config import Config, DeviceConfig, load_config
-from scanfleet.daemon.control import ControlChannel
-from scanfleet.daemon.devices import DeviceState, DeviceWorker
-from scanfleet.daemon.duplicates import open_index, policy
-from scanfleet.daemon.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
-from scanfleet.daemon.errors import ConfigError, EnrollmentError
-from scanfleet.daemon.health import HealthReporter
-from scanfleet.daemon.identity import Identity, resolve_identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.local_api import LocalApi, read_token
-from scanfleet.daemon.pipeline import ALARM_THREAD, Pipeline
-from scanfleet.daemon.publisher import Publisher
-from scanfleet.daemon.redact import Redactor
-from scanfleet.daemon.remote_commands import RecentLog, RemoteCommands
-from scanfleet.daemon.remote_config import ConfigReport, RemoteConfig
-from scanfleet.daemon.statefiles import secure_state_dir
-from scanfleet.daemon.status import STATUS_FILE
+from scanfleet.daemon import __version__
+from scanfleet.daemon.core import redact
+from scanfleet.daemon.core.alarms import ALARMS_FILE, AlarmSet
+from scanfleet.daemon.core.config import Config, DeviceConfig, load_config
+from scanfleet.daemon.core.desired_config import ConfigReport
+from scanfleet.daemon.core.errors import ConfigError, EnrollmentError
+from scanfleet.daemon.core.identity import Identity, resolve_identity
+from scanfleet.daemon.core.redact import Redactor
+from scanfleet.daemon.core.statefiles import secure_state_dir
+from scanfleet.daemon.intake.devices import DeviceState, DeviceWorker
+from scanfleet.daemon.intake.pipeline import ALARM_THREAD, Pipeline
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.local.api import LocalApi, read_token
+from scanfleet.daemon.publish.broker_protocol import FILE_NAME as PROTOCOL_FILE
+from scanfleet.daemon.publish.publisher import Publisher
+from scanfleet.daemon.publish.status import STATUS_FILE
+from scanfleet.daemon.remote.claim_intake import ClaimEnroller
+from scanfleet.daemon.remote.commands import RecentLog, RemoteCommands
+from scanfleet.daemon.remote.config import RemoteConfig
+from scanfleet.daemon.remote.control import ControlChannel
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
+from scanfleet.daemon.remote.health import HealthReporter
+from scanfleet.daemon.station.duplicates import open_index, policy
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +78,83 @@ def config_secrets(config: Config) -> list[str | None]:
     return found
 
 
+@dataclass(frozen=True)
+class Enrollment:
+    """What enrolling before the start decided (:func:`build_daemon`)."""
+
+    enrolled: Enrolled
+    first_error: str | None = None
+    """A claim that failed at the start: the claim enroller keeps retrying it."""
+    from_claim_file: bool = False
+    """Enrolled just now with the claim from the state dir (the journal records it)."""
+
+
+def enroll_at_start(config: Config) -> Enrollment:
+    """The device identity, enrolled (or renewed) when a claim or certificate asks for it.
+
+    Network I/O: runs before the daemon is built, never in a constructor.
+    """
+    identity = resolve_identity(config)
+    claim_path = config.paths.state_dir / CLAIM_FILE
+    had_claim = claim_path.exists()
+    try:
+        enrolled = ensure_enrolled(config, identity)
+    except EnrollmentError as err:
+        if not claim_path.exists():
+            raise
+        # A claim that fails (service unreachable, claim refused) must not keep the
+        # terminal from scanning: it journals locally and the enroller retries.
+        return Enrollment(Enrolled(identity, config.broker, None), str(err))
+    fresh = had_claim and enrolled.not_after is not None and not claim_path.exists()
+    return Enrollment(enrolled, None, fresh)
+
+
+def build_daemon(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    health_interval: float | None = None,
+) -> Daemon:
+    """Prepare the state directory, redaction and enrollment, then wire the daemon."""
+    # The process umask is set by 'scanfleet run' (statefiles.restrict_umask); the
+    # state dir is tightened here too, for an earlier run that left it open.
+    secure_state_dir(config.paths.state_dir)
+    redactor = Redactor(config_secrets(config))
+    # Installed before enrolling, so nothing logged on the way leaks a secret.
+    redact.install(redactor)
+    # Enrollment (a claim in the state dir) or renewal happens before anything
+    # connects; without a claim or fleet certificate it changes nothing.
+    enrollment = enroll_at_start(config)
+    return Daemon(
+        config,
+        enrollment,
+        redactor=redactor,
+        config_path=config_path,
+        health_interval=health_interval,
+    )
+
+
 class Daemon:
-    """One running scanfleet daemon."""
+    """One running scanfleet daemon; :func:`build_daemon` makes one."""
 
     def __init__(
         self,
         config: Config,
+        enrollment: Enrollment,
         *,
+        redactor: Redactor,
         config_path: Path | None = None,
         health_interval: float | None = None,
     ) -> None:
         self.file_config = config
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
-        # The process umask is set by 'scanfleet run' (statefiles.restrict_umask); the
-        # state dir is tightened here too, for an earlier run that left it open.
-        secure_state_dir(config.paths.state_dir)
-        self.redactor = Redactor(config_secrets(config))
+        self.redactor = redactor
         """Every log line, diagnostics and command reply goes through it."""
-        redact.install(self.redactor)
         self.config = config
         self.config_path = config_path
         # Critical alarms (a quarantined journal, declared losses) outlive restarts.
         self.alarms = AlarmSet(config.paths.state_dir / ALARMS_FILE)
-        # Enrollment (a claim in the state dir) or renewal happens before anything
-        # connects; without a claim or fleet certificate it changes nothing.
-        identity = resolve_identity(config)
-        first_error: str | None = None
-        claim_path = config.paths.state_dir / CLAIM_FILE
-        had_claim = claim_path.exists()
-        try:
-            enrolled = ensure_enrolled(config, identity)
-        except EnrollmentError as err:
-            if not claim_path.exists():
-                raise
-            # A claim that fails (service unreachable, claim refused) must not keep the
-            # terminal from scanning: it journals locally and the enroller retries.
-            enrolled, first_error = Enrolled(identity, config.broker, None), str(err)
+        enrolled, first_error = enrollment.enrolled, enrollment.first_error
         self.identity: Identity = enrolled.identity
         self.cert_not_after = enrolled.not_after
         config = config.model_copy(update={"broker": enrolled.broker})
@@ -162,7 +206,7 @@ class Daemon:
             first_error=first_error,
         )
         self.pipeline.claim_handler = self.enroller.offer
-        if had_claim and enrolled.not_after is not None and not claim_path.exists():
+        if enrollment.from_claim_file:
             # Enrolled just now with the claim from the state dir (boot partition or
             # `enroll --claim` before a start): the journal says so, as for a retry.
             self.station.enrollment(f"{self.identity.site}/{self.identity.device}", "config")
@@ -235,10 +279,19 @@ class Daemon:
             **self.enroller.extra(),
         }
 
-    def request_restart(self) -> None:
-        """Stop cleanly and exit with RESTART_EXIT_CODE (systemd starts the daemon again)."""
+    def request_restart(self, *, delay: float = 0.0) -> None:
+        """Stop cleanly and exit with RESTART_EXIT_CODE (systemd starts the daemon again).
+
+        With *delay*, the stop comes that many seconds later (a command's reply goes out
+        first).
+        """
         self.restart_requested = True
-        os.kill(os.getpid(), signal.SIGTERM)
+        if delay <= 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
 
     def _start_worker(self, device: DeviceConfig) -> None:
         worker = DeviceWorker(device, self.pipeline.queue, self.alarms)

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from scanfleet.daemon.control import CommandResponse
-from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
-from scanfleet.daemon.envelope import DeviceState, ScanBatch
-from scanfleet.daemon.health import Health
-from scanfleet.daemon.manual import ManualEntry
-from scanfleet.daemon.model import JournalLoss, ParseResult, Scan
-from scanfleet.daemon.pairing import IdentityRead
-from scanfleet.daemon.receiving import BillSummary
-from scanfleet.daemon.remote_config import ConfigReport, DesiredConfig
-from scanfleet.daemon.station import ControlRecord
+from scanfleet.daemon.core.desired_config import ConfigReport, DesiredConfig
+from scanfleet.daemon.core.enrollment import EnrollRequest, EnrollResponse
+from scanfleet.daemon.core.model import JournalLoss, ParseResult, Scan
+from scanfleet.daemon.intake.pairing import IdentityRead
+from scanfleet.daemon.publish.envelope import DeviceState, ScanBatch
+from scanfleet.daemon.remote.control import CommandResponse
+from scanfleet.daemon.remote.health import Health
+from scanfleet.daemon.station.manual import ManualEntry
+from scanfleet.daemon.station.receiving import BillSummary
+from scanfleet.daemon.station.station import ControlRecord
 
 SCHEMA_BASE_ID = "https://scanfleet.invalid/schema/"
 """Base of the ``$id`` of each schema (an identifier, not a download address)."""

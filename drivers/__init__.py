@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from scanfleet.daemon.errors import DriverUnavailableError
+from scanfleet.daemon.core.errors import DriverUnavailableError
 
 if TYPE_CHECKING:
     from scanfleet.drivers.base import DeviceInfo, Driver, ProblemCallback

@@ -377,31 +377,3 @@ RESYNC_SILENCE = 0.5
 There the silence is only a safety net for resynchronising after noise; it must not
 split a frame whose sender paused (a tail that looks like a whole frame would be
 delivered), so it never goes below this, whatever ``idle_timeout_ms`` says."""
-
-
-def make_framer(
-    framing: str,
-    *,
-    max_frame: int = 4096,
-    idle_timeout: float = 0.05,
-    suffix: bytes | None = None,
-) -> Framer:
-    """The framer for a SerialDeviceConfig ``framing`` preset."""
-    resync = max(idle_timeout, RESYNC_SILENCE)
-    if framing in TERMINATORS:
-        return DelimiterFramer(TERMINATORS[framing], max_frame=max_frame, idle_timeout=resync)
-    if framing == "suffix":
-        if not suffix:
-            raise ValueError("framing 'suffix' needs suffix bytes")
-        return DelimiterFramer(suffix, max_frame=max_frame, idle_timeout=resync)
-    if framing == "stx_etx":
-        return DelimiterFramer(bytes([ETX]), start=STX, max_frame=max_frame, idle_timeout=resync)
-    if framing == "idle":
-        return IdleFramer(max_frame=max_frame, idle_timeout=idle_timeout)
-    if framing == "honeywell_packet":
-        return HoneywellPacketFramer(max_frame=max_frame, idle_timeout=resync)
-    if framing == "ssi":
-        from scanfleet.drivers.ssi import SsiFramer
-
-        return SsiFramer(max_frame=max_frame, idle_timeout=resync)
-    raise ValueError(f"unknown framing {framing!r}")

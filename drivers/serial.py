@@ -4,7 +4,7 @@ The port is bound by a stable path (``/dev/serial/by-id/…``) or by USB
 ``vid:pid[:serial]``. Bytes go through a framer (:mod:`scanfleet.drivers.framing`,
 :mod:`scanfleet.drivers.ssi`); reads block in ``select`` and never spin. An unplugged
 device shows up as EIO/ENXIO, end of file or a vanished path, and becomes
-:class:`~scanfleet.daemon.errors.DeviceGoneError`; the daemon's device worker then
+:class:`~scanfleet.daemon.core.errors.DeviceGoneError`; the daemon's device worker then
 closes the driver and reopens it with backoff.
 """
 
@@ -21,11 +21,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import discovery, ssi
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
 from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
-from scanfleet.drivers.framing import Event, Frame, Framer, Reply, make_framer
+from scanfleet.drivers.framing import Event, Frame, Framer, Reply
+from scanfleet.drivers.framing_presets import make_framer
 
 try:
     import serial as pyserial

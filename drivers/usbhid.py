@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError, DriverUnavailableError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
 from scanfleet.drivers.base import Driver, DriverProblem, ProblemCallback, Read, Signal
 from scanfleet.drivers.framing import Frame

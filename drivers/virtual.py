@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError
+from scanfleet.daemon.core.errors import DeviceGoneError
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
 
 
@@ -99,7 +99,8 @@ def replay(channel: str, trace: Path, framing: str = "cr", max_frame: int = 4096
     A trace is JSON lines ``{"t": seconds, "hex": "0d0a…"}`` of bytes as they came off
     the wire. Returns the number of frames injected; wire problems are injected too.
     """
-    from scanfleet.drivers.framing import Frame, make_framer
+    from scanfleet.drivers.framing import Frame
+    from scanfleet.drivers.framing_presets import make_framer
 
     framer = make_framer(framing, max_frame=max_frame)
     count = 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from scanfleet.daemon.journal_codec import RecordError, record_hash
+from scanfleet.daemon.journal.codec import RecordError, record_hash
 from scanfleet.hub.gaps import held_gaps
 from scanfleet.hub.ranges import Range, intersect, size, subtract
 from scanfleet.hub.store import alert

@@ -15,7 +15,7 @@ from importlib import resources
 
 import psycopg
 
-from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.core.errors import ScanfleetError
 
 log = logging.getLogger(__name__)
 

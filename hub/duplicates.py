@@ -6,7 +6,7 @@ repeated accepted scan of one code for one operation is, in time order:
 - ``split_pack`` when the record says which unit of how many it took (拆零) and the
   pack is not used up;
 - ``after_return`` when a resetting operation of the same code came in between (sold,
-  returned, sold again: the daemon's own :data:`~scanfleet.daemon.duplicates.RESETS`);
+  returned, sold again: the daemon's own :data:`~scanfleet.daemon.station.duplicates.RESETS`);
 - ``duplicate`` otherwise: a real duplicate, typically on two terminals or sites.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg
 
-from scanfleet.daemon.duplicates import RESETS
-from scanfleet.daemon.model import Operation
+from scanfleet.daemon.core.model import Operation
+from scanfleet.daemon.station.duplicates import RESETS
 
 
 @dataclass(frozen=True)

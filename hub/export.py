@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from scanfleet.daemon.errors import ScanfleetError
-from scanfleet.daemon.journal_codec import RecordError, record_hash
+from scanfleet.daemon.core.errors import ScanfleetError
+from scanfleet.daemon.journal.codec import RecordError, record_hash
 
 EXPORT_SCHEMA = "scanfleet.hub-export/1"
 CSV_COLUMNS = (

@@ -26,10 +26,10 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.errors import BrokerConnectionError
-from scanfleet.daemon.mqtt import Connection
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.errors import BrokerConnectionError
+from scanfleet.daemon.core.mqtt import Connection
 from scanfleet.hub.db import HubDatabaseError, connect, require_current
 from scanfleet.hub.records import MessageError, Topic, parse_json_object, parse_scans, parse_topic
 from scanfleet.hub.repair import Repairer, RepairSettings

@@ -1,9 +1,9 @@
 """Turn what arrives on the broker into rows: envelopes into records, state and health.
 
-The batch envelope embeds each record verbatim (``daemon/envelope.py``), so the exact
+The batch envelope embeds each record verbatim (``daemon/publish/envelope.py``), so the exact
 bytes of every record are cut out of the message by the JSON decoder's own positions
 and stored unchanged; the hash is recomputed with the daemon's own
-:func:`~scanfleet.daemon.journal_codec.record_hash`, never a second implementation.
+:func:`~scanfleet.daemon.journal.codec.record_hash`, never a second implementation.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scanfleet.daemon.envelope import SCAN_BATCH_SCHEMA
-from scanfleet.daemon.errors import ScanfleetError
-from scanfleet.daemon.journal_codec import RecordError, parse_time, record_hash
-from scanfleet.daemon.model import valid_name
+from scanfleet.daemon.core.errors import ScanfleetError
+from scanfleet.daemon.core.model import valid_name
+from scanfleet.daemon.journal.codec import RecordError, parse_time, record_hash
+from scanfleet.daemon.publish.envelope import SCAN_BATCH_SCHEMA
 
 TOPIC_PREFIX = "scanfleet/v1/"
 CHANNELS = ("scans", "state", "health")

@@ -31,7 +31,7 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.remote_commands import MAX_RESEND
+from scanfleet.daemon.remote.commands import MAX_RESEND
 from scanfleet.hub.gaps import reconcile_device
 from scanfleet.hub.store import alert, lock_devices
 

@@ -440,7 +440,7 @@ def _health(conn: Conn, topic: Topic, health: dict[str, Any]) -> None:
 
 
 def _resend_reply(conn: Conn, request_id: str, reply: dict[str, Any]) -> None:
-    # scanfleet.cmd-response/1 (daemon/control.py): ``ok`` says whether it ran.
+    # scanfleet.cmd-response/1 (daemon/remote/control.py): ``ok`` says whether it ran.
     status = "ok" if reply.get("ok") is True else "error"
     conn.execute(
         "UPDATE resend_requests SET status = %s, response = %s, answered_at = now()"

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from scanfleet.daemon.backoff import Backoff
+from scanfleet.daemon.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

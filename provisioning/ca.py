@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from scanfleet.daemon.errors import ScanfleetError
-from scanfleet.daemon.model import valid_name
-from scanfleet.daemon.statefiles import write_atomic
+from scanfleet.daemon.core.errors import ScanfleetError
+from scanfleet.daemon.core.model import valid_name
+from scanfleet.daemon.core.statefiles import write_atomic
 from scanfleet.provisioning.registry import Registry, RegistrySchemaError
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.errors import ScanfleetError
-from scanfleet.daemon.mqtt_client import Session, open_session
+from scanfleet.daemon.core.errors import ScanfleetError
+from scanfleet.daemon.core.mqtt_client import Session, open_session
 from scanfleet.provisioning.ca import FleetCA, write_private
 
 log = logging.getLogger(__name__)

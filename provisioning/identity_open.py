@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.personal import generate_keypair, open_personal, public_key_of
+from scanfleet.daemon.core.personal import generate_keypair, open_personal, public_key_of
 
 
 def write_keypair(private_path: Path) -> str:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from scanfleet.daemon.config import BrokerProtocol
-from scanfleet.daemon.errors import BrokerConnectionError
-from scanfleet.daemon.mqtt_client import Message, Session, TlsFiles, open_session
+from scanfleet.daemon.core.config import BrokerProtocol
+from scanfleet.daemon.core.errors import BrokerConnectionError
+from scanfleet.daemon.core.mqtt_client import Message, Session, TlsFiles, open_session
 from scanfleet.provisioning.ca import FleetCA
 
 log = logging.getLogger(__name__)

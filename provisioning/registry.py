@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.core.errors import ScanfleetError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import BrokerProtocol, Config
-from scanfleet.daemon.mqtt_client import TlsFiles, open_session
-from scanfleet.daemon.remote_config import canonical, compose, parse_document
+from scanfleet.daemon.core.config import BrokerProtocol, Config
+from scanfleet.daemon.core.desired_config import canonical, compose, parse_document
+from scanfleet.daemon.core.mqtt_client import TlsFiles, open_session
 
 FINAL_RESULTS = ("applied", "restart_required", "rejected", "rolled_back", "cleared", "unchanged")
 RETAINED_WAIT = 2.0
@@ -78,7 +78,7 @@ class FleetClient:
     """A fleet identity's MQTT connection (TLS with a client certificate, or plain).
 
     *protocol* ``auto`` falls back to 3.1.1 when the broker refuses MQTT 5. Driven from
-    the caller's thread (:class:`~scanfleet.daemon.mqtt_client.Session`): one thread
+    the caller's thread (:class:`~scanfleet.daemon.core.mqtt_client.Session`): one thread
     uses a client.
     """
 

@@ -34,10 +34,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
-from scanfleet.daemon.config import MqttVersion
-from scanfleet.daemon.enroll import EnrollRequest, EnrollResponse
-from scanfleet.daemon.errors import BrokerConnectionError, ScanfleetError
-from scanfleet.daemon.mqtt_client import (
+from scanfleet.daemon.core.claims import Claim, ClaimError
+from scanfleet.daemon.core.config import MqttVersion
+from scanfleet.daemon.core.enrollment import EnrollRequest, EnrollResponse
+from scanfleet.daemon.core.errors import BrokerConnectionError, ScanfleetError
+from scanfleet.daemon.core.mqtt_client import (
     Message,
     Session,
     TlsFiles,
@@ -45,7 +46,7 @@ from scanfleet.daemon.mqtt_client import (
     reconnect_backoff,
 )
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
-from scanfleet.provisioning.claims import Claim, ClaimError, redeem_claim
+from scanfleet.provisioning.claims import redeem_claim
 from scanfleet.provisioning.enroll_broker import ENROLL_CLIENT_PREFIX
 from scanfleet.provisioning.revocation import Revoker, run_reload
 
@@ -229,7 +230,7 @@ class EnrollmentService:
     def run(self) -> None:
         """Serve until :meth:`stop`, reconnecting with backoff; keep the CRL fresh.
 
-        Every attempt is a fresh client (:func:`~scanfleet.daemon.mqtt_client.open_session`).
+        Every attempt is a fresh client (:func:`~scanfleet.daemon.core.mqtt_client.open_session`).
         """
         backoff = reconnect_backoff()
         next_crl_check = 0.0

@@ -12,9 +12,9 @@ import json
 import sys
 from typing import Any
 
-from scanfleet.daemon.alarms import ALARMS_FILE, acknowledge, load_sticky
 from scanfleet.daemon.commands.location import add_location_arguments, state_dir_from
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.core.alarms import ALARMS_FILE, acknowledge, load_sticky
+from scanfleet.daemon.core.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, example_config, load_config
-from scanfleet.daemon.config_env import environment_problems
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.core.config import DEFAULT_CONFIG_PATH, example_config, load_config
+from scanfleet.daemon.core.config_env import environment_problems
+from scanfleet.daemon.core.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:

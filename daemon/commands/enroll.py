@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.commands.config import print_config_error
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, load_config
-from scanfleet.daemon.enroll import CLAIM_FILE, ensure_enrolled
-from scanfleet.daemon.errors import ConfigError, EnrollmentError, IdentityError
-from scanfleet.daemon.identity import resolve_identity
-from scanfleet.daemon.statefiles import write_atomic
-from scanfleet.provisioning.claims import Claim, ClaimError
+from scanfleet.daemon.core.claims import Claim, ClaimError
+from scanfleet.daemon.core.config import DEFAULT_CONFIG_PATH, load_config
+from scanfleet.daemon.core.errors import ConfigError, EnrollmentError, IdentityError
+from scanfleet.daemon.core.identity import resolve_identity
+from scanfleet.daemon.core.statefiles import write_atomic
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, ensure_enrolled
 
 
 def register(subparsers: Any) -> None:

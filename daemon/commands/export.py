@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from scanfleet.daemon.commands.location import add_location_arguments, journal_path_from
-from scanfleet.daemon.errors import ConfigError, JournalError, ScanfleetError
-from scanfleet.daemon.journal import Record
-from scanfleet.daemon.journal_recovery import quarantined_files
-from scanfleet.daemon.readable import Readable, Selection
+from scanfleet.daemon.core.errors import ConfigError, JournalError, ScanfleetError
+from scanfleet.daemon.journal.journal import Record
+from scanfleet.daemon.journal.readable import Readable, Selection
+from scanfleet.daemon.journal.recovery import quarantined_files
 
 CSV_COLUMNS = (
     "seq",

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.claim_intake import DEFAULT_BOOT_DIR, import_boot_files
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH
+from scanfleet.daemon.core.config import DEFAULT_CONFIG_PATH
+from scanfleet.daemon.remote.claim_intake import DEFAULT_BOOT_DIR, import_boot_files
 
 
 def register(subparsers: Any) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.personal import SealError
+from scanfleet.daemon.core.personal import SealError
 
 
 def register(subparsers: Any) -> None:

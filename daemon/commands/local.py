@@ -15,8 +15,8 @@ from io import BufferedIOBase
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config
-from scanfleet.daemon.errors import ConfigError, ConfigProblem
+from scanfleet.daemon.core.config import DEFAULT_CONFIG_PATH, Config, load_config
+from scanfleet.daemon.core.errors import ConfigError, ConfigProblem
 
 TOKEN_ENV = "SCANFLEET_LOCAL_TOKEN"  # noqa: S105 - the variable name, not a token
 
@@ -71,7 +71,7 @@ def _token(args: argparse.Namespace, config: Config | None) -> str:
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any] | None:
-    from scanfleet.daemon.manual import parse_entry
+    from scanfleet.daemon.station.manual import parse_entry
 
     action = args.action
     if action == "op":

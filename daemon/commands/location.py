@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scanfleet.daemon.config import (
+from scanfleet.daemon.core.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
     JOURNAL_FILE,
     load_config,
 )
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.core.errors import ConfigError
 
 
 class NoStateDirError(ConfigError):

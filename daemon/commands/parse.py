@@ -10,9 +10,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
-from scanfleet.daemon.classify import classify, gs1_refusal
-from scanfleet.daemon.model import ParseResult
-from scanfleet.daemon.rawtext import unescape_raw
+from scanfleet.daemon.core.model import ParseResult
+from scanfleet.daemon.intake.classify import classify, gs1_refusal
+from scanfleet.daemon.intake.rawtext import unescape_raw
 
 EPILOG = r"""
 Each SCAN argument, or else each line of standard input, is one raw read. Standard

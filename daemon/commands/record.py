@@ -50,7 +50,7 @@ class _Stop:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from scanfleet.daemon.errors import ScanfleetError
+    from scanfleet.daemon.core.errors import ScanfleetError
 
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
@@ -77,7 +77,7 @@ def _done(stop: _Stop, end: float | None) -> bool:
 
 
 def _record_evdev(args: argparse.Namespace, stop: _Stop, end: float | None) -> int:
-    from scanfleet.daemon.config import WedgeDeviceConfig
+    from scanfleet.daemon.core.config import WedgeDeviceConfig
     from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
     from scanfleet.drivers.wedge.trace import InputEvent, write_trace
 
@@ -93,7 +93,7 @@ def _record_evdev(args: argparse.Namespace, stop: _Stop, end: float | None) -> i
 
 
 def _record_usb(args: argparse.Namespace, stop: _Stop, end: float | None) -> int:
-    from scanfleet.daemon.config import UsbHidDeviceConfig
+    from scanfleet.daemon.core.config import UsbHidDeviceConfig
     from scanfleet.drivers.usbhid import UsbHidDriver, write_trace
 
     config = UsbHidDeviceConfig(

@@ -10,11 +10,11 @@ from typing import Any
 
 from scanfleet.daemon.commands.config import print_config_error
 from scanfleet.daemon.commands.location import DEMO_STATE_DIR
-from scanfleet.daemon.config import DEFAULT_CONFIG_PATH, Config, load_config, validate_config
-from scanfleet.daemon.config_env import state_dir_problem
-from scanfleet.daemon.display import record_kind, record_value
-from scanfleet.daemon.errors import ConfigError, ScanfleetError
-from scanfleet.daemon.statefiles import restrict_umask
+from scanfleet.daemon.core.config import DEFAULT_CONFIG_PATH, Config, load_config, validate_config
+from scanfleet.daemon.core.config_env import state_dir_problem
+from scanfleet.daemon.core.errors import ConfigError, ScanfleetError
+from scanfleet.daemon.core.statefiles import restrict_umask
+from scanfleet.daemon.ui.display import record_kind, record_value
 
 log = logging.getLogger(__name__)
 
@@ -121,35 +121,35 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{path or '<demo>'}: paths.state_dir: {problem}", file=sys.stderr)
         print("scanfleet run: cannot use the state directory, not started", file=sys.stderr)
         return EX_CONFIG
-    from scanfleet.daemon.runner import Daemon  # the daemon's imports only when running it
+    from scanfleet.daemon.runner import build_daemon  # the daemon's imports only when running it
 
     simulator = None
     if args.demo:
-        from scanfleet.daemon.demo import start_demo_scanner
+        from scanfleet.daemon.commands.demo import start_demo_scanner
 
         simulator, config = start_demo_scanner(config, rate=args.demo_rate)
     try:
-        daemon = Daemon(config, config_path=path)
+        daemon = build_daemon(config, config_path=path)
     except (ScanfleetError, OSError) as err:
         log.error("cannot start: %s", err)  # noqa: TRY400 - the message says what is wrong
         if simulator is not None:
             simulator.stop()
         return 1
-    from scanfleet.daemon.sdnotify import SystemdAdapter
+    from scanfleet.daemon.service.sdnotify import SystemdAdapter
 
     SystemdAdapter(daemon).attach()  # a no-op unless started by systemd (NOTIFY_SOCKET)
     view_on = args.view == "on" or (args.view == "auto" and sys.stdout.isatty())
     tick = None
     if view_on:
-        from scanfleet.daemon.liveview import LiveView
-        from scanfleet.daemon.logs import log_to_file
+        from scanfleet.daemon.core.logs import log_to_file
+        from scanfleet.daemon.ui.liveview import LiveView
 
         log_to_file(config.paths.state_dir / "scanfleet.log")
         tick = LiveView(daemon).draw
     elif args.demo:
         daemon.pipeline.add_listener(_log_record)
     else:
-        from scanfleet.daemon.journald import log_committed
+        from scanfleet.daemon.core.journald import log_committed
 
         daemon.pipeline.add_listener(log_committed)  # SCANFLEET_SEQ in the journal
     try:

@@ -193,8 +193,8 @@ def _serial(args: argparse.Namespace) -> int:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from scanfleet.daemon.config import BrokerConfig
-    from scanfleet.daemon.fleet_sim import FleetSettings, FleetSimulator
+    from scanfleet.daemon.commands.fleet_sim import FleetSettings, FleetSimulator
+    from scanfleet.daemon.core.config import BrokerConfig
 
     try:
         broker = BrokerConfig(url=args.broker)

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.alarms import ALARMS_FILE, load_sticky
 from scanfleet.daemon.commands.location import add_location_arguments, state_dir_from
-from scanfleet.daemon.config import JOURNAL_FILE
-from scanfleet.daemon.errors import ConfigError, JournalError
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.status import STATUS_FILE, pid_alive, read_status, status_age_s
+from scanfleet.daemon.core.alarms import ALARMS_FILE, load_sticky
+from scanfleet.daemon.core.config import JOURNAL_FILE
+from scanfleet.daemon.core.errors import ConfigError, JournalError
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.status import STATUS_FILE, pid_alive, read_status, status_age_s
 
 STALE_AFTER_S = 30.0
 """A running daemon rewrites status.json at least every 10 s; older means it is gone."""

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from scanfleet.daemon.commands.location import add_location_arguments, journal_path_from
-from scanfleet.daemon.display import record_kind, record_value
-from scanfleet.daemon.errors import ConfigError, JournalError
+from scanfleet.daemon.core.errors import ConfigError, JournalError
+from scanfleet.daemon.ui.display import record_kind, record_value
 
 
 def register(subparsers: Any) -> None:
@@ -43,7 +43,7 @@ def format_record(record: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from scanfleet.daemon.journal_reader import open_readonly
+    from scanfleet.daemon.journal.reader import open_readonly
 
     try:
         path = journal_path_from(args)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from scanfleet.daemon.commands.location import add_location_arguments, journal_path_from
-from scanfleet.daemon.errors import ConfigError, JournalCorruptError, JournalError
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.journal_recovery import quarantined_files
-from scanfleet.daemon.journal_salvage import assess
+from scanfleet.daemon.core.errors import ConfigError, JournalCorruptError, JournalError
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.journal.recovery import quarantined_files
+from scanfleet.daemon.journal.salvage import assess
 
 
 def register(subparsers: Any) -> None:

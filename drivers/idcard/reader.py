@@ -14,8 +14,8 @@ from abc import abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
-from scanfleet.daemon.errors import DriverTimeoutError
-from scanfleet.daemon.logs import TRACE
+from scanfleet.daemon.core.errors import DriverTimeoutError
+from scanfleet.daemon.core.logs import TRACE
 from scanfleet.drivers.base import Driver, DriverProblem, ProblemCallback, Read
 from scanfleet.drivers.idcard.protocol import (
     CardAuthenticationError,

@@ -13,7 +13,7 @@ from typing import Any
 
 import serial  # pyserial
 
-from scanfleet.daemon.errors import DeviceGoneError, DriverTimeoutError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError
 from scanfleet.drivers.base import DriverProblem, ProblemCallback
 from scanfleet.drivers.idcard.protocol import FrameParser, Garbage
 from scanfleet.drivers.idcard.reader import IdCardReader

@@ -5,7 +5,7 @@ residence permit, ``I`` 2017 foreigner permanent-residence card, ``Y`` 2023 fore
 card, anything else a mainland resident card. Fields are space-padded on the card.
 
 Every decoded field is personal information: it is held in a
-:class:`~scanfleet.daemon.personal.PersonalData`, whose repr is masked.
+:class:`~scanfleet.daemon.core.personal.PersonalData`, whose repr is masked.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from scanfleet.daemon.personal import PersonalData
+from scanfleet.daemon.core.personal import PersonalData
 from scanfleet.drivers.base import Read
 
 TEXT_LEN = 256

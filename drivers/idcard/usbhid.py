@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError, DriverTimeoutError, DriverUnavailableError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError, DriverUnavailableError
 from scanfleet.drivers.base import ProblemCallback
 from scanfleet.drivers.idcard.protocol import HEADER_LEN, PREAMBLE, FrameError, parse_frame
 from scanfleet.drivers.idcard.reader import IdCardReader

@@ -14,7 +14,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from scanfleet.daemon.model import Kind
+from scanfleet.daemon.core.model import Kind
 
 GS = b"\x1d"
 

@@ -301,7 +301,7 @@ class SerialScannerSimulator:
 
     def send(self, data: bytes, aim: str = "]C0") -> None:
         """Queue one specific code (sent by the emit thread, after any auto codes due)."""
-        from scanfleet.daemon.model import Kind
+        from scanfleet.daemon.core.model import Kind
 
         self._manual.put(CodeSample(data, aim, Kind.UNKNOWN, "manual"))
 
@@ -328,7 +328,7 @@ class SerialScannerSimulator:
                     continue
             return
         if self._codes is not None:
-            from scanfleet.daemon.model import Kind
+            from scanfleet.daemon.core.model import Kind
 
             for data in self._codes:
                 yield CodeSample(data, "]C0", Kind.UNKNOWN, "given")

@@ -31,7 +31,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
-from scanfleet.daemon.errors import DeviceGoneError, DriverError, DriverUnavailableError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read
 from scanfleet.drivers.framing import Frame

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scanfleet.daemon.config import BrokerConfig
+from scanfleet.daemon.core.config import BrokerConfig
 from scanfleet.hub.cli import add_database_argument
 from scanfleet.hub.db import HubDatabaseError, resolve_dsn
 from scanfleet.hub.ingest import IngestSettings, IngestWorker, default_client_id

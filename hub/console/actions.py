@@ -16,7 +16,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from scanfleet.daemon.remote_config import Rejected
+from scanfleet.daemon.core.desired_config import Rejected
 from scanfleet.hub.console import auth, i18n
 from scanfleet.hub.console.auth import AuthError, RateLimited, Role, Session
 from scanfleet.hub.console.fleet import Fleet, FleetUnavailable

@@ -19,7 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg import Connection
 
-from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.core.errors import ScanfleetError
 
 SESSION_LIFETIME = timedelta(hours=12)
 FAILURE_WINDOW = timedelta(minutes=15)

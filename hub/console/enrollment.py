@@ -14,11 +14,12 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from scanfleet.daemon.core.claims import ClaimError
 from scanfleet.hub.console.auth import Role, Session
 from scanfleet.hub.console.fleet import Fleet, FleetUnavailable
 from scanfleet.hub.console.web import audit, console, field_text, page, render, require_site
 from scanfleet.provisioning.ca import CAError
-from scanfleet.provisioning.claims import ClaimError, claim_qr_png
+from scanfleet.provisioning.claims import claim_qr_png
 
 
 @page(Role.VIEWER)

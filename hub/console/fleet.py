@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.core.claims import Claim
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.hub.console.web import Settings
 from scanfleet.provisioning.ca import (
     CAError,
@@ -22,7 +23,7 @@ from scanfleet.provisioning.ca import (
     device_common_name,
     role_common_name,
 )
-from scanfleet.provisioning.claims import Claim, create_claim
+from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.registry import CertRecord, ClaimRecord
 from scanfleet.provisioning.remote import FleetClient, build_document, diff
 from scanfleet.provisioning.revocation import Revoker

@@ -24,7 +24,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.hub.console import auth, i18n
 from scanfleet.hub.console.auth import Role, Session
 

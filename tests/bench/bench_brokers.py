@@ -22,7 +22,7 @@ from typing import Any
 
 from bench_drain import DEVICE, build_backlog, drain, median_record, paho_baseline
 
-from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.journal.journal import Journal
 from support.broker import MOSQUITTO_DIRS, running_mosquitto
 from support.nats import running_nats
 from support.rabbitmq import RABBITMQ_SERVER, running_rabbitmq

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from scanfleet.daemon.classify import classify
+from scanfleet.daemon.intake.classify import classify
 from scanfleet.drivers.sim.codes import generate_sample
 
 SHAPES: dict[str, bytes] = {

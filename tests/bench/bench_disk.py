@@ -19,7 +19,7 @@ from typing import Any
 
 import rfc8785
 
-from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.journal.journal import Journal
 from support.scans import make_scan_body
 
 DEVICE = "sf-0a1b2c3d4e5f"

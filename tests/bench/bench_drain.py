@@ -36,11 +36,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.publisher import Publisher
 from support.broker import MOSQUITTO_DIRS, running_mosquitto
 from support.scans import make_scan_body
 

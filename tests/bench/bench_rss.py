@@ -32,11 +32,11 @@ from bench_drain import (
     mosquitto_executable,
 )
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.publisher import Publisher
 from support.broker import running_mosquitto
 
 HERE = Path(__file__).resolve().parent

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import SerialDeviceConfig, VirtualDeviceConfig, WedgeDeviceConfig
-from scanfleet.daemon.errors import DeviceGoneError
+from scanfleet.daemon.core.config import SerialDeviceConfig, VirtualDeviceConfig, WedgeDeviceConfig
+from scanfleet.daemon.core.errors import DeviceGoneError
 from scanfleet.drivers import keymaps, open_driver, virtual
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator

@@ -25,7 +25,7 @@ def scan_and_beep(hidg: str, vid: int, pid: int, data: bytes) -> dict[str, Any]:
     """In the guest: gadget sends *data* as HID POS reports; the driver reads it and beeps."""
     import threading
 
-    from scanfleet.daemon.config import UsbHidDeviceConfig
+    from scanfleet.daemon.core.config import UsbHidDeviceConfig
     from scanfleet.drivers import usbhid
     from scanfleet.drivers.base import Signal
 

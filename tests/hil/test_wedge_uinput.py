@@ -43,7 +43,7 @@ def scanner_types_under_grab(n: int, key_interval: float) -> dict[str, Any]:
     from evdev import InputDevice
 
     from hil.guestlib import evdev_by_name, wait_for
-    from scanfleet.daemon.config import WedgeDeviceConfig
+    from scanfleet.daemon.core.config import WedgeDeviceConfig
     from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
 
     codes = _codes(n)
@@ -112,7 +112,7 @@ def stalled_reader_loses_scans_but_never_misreads(scans: int) -> dict[str, Any]:
     """In the guest: the scanner types while the driver is open but nobody reads, then
     one more scan with the reader awake."""
     from hil.guestlib import evdev_by_name, wait_for
-    from scanfleet.daemon.config import WedgeDeviceConfig
+    from scanfleet.daemon.core.config import WedgeDeviceConfig
     from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
 
     codes = _codes(scans + 1)

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import ALARM_BROKER_REFUSED, Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.publisher import ALARM_BROKER_REFUSED, Publisher
 from support.broker import Mosquitto, free_port
 from support.pki import Fleet, FleetBroker, make_fleet
 from support.prereq import require_executable

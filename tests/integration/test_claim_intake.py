@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon import claim_intake
-from scanfleet.daemon.claim_intake import import_boot_files
-from scanfleet.daemon.config import Config, load_config
-from scanfleet.daemon.enroll import CLAIM_FILE, DeviceTLS
-from scanfleet.daemon.journal_reader import open_readonly
-from scanfleet.daemon.runner import Daemon, journal_path
+from scanfleet.daemon.core.config import Config, load_config
+from scanfleet.daemon.journal.reader import open_readonly
+from scanfleet.daemon.remote import claim_intake
+from scanfleet.daemon.remote.claim_intake import import_boot_files
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, DeviceTLS
+from scanfleet.daemon.runner import build_daemon, journal_path
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal
 from scanfleet.provisioning.claims import create_claim
@@ -88,7 +88,7 @@ def test_a_scanned_claim_enrolls_and_its_secret_reaches_no_journal_or_log(
     config = load_config(path)
     _, claim = create_claim(fleet.ca.registry, SITE, fleet_broker.host, fleet_broker.enroll_port)
     with running_service(fleet, fleet_broker):
-        daemon = Daemon(config, config_path=path)
+        daemon = build_daemon(config, config_path=path)
         restarted = threading.Event()
         daemon.enroller._on_enrolled = restarted.set  # in-process: no SIGTERM to pytest
         assert daemon.enroller.state == "not enrolled"
@@ -127,7 +127,7 @@ def test_a_scanned_claim_enrolls_and_its_secret_reaches_no_journal_or_log(
     assert claim.secret not in caplog.text
     assert claim.secret.encode() not in journal_path(config).read_bytes()
     # The next start uses the certificate: enrolled, nothing to retry.
-    again = Daemon(config, config_path=path)
+    again = build_daemon(config, config_path=path)
     again.start()
     try:
         assert again.enroller.enrolled
@@ -176,7 +176,7 @@ def test_a_boot_partition_claim_that_fails_is_kept_alarmed_and_retried_with_back
 
     monkeypatch.setattr(claim_intake, "ensure_enrolled", counted)
     config = load_config(etc / "scanfleet.toml")
-    daemon = Daemon(config, config_path=etc / "scanfleet.toml")
+    daemon = build_daemon(config, config_path=etc / "scanfleet.toml")
     restarted = threading.Event()
     daemon.enroller._on_enrolled = restarted.set
     daemon.start()
@@ -214,7 +214,7 @@ def test_a_claim_that_enrolls_at_start_is_journaled(
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / CLAIM_FILE).write_text(claim.token + "\n", encoding="utf-8")
     with running_service(fleet, fleet_broker):
-        daemon = Daemon(config, config_path=path)
+        daemon = build_daemon(config, config_path=path)
     daemon.start()
     daemon.shutdown()
     assert daemon.enroller.enrolled

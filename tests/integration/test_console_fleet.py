@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.enroll import CLAIM_FILE
-from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.remote.enroll import CLAIM_FILE
+from scanfleet.daemon.runner import build_daemon
 from scanfleet.drivers import virtual
 from scanfleet.hub.db import connect, upgrade
 from scanfleet.provisioning.ca import Role
@@ -97,7 +97,7 @@ def live(
     _, claim = create_claim(fleet.ca.registry, SITE, broker.host, broker.enroll_port)
     (state_dir / CLAIM_FILE).write_text(claim.token + "\n", encoding="utf-8")
     virtual.reset(CHANNEL)
-    daemon = Daemon(
+    daemon = build_daemon(
         Config.model_validate(
             {
                 "identity": {"site": SITE, "device": DEVICE},

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from scanfleet.daemon.core.claims import Claim, secret_hash
 from scanfleet.hub.db import connect, upgrade
-from scanfleet.provisioning.claims import Claim, secret_hash
 from support.broker import free_port
 from support.console import ConsoleServer, add_user, browser
 from support.console_seed import OFFLINE_DEVICE, ONLINE_DEVICE, SIM_SITES, SITE, seeded_hub

@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 import rfc8785
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.envelope import DeviceState, ScanBatch
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.model import GENESIS_HASH
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.core.model import GENESIS_HASH
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.envelope import DeviceState, ScanBatch
+from scanfleet.daemon.publish.publisher import Publisher
 from support.broker import Mosquitto
 from support.mqtt import Collector
 

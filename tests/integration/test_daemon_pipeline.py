@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.journal_reader import open_readonly
-from scanfleet.daemon.model import Scan
-from scanfleet.daemon.runner import Daemon, journal_path
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.model import Scan
+from scanfleet.daemon.journal.reader import open_readonly
+from scanfleet.daemon.runner import Daemon, build_daemon, journal_path
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import DriverProblem, Signal
 from scanfleet.drivers.sim.codes import generate_code
@@ -37,7 +37,7 @@ def _config(tmp_path: Path, broker: Mosquitto, channel: str) -> Config:
 
 @pytest.fixture
 def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemon]:
-    d = Daemon(_config(tmp_path, mosquitto, channel))
+    d = build_daemon(_config(tmp_path, mosquitto, channel))
     d.start()
     assert d.ready.wait(15)
     yield d

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.journal_reader import open_readonly
+from scanfleet.daemon.journal.reader import open_readonly
 from scanfleet.drivers import ssi
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 from support.broker import Mosquitto
@@ -291,6 +291,6 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(
 
 
 def _escaped(frame: bytes) -> str:
-    from scanfleet.daemon.rawtext import escape_raw
+    from scanfleet.daemon.intake.rawtext import escape_raw
 
     return escape_raw(frame)

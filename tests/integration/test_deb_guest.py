@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.journal_reader import open_readonly
+from scanfleet.daemon.journal.reader import open_readonly
 from support.debian_root import base_root, build_deb, chroot, chroot_output, copy_root
 from support.ftdi_scanner import FtdiScanner
 from support.prereq import missing, require_executable

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.enroll import CLAIM_FILE, DeviceTLS, ensure_enrolled
-from scanfleet.daemon.identity import Identity
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, DeviceTLS, ensure_enrolled
 from scanfleet.provisioning.ca import Role
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.enroll_broker import MAX_ENROLL_PACKET

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from scanfleet.daemon.envelope import DeviceState, state_payload
+from scanfleet.daemon.publish.envelope import DeviceState, state_payload
 from support.broker import MOSQUITTO_DIRS, Mosquitto, free_port
 from support.pki import Credentials, TLSClient
 from support.prereq import require_executable

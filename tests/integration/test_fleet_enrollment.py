@@ -14,18 +14,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.enroll import (
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.errors import EnrollmentError
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.core.mqtt import Connection
+from scanfleet.daemon.publish.envelope import scans_topic
+from scanfleet.daemon.remote.enroll import (
     CLAIM_FILE,
     DeviceTLS,
     build_csr,
     ensure_enrolled,
     load_device_key,
 )
-from scanfleet.daemon.envelope import scans_topic
-from scanfleet.daemon.errors import EnrollmentError
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.mqtt import Connection
 from scanfleet.provisioning.ca import Role, cert_pem, write_public
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.service import EnrollmentService

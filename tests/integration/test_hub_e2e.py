@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.journal_reader import open_readonly
+from scanfleet.daemon.journal.reader import open_readonly
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 from scanfleet.hub.db import connect, upgrade
 from support.broker import Mosquitto

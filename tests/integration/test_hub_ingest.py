@@ -16,8 +16,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.envelope import build_batch
-from scanfleet.daemon.journal_codec import canonical
+from scanfleet.daemon.journal.codec import canonical
+from scanfleet.daemon.publish.envelope import build_batch
 from scanfleet.hub.db import connect, upgrade
 from support.broker import Mosquitto
 from support.hub import Chain, Publisher, query, start_ingest, state_message, stop, wait_for

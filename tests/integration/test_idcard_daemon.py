@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.journal_reader import open_readonly
-from scanfleet.daemon.logs import TRACE
-from scanfleet.daemon.model import Scan
-from scanfleet.daemon.pairing import NO_WINDOW_REASON, IdentityRead
-from scanfleet.daemon.runner import Daemon, journal_path
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.logs import TRACE
+from scanfleet.daemon.core.model import Scan
+from scanfleet.daemon.intake.pairing import NO_WINDOW_REASON, IdentityRead
+from scanfleet.daemon.journal.reader import open_readonly
+from scanfleet.daemon.runner import Daemon, build_daemon, journal_path
 from scanfleet.drivers import driver_class, virtual
 from scanfleet.drivers.base import Signal
 from scanfleet.drivers.sim.idcard import SAMPLE_CARDS, IdCardSimulator
@@ -109,7 +109,7 @@ def daemon(
             ],
         }
     )
-    d = Daemon(config)
+    d = build_daemon(config)
     d.start()
     assert d.ready.wait(15)
     yield d

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from scanfleet.daemon.config import IdCardDeviceConfig
-from scanfleet.daemon.errors import DeviceGoneError, DriverTimeoutError
+from scanfleet.daemon.core.config import IdCardDeviceConfig
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError
 from scanfleet.drivers.base import DriverProblem
 from scanfleet.drivers.idcard.protocol import Command, Status
 from scanfleet.drivers.idcard.serial import IdCardSerialDriver

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.journal.journal import Journal
 from support.scans import EPOCH, make_scan_body
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.journal.journal import Journal
 
 DEVICE = "sf-0a1b2c3d4e5f"
 TESTS = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(
     import random, sys, threading
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
-    from scanfleet.daemon.journal import Journal
+    from scanfleet.daemon.journal.journal import Journal
     from support.scans import make_scan_body
 
     journal = Journal(Path(sys.argv[1]), sys.argv[2])

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import rfc8785
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.journal_recovery import quarantined_files
-from scanfleet.daemon.journal_store import Checkpointer
-from scanfleet.daemon.model import JournalLoss
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.model import JournalLoss
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.journal.recovery import quarantined_files
+from scanfleet.daemon.journal.store import Checkpointer
 from support.broker import Mosquitto
 from support.corrupt import smash
 from support.daemon import DaemonProcess, write_config

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.model import JournalLoss
+from scanfleet.daemon.core.model import JournalLoss
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 from support.broker import Mosquitto
 from support.corrupt import (

@@ -15,8 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.runner import Daemon, build_daemon
 from scanfleet.drivers import virtual
 from support.broker import Mosquitto
 
@@ -84,7 +84,7 @@ def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemo
             "devices": [{"name": "counter", "driver": "virtual", "channel": channel}],
         }
     )
-    d = Daemon(config)
+    d = build_daemon(config)
     d.start()
     assert d.ready.wait(15)
     yield d

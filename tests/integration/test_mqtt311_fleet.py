@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.enroll import CLAIM_FILE, ensure_enrolled
-from scanfleet.daemon.identity import Identity
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.remote.enroll import CLAIM_FILE, ensure_enrolled
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.inventory import collect_states
 from scanfleet.provisioning.remote import FleetClient

@@ -1,4 +1,4 @@
-"""The one MQTT client factory (daemon/mqtt_client.py) against real mosquitto brokers:
+"""The one MQTT client factory (daemon/core/mqtt_client.py) against real mosquitto brokers:
 failed TLS handshakes leave no socket behind, and the request/response helpers find
 the reply meant for them under MQTT 5 (correlation data) and 3.1.1 (request_id)."""
 
@@ -15,8 +15,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.errors import BrokerRefusedError
-from scanfleet.daemon.mqtt_client import (
+from scanfleet.daemon.core.errors import BrokerRefusedError
+from scanfleet.daemon.core.mqtt_client import (
     REQUEST_ID_KEY,
     Message,
     MqttVersion,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.alarms import Severity
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.control import CommandError
-from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.core.alarms import Severity
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.remote.control import CommandError
+from scanfleet.daemon.runner import Daemon, build_daemon
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal
 
@@ -45,7 +45,7 @@ def daemon(tmp_path: Path, channel: str) -> Iterator[Daemon]:
             "devices": [{"name": "scanner", "driver": "virtual", "channel": channel}],
         }
     )
-    d = Daemon(config)
+    d = build_daemon(config)
     d.start()
     assert d.ready.wait(15)
     yield d

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.publisher import Publisher
 from support.pki import Fleet, FleetBroker, make_fleet
 from support.scans import make_scan_body
 

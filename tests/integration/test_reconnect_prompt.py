@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.config import BrokerConfig
-from scanfleet.daemon.identity import Identity
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.publisher import Publisher
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.core.config import BrokerConfig
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.publisher import Publisher
 from support.broker import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
 def test_publisher_reconnects_within_5_s_of_the_broker_listening_again(
     mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scanfleet.daemon.publisher")
+    caplog.set_level(logging.INFO, logger="scanfleet.daemon.publish.publisher")
     broker = mosquitto_factory()
     backoff = Backoff()
     alarms = AlarmSet()

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.devices import DeviceState
-from scanfleet.daemon.enroll import CLAIM_FILE
-from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.intake.devices import DeviceState
+from scanfleet.daemon.remote.enroll import CLAIM_FILE
+from scanfleet.daemon.runner import Daemon, build_daemon
 from scanfleet.provisioning.ca import Role
 from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.service import EnrollmentService
@@ -146,7 +146,7 @@ class Rig:
             self.fleet.ca.registry, SITE, self.broker.host, self.broker.enroll_port
         )
         (self.state_dir / CLAIM_FILE).write_text(claim.token + "\n", encoding="utf-8")
-        daemon = Daemon(config, health_interval=1.0)
+        daemon = build_daemon(config, health_interval=1.0)
         self.daemon = daemon
         daemon.start()
         assert wait(lambda: daemon.control.connected), "daemon never connected"

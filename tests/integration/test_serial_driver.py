@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import SerialDeviceConfig
-from scanfleet.daemon.errors import DeviceGoneError
-from scanfleet.daemon.model import Kind
+from scanfleet.daemon.core.config import SerialDeviceConfig
+from scanfleet.daemon.core.errors import DeviceGoneError
+from scanfleet.daemon.core.model import Kind
 from scanfleet.drivers import open_driver, ssi
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.manual import ManualEntry
-from scanfleet.daemon.model import Scan
-from scanfleet.daemon.receiving import BillSummary
-from scanfleet.daemon.runner import Daemon
-from scanfleet.daemon.station import ControlRecord
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.model import Scan
+from scanfleet.daemon.runner import Daemon, build_daemon
+from scanfleet.daemon.station.manual import ManualEntry
+from scanfleet.daemon.station.receiving import BillSummary
+from scanfleet.daemon.station.station import ControlRecord
 from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal
 from support.broker import Mosquitto
@@ -59,7 +59,7 @@ def daemon(tmp_path: Path, mosquitto: Mosquitto, channel: str) -> Iterator[Daemo
             "devices": [{"name": "dock", "driver": "virtual", "channel": channel}],
         }
     )
-    d = Daemon(config)
+    d = build_daemon(config)
     d.start()
     assert d.ready.wait(15)
     yield d
@@ -206,7 +206,7 @@ def test_a_restarted_daemon_continues_the_open_bill(daemon: Daemon, channel: str
     _scan(channel, "#SF:OP=receiving", "#SF:BILL=RK-2026-001", CASE)
     assert _wait(lambda: daemon.journal.last_seq == 3)
     daemon.shutdown()
-    restarted = Daemon(daemon.config)
+    restarted = build_daemon(daemon.config)
     restarted.start()
     try:
         assert restarted.ready.wait(15)

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from scanfleet.daemon.envelope import AlarmInfo, DeviceState, JournalSummary, state_payload
-from scanfleet.daemon.envelope import state_topic as _state_topic
-from scanfleet.daemon.health import health_topic
+from scanfleet.daemon.publish.envelope import AlarmInfo, DeviceState, JournalSummary, state_payload
+from scanfleet.daemon.publish.envelope import state_topic as _state_topic
+from scanfleet.daemon.remote.health import health_topic
 from support.broker import MOSQUITTO_DIRS, running_mosquitto
 from support.hub import Chain, Publisher, query, start_ingest, stop, wait_for
 from support.prereq import require_executable

@@ -7,7 +7,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from scanfleet.daemon.config import MqttVersion
+from scanfleet.daemon.core.config import MqttVersion
 from scanfleet.provisioning.ca import Role
 from scanfleet.provisioning.service import EnrollmentService
 from support.pki import Fleet, FleetBroker

@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from scanfleet.daemon.envelope import build_batch, scans_topic
-from scanfleet.daemon.journal_codec import format_time, seal
-from scanfleet.daemon.model import GENESIS_HASH
+from scanfleet.daemon.core.model import GENESIS_HASH
+from scanfleet.daemon.journal.codec import format_time, seal
+from scanfleet.daemon.publish.envelope import build_batch, scans_topic
 
 
 class Chain:

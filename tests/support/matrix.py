@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scanfleet.daemon.journal_reader import open_readonly
+from scanfleet.daemon.journal.reader import open_readonly
 from support.daemon import write_config
 
 

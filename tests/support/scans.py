@@ -1,7 +1,7 @@
 """Realistic scan record bodies for journal, publisher and benchmark tests.
 
 ``make_scan_body(i, rng)`` returns what the pipeline hands to ``Journal.append``: every
-field of a :class:`scanfleet.daemon.model.Scan` except ``device``, ``seq``, ``id``,
+field of a :class:`scanfleet.daemon.core.model.Scan` except ``device``, ``seq``, ``id``,
 ``prev_hash`` and ``hash`` (the journal adds those). The read itself comes from the
 simulator's default counter mix (``scanfleet.drivers.sim.codes``) and is classified by
 the daemon's own ``classify``, so benchmarks and tests store exactly the shapes a
@@ -14,7 +14,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from scanfleet.daemon.classify import classify
+from scanfleet.daemon.intake.classify import classify
 from scanfleet.drivers.sim.codes import generate_code
 
 EPOCH = datetime(2026, 11, 2, 8, 30, tzinfo=UTC)

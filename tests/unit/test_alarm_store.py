@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scanfleet.daemon.alarms import AlarmSet, Severity, acknowledge, load_sticky
+from scanfleet.daemon.core.alarms import AlarmSet, Severity, acknowledge, load_sticky
 
 
 def test_a_sticky_alarm_survives_a_restart_and_ends_only_when_acknowledged(

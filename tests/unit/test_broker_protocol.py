@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.broker_protocol import ProtocolMemory
 from scanfleet.daemon.commands.run import register
-from scanfleet.daemon.config import BrokerConfig, parse_config
-from scanfleet.daemon.control import CommandError, ControlChannel, take_request_id
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.core.config import BrokerConfig, parse_config
+from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.publish.broker_protocol import ProtocolMemory
+from scanfleet.daemon.remote.control import CommandError, ControlChannel, take_request_id
 
 URL = "mqtt://broker.example:1883"
 PW = "p"  # a test password
@@ -139,9 +139,9 @@ def test_a_3_1_1_request_is_answered_on_its_own_response_topic() -> None:
 def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
     import logging
 
-    from scanfleet.daemon.config import Config
-    from scanfleet.daemon.remote_commands import RemoteCommands
-    from scanfleet.daemon.runner import Daemon
+    from scanfleet.daemon.core.config import Config
+    from scanfleet.daemon.remote.commands import RemoteCommands
+    from scanfleet.daemon.runner import build_daemon
 
     config = Config.model_validate(
         {
@@ -150,7 +150,7 @@ def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
             "broker": {"url": "mqtt://127.0.0.1:1", "username": "u", "password": "hunter2"},
         }
     )
-    daemon = Daemon(config)
+    daemon = build_daemon(config)
     try:
         # The path a remote "diagnostics" command takes: run() redacts the whole reply.
         bundle = RemoteCommands(daemon).run("diagnostics", {})

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from scanfleet.daemon.core.claims import Claim
 from scanfleet.provisioning.ca import FleetCA
-from scanfleet.provisioning.claims import Claim, claim_qr_png, claim_qr_text, create_claim
+from scanfleet.provisioning.claims import claim_qr_png, claim_qr_text, create_claim
 from support.prereq import require_executable
 
 # Light modules are drawn (a dark terminal shows them white): (upper, lower) light.

@@ -18,9 +18,9 @@ from biip.gs1_messages import GS1Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scanfleet.daemon.classify import MAX_RAW, classify, gs1_check_digit_ok
-from scanfleet.daemon.model import Kind, ParseResult
-from scanfleet.daemon.rawtext import escape_raw, unescape_raw
+from scanfleet.daemon.core.model import Kind, ParseResult
+from scanfleet.daemon.intake.classify import MAX_RAW, classify, gs1_check_digit_ok
+from scanfleet.daemon.intake.rawtext import escape_raw, unescape_raw
 from scanfleet.drivers.sim.codes import GS1_LOOKALIKE_PREFIXES, generate_sample
 
 ROOT = Path(__file__).resolve().parents[2]

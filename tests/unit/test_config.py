@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import (
+from scanfleet.daemon.core.config import (
     Config,
     SerialDeviceConfig,
     example_config,
@@ -16,8 +16,8 @@ from scanfleet.daemon.config import (
     locate_keys,
     parse_config,
 )
-from scanfleet.daemon.errors import ConfigError
-from scanfleet.daemon.model import Operation
+from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.core.model import Operation
 
 BROKEN = """\
 [identity]

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.control import ControlChannel, RateLimiter
-from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.remote.control import ControlChannel, RateLimiter
+from scanfleet.daemon.runner import Daemon, build_daemon
 
 PREFIX = "scanfleet/v1/s1/dev-1"
 SAFE_COMMANDS = ["status", "devices", "resend", "rebind", "diagnostics", "rotate-cert", "station"]
@@ -40,7 +40,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             "broker": {"url": "mqtt://127.0.0.1:1"},
         }
     )
-    d = Daemon(config)
+    d = build_daemon(config)
     for n in range(5):
         d.journal.append({"type": "scan", "value": f"code-{n}"})
     yield d

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.duplicates import INDEX_FILE, DuplicateIndex, open_index
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.model import Operation
+from scanfleet.daemon.core.model import Operation
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.station.duplicates import INDEX_FILE, DuplicateIndex, open_index
 
 CODE = "83711700200000000041"
 OTHER = "83711700200000000042"

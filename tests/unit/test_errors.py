@@ -6,7 +6,7 @@ import importlib
 import inspect
 import pkgutil
 
-from scanfleet.daemon.errors import ScanfleetError
+from scanfleet.daemon.core.errors import ScanfleetError
 
 PACKAGES = ("scanfleet.daemon", "scanfleet.drivers", "scanfleet.provisioning", "scanfleet.hub")
 

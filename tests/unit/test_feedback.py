@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.config import SerialDeviceConfig
+from scanfleet.daemon.core.config import SerialDeviceConfig
 from scanfleet.drivers import ssi
 from scanfleet.drivers.base import Signal
 from scanfleet.drivers.feedback import preset_for

@@ -6,7 +6,8 @@ import pytest
 
 from scanfleet.drivers import ssi
 from scanfleet.drivers.feedback import HONEYWELL_BEEP, HONEYWELL_GOOD_READ_BEEP_OFF
-from scanfleet.drivers.framing import Frame, make_framer
+from scanfleet.drivers.framing import Frame
+from scanfleet.drivers.framing_presets import make_framer
 from scanfleet.drivers.sim.wire import HostBytes, encode_frame
 
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from scanfleet.daemon.enroll import build_csr
+from scanfleet.daemon.remote.enroll import build_csr
 from scanfleet.provisioning.ca import (
     CAError,
     FleetCA,

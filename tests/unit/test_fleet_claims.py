@@ -12,9 +12,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanfleet.daemon.enroll import EnrollRequest, build_csr
+from scanfleet.daemon.core.claims import Claim, ClaimError, secret_hash
+from scanfleet.daemon.core.enrollment import EnrollRequest
+from scanfleet.daemon.remote.enroll import build_csr
 from scanfleet.provisioning.ca import FleetCA, new_private_key
-from scanfleet.provisioning.claims import Claim, ClaimError, create_claim, secret_hash
+from scanfleet.provisioning.claims import create_claim
 from scanfleet.provisioning.service import MAX_REQUEST_BYTES, handle_request
 
 URL = "mqtts://broker.example:8883"

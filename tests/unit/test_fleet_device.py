@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.enroll import (
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.errors import EnrollmentError
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.remote.enroll import (
     CLAIM_FILE,
     DeviceTLS,
     build_csr,
@@ -17,8 +19,6 @@ from scanfleet.daemon.enroll import (
     needs_renewal,
     write_device_key,
 )
-from scanfleet.daemon.errors import EnrollmentError
-from scanfleet.daemon.identity import Identity
 from scanfleet.provisioning.ca import FleetCA, cert_pem, new_private_key, write_public
 from scanfleet.provisioning.inventory import inventory, render_table
 

@@ -12,8 +12,8 @@ from scanfleet.drivers.framing import (
     HoneywellPacketFramer,
     IdleFramer,
     frame_is_clean,
-    make_framer,
 )
+from scanfleet.drivers.framing_presets import make_framer
 
 TRACE = b"83711700173703755001"
 GS1 = b"]d2010304000000000117290101" + b"10ABC123\x1d21XYZ987"

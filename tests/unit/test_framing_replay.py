@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from scanfleet.daemon.config import VirtualDeviceConfig
+from scanfleet.daemon.core.config import VirtualDeviceConfig
 from scanfleet.drivers import open_driver, virtual
 from scanfleet.drivers.base import DriverProblem
 

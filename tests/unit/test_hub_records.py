@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scanfleet.daemon.envelope import build_batch
+from scanfleet.daemon.publish.envelope import build_batch
 from scanfleet.hub.ranges import from_points, intersect, size, subtract
 from scanfleet.hub.records import MessageError, parse_scans, parse_topic, split_records
 from support.hub import Chain

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from scanfleet.daemon.classify import classify
-from scanfleet.daemon.config import IdentityCheckConfig
-from scanfleet.daemon.model import Verdict
-from scanfleet.daemon.pairing import NO_WINDOW_REASON, IdentityRead, IdentityWindow
-from scanfleet.daemon.personal import generate_keypair, open_personal
+from scanfleet.daemon.core.config import IdentityCheckConfig
+from scanfleet.daemon.core.model import Verdict
+from scanfleet.daemon.core.personal import generate_keypair, open_personal
+from scanfleet.daemon.intake.classify import classify
+from scanfleet.daemon.intake.pairing import NO_WINDOW_REASON, IdentityRead, IdentityWindow
 from scanfleet.drivers.idcard.text import CardRead, decode_text
 from scanfleet.drivers.sim.idcard import SAMPLE_CARDS
 

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from scanfleet.daemon.personal import (
+from scanfleet.daemon.core.personal import (
     PersonalData,
     SealError,
     check_character,

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import rfc8785
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.errors import JournalError, JournalSchemaError
-from scanfleet.daemon.journal import Journal, RecordError
-from scanfleet.daemon.journal_codec import Codec
-from scanfleet.daemon.model import GENESIS_HASH, Scan
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.errors import JournalError, JournalSchemaError
+from scanfleet.daemon.core.model import GENESIS_HASH, Scan
+from scanfleet.daemon.journal.codec import Codec
+from scanfleet.daemon.journal.journal import Journal, RecordError
 from support.scans import EPOCH, make_scan_body
 
 DEVICE = "sf-0a1b2c3d4e5f"

@@ -9,7 +9,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scanfleet.daemon.journal_codec import Codec, builtin_dictionary, canonical
+from scanfleet.daemon.journal.codec import Codec, builtin_dictionary, canonical
 from support.scans import make_scan_body
 
 json_values = st.recursive(

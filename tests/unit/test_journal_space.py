@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.errors import JournalFullError
-from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.errors import JournalFullError
+from scanfleet.daemon.journal.journal import Journal
 from support.scans import EPOCH, make_scan_body
 
 DEVICE = "sf-0a1b2c3d4e5f"

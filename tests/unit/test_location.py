@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scanfleet.daemon.commands import location
-from scanfleet.daemon.errors import ConfigError
+from scanfleet.daemon.core.errors import ConfigError
 
 
 def args(**kw: object) -> argparse.Namespace:

@@ -13,10 +13,10 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from scanfleet.daemon.config import parse_config
-from scanfleet.daemon.errors import IdentityError
-from scanfleet.daemon.identity import load_or_create_device_id, resolve_identity
-from scanfleet.daemon.model import GENESIS_HASH, Operation, Scan
+from scanfleet.daemon.core.config import parse_config
+from scanfleet.daemon.core.errors import IdentityError
+from scanfleet.daemon.core.identity import load_or_create_device_id, resolve_identity
+from scanfleet.daemon.core.model import GENESIS_HASH, Operation, Scan
 from scanfleet.daemon.schemas import message_models, render_schema, stale_files
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
@@ -115,7 +115,7 @@ def test_corrupt_stored_device_id_is_an_error_not_a_new_identity(tmp_path: Path)
 def test_concurrent_first_starts_agree_on_one_device_id(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; "
-        "from scanfleet.daemon.identity import load_or_create_device_id as f; "
+        "from scanfleet.daemon.core.identity import load_or_create_device_id as f; "
         "print(f(Path(sys.argv[1])))"
     )
     procs = [

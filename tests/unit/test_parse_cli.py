@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.classify import gs1_refusal
-from scanfleet.daemon.model import ParseResult
-from scanfleet.daemon.rawtext import unescape_raw
+from scanfleet.daemon.core.model import ParseResult
+from scanfleet.daemon.intake.classify import gs1_refusal
+from scanfleet.daemon.intake.rawtext import unescape_raw
 
 VECTOR_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "classify"
 KEYS = ["kind", "value", "aim", "fields", "raw", "problems"]

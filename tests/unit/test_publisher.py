@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from scanfleet.daemon.backoff import Backoff
-from scanfleet.daemon.delivery import Ack, Batch, BatchCutter, DeliveryTracker
-from scanfleet.daemon.envelope import DeviceState, ScanBatch, build_batch, state_payload
-from scanfleet.daemon.journal import Journal
+from scanfleet.daemon.core.backoff import Backoff
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.publish.delivery import Ack, Batch, BatchCutter, DeliveryTracker
+from scanfleet.daemon.publish.envelope import DeviceState, ScanBatch, build_batch, state_payload
+from scanfleet.daemon.publish.status import StatusFile, read_status, status_age_s
 from scanfleet.daemon.schemas import message_models
-from scanfleet.daemon.status import StatusFile, read_status, status_age_s
 from support.scans import make_scan_body
 
 DEVICE = "sf-0123456789ab"

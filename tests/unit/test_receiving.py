@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon.errors import ConfigError
-from scanfleet.daemon.receiving import BillProgress, Manifest, load_manifest
+from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.station.receiving import BillProgress, Manifest, load_manifest
 
 PALLET, CASE = "83711700100000000001", "83711700100000000002"
 UNITS = ["8371170020000000001" + str(i) for i in range(4)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from scanfleet.daemon.redact import REDACTED, Redactor, install
+from scanfleet.daemon.core.redact import REDACTED, Redactor, install
 
 TOKEN = "local-token-0123456789"  # noqa: S105 - test secret
 PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----"

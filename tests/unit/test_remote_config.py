@@ -13,19 +13,18 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.journal_codec import canonical as journal_canonical
-from scanfleet.daemon.remote_config import (
-    KEY_FILE,
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.desired_config import (
     ConfigReport,
     Rejected,
-    RemoteConfig,
     canonical,
     compose,
     legacy_canonical,
     merge,
     parse_document,
 )
+from scanfleet.daemon.journal.codec import canonical as journal_canonical
+from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig
 
 
 def base_config(tmp_path: Path) -> Config:
@@ -270,7 +269,7 @@ def test_a_push_during_probation_rolls_back_to_the_last_proven_overlay(tmp_path:
 
 
 def test_an_unusable_trusted_key_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
-    from scanfleet.daemon.errors import ConfigError
+    from scanfleet.daemon.core.errors import ConfigError
 
     (tmp_path / KEY_FILE).write_text("not a key", encoding="utf-8")
     with pytest.raises(ConfigError, match="unreadable public key"):

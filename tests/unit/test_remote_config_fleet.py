@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scanfleet.daemon.remote_config import Rejected
+from scanfleet.daemon.core.desired_config import Rejected
 from scanfleet.provisioning.remote import (
     build_document,
     diff,

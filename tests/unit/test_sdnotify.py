@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.daemon import journald
-from scanfleet.daemon.sdnotify import Liveness, Notifier, Watchdog, stalled, watchdog_interval
+from scanfleet.daemon.core import journald
+from scanfleet.daemon.service.sdnotify import (
+    Liveness,
+    Notifier,
+    Watchdog,
+    stalled,
+    watchdog_interval,
+)
 
 
 class Socket:

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.alarms import AlarmSet
-from scanfleet.daemon.config import Config
-from scanfleet.daemon.duplicates import open_index
-from scanfleet.daemon.journal import Journal
-from scanfleet.daemon.manual import Category, EntryRequest, parse_entry
-from scanfleet.daemon.model import Operation
-from scanfleet.daemon.receiving import Manifest
-from scanfleet.daemon.station import ControlRecord, Station, StationError
+from scanfleet.daemon.core.alarms import AlarmSet
+from scanfleet.daemon.core.config import Config
+from scanfleet.daemon.core.model import Operation
+from scanfleet.daemon.journal.journal import Journal
+from scanfleet.daemon.station.duplicates import open_index
+from scanfleet.daemon.station.manual import Category, EntryRequest, parse_entry
+from scanfleet.daemon.station.receiving import Manifest
+from scanfleet.daemon.station.station import ControlRecord, Station, StationError
 
 CODE = "83711700200000000051"
 OTHER = "83711700200000000052"
@@ -163,7 +163,7 @@ def test_a_backend_warning_is_shown_as_an_alarm(journal: Journal) -> None:
 def test_a_split_pack_scan_says_which_unit_of_how_many_it_is(
     tmp_path: Path, journal: Journal
 ) -> None:
-    from scanfleet.daemon.model import Scan
+    from scanfleet.daemon.core.model import Scan
 
     station = _station(journal, operation="dispense", split_packs={CODE[:7]: 3})
     station.index = open_index(tmp_path, journal, window_days=30, split_packs={CODE[:7]: 3})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from scanfleet.daemon.stationview import record_line, station_lines
+from scanfleet.daemon.ui.stationview import record_line, station_lines
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

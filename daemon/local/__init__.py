@@ -1,0 +1,1 @@
+"""The local interface the counter's POS/HIS talks to."""

@@ -1,0 +1,1 @@
+"""Integration with the service manager (systemd sd_notify and watchdog)."""
