@@ -36,13 +36,14 @@ hil: $(STAMP) ## only the QEMU hardware-in-the-loop tests, with the Debian packa
 	./.ci/sysdeps hil deb
 	SCANFLEET_DEB_GUEST=1 $(BIN)/pytest -m hil $(PYTEST_ARGS)
 
-lint: $(STAMP) ## import contracts + ruff + mypy --strict on daemon/, provisioning/ and hub/
+lint: $(STAMP) ## import contracts + ruff + mypy --strict on daemon/, drivers/, provisioning/, hub/; mypy on tests/
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@mkdir -p .typecheck/scanfleet
 	@for d in daemon drivers provisioning hub; do ln -sfn ../../$$d .typecheck/scanfleet/$$d; done
-	$(BIN)/mypy -p scanfleet.daemon -p scanfleet.provisioning -p scanfleet.hub
+	$(BIN)/mypy -p scanfleet.daemon -p scanfleet.drivers -p scanfleet.provisioning -p scanfleet.hub
+	MYPYPATH=tests:tests/bench $(BIN)/mypy tests
 
 typecheck: lint
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.core import redact
@@ -33,7 +33,6 @@ from scanfleet.daemon.core.statefiles import secure_state_dir
 from scanfleet.daemon.intake.devices import DeviceState, DeviceWorker
 from scanfleet.daemon.intake.pipeline import ALARM_THREAD, Pipeline
 from scanfleet.daemon.journal.journal import Journal
-from scanfleet.daemon.local.api import LocalApi, read_token
 from scanfleet.daemon.publish.broker_protocol import FILE_NAME as PROTOCOL_FILE
 from scanfleet.daemon.publish.publisher import Publisher
 from scanfleet.daemon.publish.status import STATUS_FILE
@@ -44,6 +43,10 @@ from scanfleet.daemon.remote.control import ControlChannel
 from scanfleet.daemon.remote.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
 from scanfleet.daemon.remote.health import HealthReporter
 from scanfleet.daemon.station.duplicates import open_index, policy
+
+if TYPE_CHECKING:
+    # The local API (asyncio, websockets) is imported only when it is enabled.
+    from scanfleet.daemon.local.api import LocalApi
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ def config_secrets(config: Config) -> list[str | None]:
     """The secret values of *config*: broker password, local API token (also from its file)."""
     found = [config.broker.password, config.local_api.token]
     if config.local_api.token_file is not None:
+        from scanfleet.daemon.local.api import read_token
+
         with contextlib.suppress(ConfigError):
             found.append(read_token(config.local_api))
     return found
@@ -213,6 +218,8 @@ class Daemon:
         self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.local_api: LocalApi | None = None
         if config.local_api.enabled:
+            from scanfleet.daemon.local.api import LocalApi
+
             self.local_api = LocalApi(self.station, config.local_api, config.paths.state_dir)
             self.pipeline.add_listener(self.local_api.on_record)
         self.recent_log = RecentLog(

@@ -4,6 +4,12 @@ Modelled on python-can's ``BusABC``: the constructor opens the device, the publi
 :meth:`Driver.read` wraps a private ``_read``, :meth:`Driver.close` is idempotent and
 the class is a context manager. A driver knows its wire protocol and nothing else: no
 journal, no MQTT, no business rules.
+
+Each driver module also owns its configuration: a
+:class:`~scanfleet.daemon.core.config.DeviceConfigBase` subclass whose ``driver`` field is the
+name ``[[devices]]`` entries select it by. The driver class is generic in it
+(``class SerialDriver(Driver[SerialDeviceConfig])``), and drivers/registry.py lists
+both, one line per driver.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Generic, Self, TypeVar
+
+from scanfleet.daemon.core.config import DeviceConfigBase
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +141,13 @@ class ProblemReporter:
         self._active.clear()
 
 
-class Driver(ABC):
+ConfigT = TypeVar("ConfigT", bound=DeviceConfigBase)
+
+USB_MATCH_PATTERN = r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$"
+"""``vid:pid[:serial]``: how a config binds a USB device by id instead of a path."""
+
+
+class Driver(ABC, Generic[ConfigT]):
     """A bound device. Open in the constructor; read, signal, close.
 
     :raises DeviceGoneError: (constructor, :meth:`read`) the device is absent or went away.
@@ -143,7 +157,7 @@ class Driver(ABC):
     driver_name: ClassVar[str]
     _closed: bool = True
 
-    def __init__(self, config: object, *, on_problem: ProblemCallback | None = None) -> None:
+    def __init__(self, config: ConfigT, *, on_problem: ProblemCallback | None = None) -> None:
         self.config = config
         self._problems = ProblemReporter(on_problem)
         # Subclasses open the device first and call this last: a failed open leaves
@@ -185,7 +199,7 @@ class Driver(ABC):
         self._closed = True
         self._close()
 
-    def _close(self) -> None:  # noqa: B027 - optional hook; drivers without resources skip it
+    def _close(self) -> None:
         """Driver-specific release (called once)."""
 
     @property

@@ -24,7 +24,7 @@ it lasts until the scanner powers down, and the driver sends it again at every b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from scanfleet.drivers import ssi
 from scanfleet.drivers.base import Signal
@@ -60,10 +60,23 @@ def _hex(value: str | None) -> bytes | None:
     return bytes.fromhex(value) if value else None
 
 
-def preset_for(config: Any) -> FeedbackPreset:
-    """The preset a SerialDeviceConfig asks for (``feedback`` plus its hex overrides)."""
-    name: str = config.feedback
-    silence: bool = config.silence_scanner_beep
+class FeedbackSettings(Protocol):
+    """The feedback keys of a device config (SerialDeviceConfig has them)."""
+
+    @property
+    def feedback(self) -> str: ...
+    @property
+    def silence_scanner_beep(self) -> bool: ...
+    @property
+    def good_read_hex(self) -> str | None: ...
+    @property
+    def bad_read_hex(self) -> str | None: ...
+
+
+def preset_for(config: FeedbackSettings) -> FeedbackPreset:
+    """The preset a device config asks for (``feedback`` plus its hex overrides)."""
+    name = config.feedback
+    silence = config.silence_scanner_beep
     good_hex = _hex(config.good_read_hex)
     bad_hex = _hex(config.bad_read_hex)
     if name == "none":

@@ -19,19 +19,25 @@ import select
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, field_validator, model_validator
+
+from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import discovery, ssi
-from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
+from scanfleet.drivers.base import (
+    USB_MATCH_PATTERN,
+    DeviceInfo,
+    Driver,
+    DriverProblem,
+    ProblemCallback,
+    Read,
+    Signal,
+)
 from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
 from scanfleet.drivers.framing import Event, Frame, Framer, Reply
 from scanfleet.drivers.framing_presets import make_framer
-
-try:
-    import serial as pyserial
-except ImportError as _err:  # pragma: no cover - pyserial is a core dependency
-    raise DriverUnavailableError("serial", "pyserial", str(_err)) from _err
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +61,76 @@ def _menu_replies(commands: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(replies)
 
 
-class SerialDriver(Driver):
-    """The driver for ``driver = "serial"`` devices (a SerialDeviceConfig)."""
+HexBytes = Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")]
+
+
+class SerialDeviceConfig(DeviceConfigBase):
+    """A serial scanner: RS-232, USB-COM (cdc_acm) or a USB-serial bridge."""
+
+    driver: Literal["serial"]
+    port: str | None = None
+    """Device path; prefer a stable one under /dev/serial/by-id/ or /dev/serial/by-path/."""
+    usb: Annotated[str | None, Field(pattern=USB_MATCH_PATTERN)] = None
+    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["none", "even", "odd"] = "none"
+    stopbits: Literal[1, 2] = 1
+    framing: Literal["cr", "lf", "crlf", "stx_etx", "honeywell_packet", "ssi", "suffix", "idle"] = (
+        "cr"
+    )
+    suffix_hex: HexBytes = None
+    """Terminator bytes for ``framing = "suffix"``."""
+    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 50
+    """Inter-byte silence that ends a frame (``framing = "idle"``, and a safety net otherwise)."""
+    aim_prefix: bool = False
+    max_frame: Annotated[int, Field(ge=16, le=4096)] = 4096
+    feedback: Literal["none", "honeywell", "ssi", "custom"] = "none"
+    good_read_hex: HexBytes = None
+    bad_read_hex: HexBytes = None
+    silence_scanner_beep: bool = True
+    """At bind time send the preset's command that turns the scanner's own decode beep off."""
+
+    @field_validator("usb")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> SerialDeviceConfig:
+        if (self.port is None) == (self.usb is None):
+            raise ValueError("give exactly one of 'port' or 'usb'")
+        if self.framing == "suffix" and not self.suffix_hex:
+            raise ValueError("framing 'suffix' needs 'suffix_hex'")
+        if self.feedback == "custom" and not (self.good_read_hex or self.bad_read_hex):
+            raise ValueError("feedback 'custom' needs 'good_read_hex' and/or 'bad_read_hex'")
+        return self
+
+
+def _import_pyserial() -> Any:
+    # Imported when a port is opened, not when the config model is: a missing pyserial
+    # makes this driver unavailable, never the configuration unreadable.
+    try:
+        import serial as pyserial
+    except ImportError as err:  # pragma: no cover - pyserial is a core dependency
+        raise DriverUnavailableError("serial", "pyserial", str(err)) from err
+    return pyserial
+
+
+class SerialDriver(Driver[SerialDeviceConfig]):
+    """The driver for ``driver = "serial"`` devices."""
 
     driver_name = "serial"
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
-        port: str | None = config.port
-        if port is None:
+    def __init__(
+        self, config: SerialDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
+        pyserial = self._pyserial = _import_pyserial()
+        port = config.port
+        if port is None and config.usb is not None:  # the model requires one of the two
             port = discovery.resolve_usb(config.usb)
-            if port is None:
-                raise DeviceGoneError(f"no serial device with USB id {config.usb}")
+        if port is None:
+            raise DeviceGoneError(f"no serial device with USB id {config.usb}")
         if not os.path.exists(port):
             raise DeviceGoneError(f"{port}: no such device")
         self.port = port
@@ -300,7 +365,7 @@ class SerialDriver(Driver):
     def _close(self) -> None:
         try:
             self._ser.close()
-        except (OSError, pyserial.SerialException) as err:
+        except (OSError, self._pyserial.SerialException) as err:
             # Closing a port whose device is already gone fails; it is closed either way.
             log.debug("%s: close: %s", self.port, err)
 

@@ -29,11 +29,21 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, field_validator
+
+from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
-from scanfleet.drivers.base import Driver, DriverProblem, ProblemCallback, Read, Signal
+from scanfleet.drivers.base import (
+    USB_MATCH_PATTERN,
+    Driver,
+    DriverProblem,
+    ProblemCallback,
+    Read,
+    Signal,
+)
 from scanfleet.drivers.framing import Frame
 from scanfleet.drivers.wedge.decoder import KEY_DOWN, KEY_UP, DecoderStats, KeyDecoder
 
@@ -244,12 +254,36 @@ def replay(channel: str, trace: Path) -> int:
     return count
 
 
-class UsbHidDriver(Driver):
-    """The driver for ``driver = "usbhid"`` devices (a UsbHidDeviceConfig)."""
+class UsbHidDeviceConfig(DeviceConfigBase):
+    """A USB scanner read directly through libusb (pyusb): boot keyboard or HID POS."""
+
+    driver: Literal["usbhid"]
+    usb: Annotated[str, Field(pattern=USB_MATCH_PATTERN)]
+    """``vid:pid[:serial]`` of the scanner."""
+    mode: Literal["keyboard", "hidpos"] = "keyboard"
+    """``keyboard``: 8-byte boot reports decoded through ``layout``; ``hidpos``: usage page
+    0x8C scanned-data reports (report id 2) with AIM ids."""
+    interface: Annotated[int, Field(ge=0, le=15)] = 0
+    layout: Literal["us", "uk", "de", "fr"] = "us"
+    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
+    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
+    feedback: Literal["none", "honeywell"] = "none"
+    """``honeywell``: enable HID POS with feature report FE 01 and beep with ``FD`` reports."""
+
+    @field_validator("usb")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class UsbHidDriver(Driver[UsbHidDeviceConfig]):
+    """The driver for ``driver = "usbhid"`` devices."""
 
     driver_name = "usbhid"
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
+    def __init__(
+        self, config: UsbHidDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
         try:
             import usb.core
             import usb.util
@@ -294,7 +328,7 @@ class UsbHidDriver(Driver):
         super().__init__(config, on_problem=on_problem)
         log.info("claimed USB device %s (%s mode)", config.usb, config.mode)
 
-    def _claim(self, config: Any) -> None:
+    def _claim(self, config: UsbHidDeviceConfig) -> None:
         usb = self._usb
         dev = self._dev
         try:
@@ -407,7 +441,7 @@ class UsbHidDriver(Driver):
         )
 
     def _signal(self, signal: Signal) -> None:
-        if self.config.feedback != "honeywell":  # type: ignore[attr-defined]
+        if self.config.feedback != "honeywell":
             return
         # Honeywell's serial command set has one beep; a bad read beeps twice.
         for _ in range(1 if signal is Signal.GOOD_READ else 2):

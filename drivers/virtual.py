@@ -15,10 +15,18 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError
 from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read, Signal
+
+
+class VirtualDeviceConfig(DeviceConfigBase):
+    """A scanner that exists only in software (tests, demos, replayed traces)."""
+
+    driver: Literal["virtual"]
+    channel: str = "default"
 
 
 class _Channel:
@@ -121,13 +129,15 @@ def replay(channel: str, trace: Path, framing: str = "cr", max_frame: int = 4096
     return count
 
 
-class VirtualDriver(Driver):
+class VirtualDriver(Driver[VirtualDeviceConfig]):
     """The driver for ``driver = "virtual"`` devices."""
 
     driver_name = "virtual"
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
-        self.channel: str = config.channel
+    def __init__(
+        self, config: VirtualDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
+        self.channel = config.channel
         with _lock:
             chan = _channel(self.channel)
             if not chan.present:

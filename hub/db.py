@@ -20,7 +20,7 @@ from scanfleet.daemon.core.errors import ScanfleetError
 log = logging.getLogger(__name__)
 
 DATABASE_ENV = "SCANFLEET_HUB_DATABASE"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATION_LOCK = 0x5CF1_0001  # pg_advisory_xact_lock key of schema upgrades
 
 

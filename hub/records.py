@@ -8,6 +8,7 @@ and stored unchanged; the hash is recomputed with the daemon's own
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ class LossRange:
     record_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
     """One record as stored: its exact bytes plus the columns people query."""
 
@@ -115,6 +116,28 @@ COPY_COLUMNS = (
     "payload",
 )
 _copy_values = operator.attrgetter(*COPY_COLUMNS)
+COPY_TYPES = (
+    "text",
+    "text",
+    "text",
+    "int8",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "text",
+    "int4",
+    "int4",
+    "int8",
+    "text",
+    "text",
+    "bool",
+    "bytea",
+)
+"""PostgreSQL types of :data:`COPY_COLUMNS`, for ``COPY … (FORMAT BINARY)``."""
 
 
 def _text(record: dict[str, Any], key: str) -> str | None:
@@ -127,34 +150,102 @@ def _int(record: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_SCANS_KEY = '"scans":['
+_DECODER = json.JSONDecoder()
+_Sliced = tuple[dict[str, Any], list[tuple[dict[str, Any], str]]]
+_INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
+_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
+_INT_COLUMNS = ("duplicate_of", "split_unit", "split_units")
+_TEXT_COLUMNS = ("kind", "value", "verdict", "operation", "bill", "identity_ref")
+_MAX_SAFE_INT = 2**53 - 1
+
+
 def split_records(payload: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]:
     """The envelope (without ``scans``) and each record with its exact bytes."""
+    envelope, records = _split(payload)
+    return envelope, [(record, raw.encode("utf-8")) for record, raw in records]
+
+
+def _split(payload: bytes) -> _Sliced:
     try:
         text = payload.decode("utf-8")
-        envelope = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise MessageError(f"not a JSON envelope: {err}") from err
-    if not isinstance(envelope, dict) or envelope.get("schema") != SCAN_BATCH_SCHEMA:
+    return _split_as_built(text) or _split_any(text)
+
+
+def _split_as_built(text: str) -> _Sliced | None:
+    """An envelope exactly as the daemon builds it (``scans`` last, no whitespace), parsed once.
+
+    Each record is decoded where it stands; the rest of the envelope is decoded with the
+    array replaced by ``0``. That text ends with the ``0`` member and the closing brace,
+    so when it decodes to an object whose ``scans`` is that ``0``, the member was the
+    top-level object's last (the winning) ``scans``: the envelope with the records put
+    back is the same JSON value :func:`_split_any` decodes, with the same slices. Any
+    other shape answers None and goes the general way.
+    """
+    start = text.find(_SCANS_KEY)
+    if start < 0:
+        return None
+    pos = start + len(_SCANS_KEY)
+    out: list[tuple[dict[str, Any], str]] = []
+    try:
+        while True:
+            record, end = _DECODER.raw_decode(text, pos)
+            if type(record) is not dict:
+                return None
+            out.append((record, text[pos:end]))
+            if text[end] != ",":
+                break
+            pos = end + 1
+        if text[end:] != "]}":
+            return None
+        envelope = json.loads(text[:start] + '"scans":0}')
+    except (json.JSONDecodeError, IndexError):
+        return None
+    if type(envelope) is not dict or envelope.get("scans") != 0:
+        return None
+    sentinel = envelope.pop("scans")
+    if type(sentinel) is not int:
+        return None
+    _check_envelope(envelope, out)
+    return envelope, out
+
+
+def _split_any(text: str) -> _Sliced:
+    try:
+        envelope = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MessageError(f"not a JSON envelope: {err}") from err
+    if not isinstance(envelope, dict):
         raise MessageError(f"not a {SCAN_BATCH_SCHEMA} envelope")
     scans = envelope.pop("scans", None)
-    if not isinstance(scans, list) or not scans:
-        raise MessageError("the envelope carries no records")
+    _check_envelope(envelope, scans)
     # The key itself comes before any record's bytes, so its first occurrence is the key.
-    start = text.find('"scans":[')
+    start = text.find(_SCANS_KEY)
     if start < 0:
         raise MessageError("the envelope's scans array is not where the contract puts it")
-    decoder = json.JSONDecoder()
-    pos = start + len('"scans":[')
-    out: list[tuple[dict[str, Any], bytes]] = []
+    pos = start + len(_SCANS_KEY)
+    out: list[tuple[dict[str, Any], str]] = []
     for _ in scans:
         while text[pos] in " \t\r\n,":
             pos += 1
-        record, end = decoder.raw_decode(text, pos)
+        try:
+            record, end = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise MessageError(f"the envelope's scans array is not one array: {err}") from err
         if not isinstance(record, dict):
             raise MessageError("a record is not a JSON object")
-        out.append((record, text[pos:end].encode("utf-8")))
+        out.append((record, text[pos:end]))
         pos = end
     return envelope, out
+
+
+def _check_envelope(envelope: dict[str, Any], scans: object) -> None:
+    if envelope.get("schema") != SCAN_BATCH_SCHEMA:
+        raise MessageError(f"not a {SCAN_BATCH_SCHEMA} envelope")
+    if not isinstance(scans, list) or not scans:
+        raise MessageError("the envelope carries no records")
 
 
 def _losses(record: dict[str, Any], rid: str) -> tuple[LossRange, ...]:
@@ -175,8 +266,72 @@ def _losses(record: dict[str, Any], rid: str) -> tuple[LossRange, ...]:
     return tuple(ranges)
 
 
-def make_row(site: str, device: str, record: dict[str, Any], payload: bytes) -> Row:
-    """One stored row from a record and its bytes; :class:`MessageError` when unusable.
+def hash_matches(record: dict[str, Any], text: str, claimed: str) -> bool:
+    """Whether *claimed* is the SHA-256 of the RFC 8785 form of *record* without ``hash``.
+
+    *record* is the decoded *text* (``hash`` still in it). When *text* already is that
+    form of the whole record (:func:`is_canonical_flat`), the bytes hashed are *text*
+    with the ``hash`` member cut out, which skips encoding the record again; otherwise
+    the daemon's own :func:`~scanfleet.daemon.journal.codec.record_hash` decides.
+    """
+    if is_canonical_flat(record, text):
+        # No backslash anywhere, so every quote delimits a string and the one place
+        # '"hash":"…"' can stand is the (unique, top-level) hash member.
+        member = f'"hash":"{claimed}"'
+        at = text.find(member)
+        before, after = text[:at], text[at + len(member) :]
+        if before.endswith(","):
+            body = before[:-1] + after
+        elif after.startswith(","):
+            body = before + after[1:]
+        else:
+            body = before + after
+        return hashlib.sha256(body.encode("utf-8")).hexdigest() == claimed
+    rest = {k: v for k, v in record.items() if k != "hash"}
+    try:
+        return record_hash(rest) == claimed
+    except RecordError:
+        return False
+
+
+def is_canonical_flat(record: dict[str, Any], text: str) -> bool:
+    """Whether *text*, which decodes to *record*, is exactly the RFC 8785 form of *record*.
+
+    Decided without encoding, for the records terminals send: one object, ASCII keys,
+    values that are strings, integers within ±(2**53 - 1), booleans or null, and no
+    backslash in *text*. Then every string token is its value between quotes (JSON
+    forbids raw control characters, so no value holds a character RFC 8785 escapes) and
+    every integer token is ``str(value)`` except ``-0``; *text* is therefore the
+    canonical form plus any whitespace, duplicate members and ``-0``, each of which only
+    lengthens it, and in the order the keys stand. Sorted keys and the canonical length
+    leave exactly the canonical form. Anything else answers False (the caller encodes).
+    """
+    if not record or "\\" in text:
+        return False
+    keys = list(record)
+    if keys != sorted(keys) or not "".join(keys).isascii():
+        return False
+    # '{' + '"key":' value ',' per member, the last ',' being the '}'.
+    size = 1 + 4 * len(keys) + sum(map(len, keys))
+    for value in record.values():
+        kind = type(value)
+        if kind is str:
+            size += len(value) + 2
+        elif kind is int:
+            if not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+                return False
+            size += len(str(value))
+        elif value is None or value is True:
+            size += 4
+        elif value is False:
+            size += 5
+        else:
+            return False
+    return size == len(text)
+
+
+def make_row(site: str, device: str, record: dict[str, Any], text: str) -> Row:
+    """One stored row from a record and its exact text; :class:`MessageError` when unusable.
 
     *record* is consumed: its ``hash`` is taken out (what remains is what was hashed).
     """
@@ -186,42 +341,53 @@ def make_row(site: str, device: str, record: dict[str, Any], payload: bytes) -> 
         raise MessageError(f"record {rid!r} does not belong to {device} or has no valid seq")
     if claimed is None or prev is None:
         raise MessageError(f"record {rid} carries no hash chain")
+    duplicate_of, split_unit, split_units = (
+        v if type(v) is int else None for v in map(record.get, _INT_COLUMNS)
+    )
+    # The columns' own ranges (bigint, integer): binary COPY does not check them.
+    if (
+        seq > _INT8_MAX
+        or not _INT8_MIN <= (duplicate_of or 0) <= _INT8_MAX
+        or not _INT4_MIN <= (split_unit or 0) <= _INT4_MAX
+        or not _INT4_MIN <= (split_units or 0) <= _INT4_MAX
+    ):
+        raise MessageError(f"record {rid}: a number does not fit its column")
     try:
         when = parse_time(str(record.get("time")))
     except RecordError:
         # A record without a usable time is still stored (it is evidence); it files under
         # the time it arrived.
         when = datetime.now(UTC)
+    ok = hash_matches(record, text, claimed)
     del record["hash"]
-    try:
-        ok = record_hash(record) == claimed
-    except RecordError:
-        ok = False
     kind = _text(record, "type") or "scan"
     losses = _losses(record, rid) if kind == "journal_loss" else ()
     link = seq - 1
     if kind == "journal_loss" and "anchor_seq" in record:
         link = _int(record, "anchor_seq") or 0
+    scan_kind, value, verdict, operation, bill, identity_ref = (
+        v if type(v) is str else None for v in map(record.get, _TEXT_COLUMNS)
+    )
     return Row(
         id=rid,
         site=site,
         device=device,
         seq=seq,
         type=kind,
-        kind=_text(record, "kind"),
-        value=_text(record, "value"),
-        verdict=_text(record, "verdict"),
-        operation=_text(record, "operation"),
-        bill=_text(record, "bill"),
+        kind=scan_kind,
+        value=value,
+        verdict=verdict,
+        operation=operation,
+        bill=bill,
         time=when,
-        identity_ref=_text(record, "identity_ref"),
-        split_unit=_int(record, "split_unit"),
-        split_units=_int(record, "split_units"),
-        duplicate_of=_int(record, "duplicate_of"),
+        identity_ref=identity_ref,
+        split_unit=split_unit,
+        split_units=split_units,
+        duplicate_of=duplicate_of,
         hash=claimed,
         prev_hash=prev,
         hash_ok=ok,
-        payload=payload,
+        payload=text.encode("utf-8"),
         losses=losses,
         link_seq=link if link >= 1 else None,
     )
@@ -229,7 +395,7 @@ def make_row(site: str, device: str, record: dict[str, Any], payload: bytes) -> 
 
 def parse_scans(topic: Topic, payload: bytes) -> list[Row]:
     """Every record of a scans envelope as a row."""
-    envelope, records = split_records(payload)
+    envelope, records = _split(payload)
     if envelope.get("device") != topic.device:
         raise MessageError(f"envelope device {envelope.get('device')!r} on {topic.device}'s topic")
     return [make_row(topic.site, topic.device, rec, raw) for rec, raw in records]

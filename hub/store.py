@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from scanfleet.hub.gaps import reconcile_device
-from scanfleet.hub.records import COPY_COLUMNS, Row, Topic, message_time
+from scanfleet.hub.records import COPY_COLUMNS, COPY_TYPES, Row, Topic, message_time
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ class StoreResult:
 
 
 _COLS = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
-_COPY_RECORDS = sql.SQL("COPY records ({}) FROM STDIN").format(_COLS)
+# Binary: the client sends bytes, integers and times as they are instead of formatting
+# (and the server parsing) text, hex-escaped payloads included; ~1.5 µs a row instead of ~5.
+_COPY_RECORDS = sql.SQL("COPY records ({}) FROM STDIN (FORMAT BINARY)").format(_COLS)
 _INSERT_RECORD = sql.SQL("INSERT INTO records ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     _COLS, sql.SQL(", ").join([sql.Placeholder()] * len(COPY_COLUMNS))
 )
@@ -161,12 +163,18 @@ def _advance(conn: Conn, devices: dict[str, str], new: dict[str, list[Row]]) -> 
         else:
             reconcile_device(conn, device, devices[device], seqs)
     if fast:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE devices SET last_seq = %s, contiguous_seq = %s, records = records + %s,"
-                " last_seen = now(), updated_at = now() WHERE device = %s",
-                [(top, top, count, device) for top, count, device in fast],
-            )
+        # One statement for all of them: one UPDATE per device cost the server ~40 µs each.
+        conn.execute(
+            "UPDATE devices d SET last_seq = n.top, contiguous_seq = n.top,"
+            " records = d.records + n.count, last_seen = now(), updated_at = now()"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS n(device, top, count)"
+            " WHERE d.device = n.device",
+            (
+                [device for _, _, device in fast],
+                [top for top, _, _ in fast],
+                [count for _, count, _ in fast],
+            ),
+        )
 
 
 def _insert_rows(conn: Conn, rows: Sequence[Row], result: StoreResult) -> list[Row]:
@@ -222,6 +230,7 @@ def _copy_records(conn: Conn, rows: list[Row]) -> list[Row]:
         return rows
     try:
         with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_RECORDS) as copy:
+            copy.set_types(COPY_TYPES)
             for row in rows:
                 copy.write_row(row.copy_tuple())
     except psycopg.errors.UniqueViolation:
@@ -235,10 +244,13 @@ def _restore(conn: Conn, rows: Sequence[Row]) -> list[Row]:
     """Insert rows whose key is already held with the same hash but whose row is missing."""
     if not rows:
         return []
+    # By (device, seq), the primary key's prefix: the same record as its id.
     present = {
         rid
         for (rid,) in conn.execute(
-            "SELECT id FROM records WHERE id = ANY(%s)", ([r.id for r in rows],)
+            "SELECT r.id FROM records r JOIN unnest(%s::text[], %s::bigint[]) AS w(device, seq)"
+            " ON r.device = w.device AND r.seq = w.seq",
+            ([r.device for r in rows], [r.seq for r in rows]),
         )
     }
     out = []

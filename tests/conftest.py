@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from scanfleet.drivers import virtual
+from scanfleet.drivers import registry, virtual
 from support.broker import MOSQUITTO_DIRS, Mosquitto
 from support.pki import Fleet, FleetBroker, TLSClient, make_fleet
 from support.prereq import require_executable
+
+# What the CLI does at start: [[devices]] entries validate against the drivers' models.
+registry.complete_config()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 
-from scanfleet.daemon.core.config import Config, SerialDeviceConfig
+from scanfleet.daemon.core.config import Config
+from scanfleet.drivers.serial import SerialDeviceConfig
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 
 log = logging.getLogger(__name__)

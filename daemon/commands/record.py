@@ -77,8 +77,7 @@ def _done(stop: _Stop, end: float | None) -> bool:
 
 
 def _record_evdev(args: argparse.Namespace, stop: _Stop, end: float | None) -> int:
-    from scanfleet.daemon.core.config import WedgeDeviceConfig
-    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
+    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver, WedgeDeviceConfig
     from scanfleet.drivers.wedge.trace import InputEvent, write_trace
 
     config = WedgeDeviceConfig(name="record", driver="evdev", path=args.device, layout=args.layout)
@@ -93,8 +92,7 @@ def _record_evdev(args: argparse.Namespace, stop: _Stop, end: float | None) -> i
 
 
 def _record_usb(args: argparse.Namespace, stop: _Stop, end: float | None) -> int:
-    from scanfleet.daemon.core.config import UsbHidDeviceConfig
-    from scanfleet.drivers.usbhid import UsbHidDriver, write_trace
+    from scanfleet.drivers.usbhid import UsbHidDeviceConfig, UsbHidDriver, write_trace
 
     config = UsbHidDeviceConfig(
         name="record", driver="usbhid", usb=args.device[4:], mode=args.mode, layout=args.layout

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -223,151 +223,29 @@ class ClassifyConfig(_Section):
         return value
 
 
-class _DeviceBase(_Section):
+class DeviceConfigBase(_Section):
+    """What every ``[[devices]]`` entry has; a driver's config model adds the rest.
+
+    Each driver module defines its model as a subclass that narrows ``driver`` to the
+    ``Literal`` name(s) it is registered under (drivers/registry.py). The drivers sit
+    above this module: it never imports them. :func:`register_device_models`, called
+    by the registry (``registry.complete_config()``) at the program's start, completes
+    :class:`Config` with their union.
+    """
+
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     operation: Operation | None = None
     """Overrides the station's operation for scans from this device."""
+    driver: str
 
 
-class VirtualDeviceConfig(_DeviceBase):
-    """A scanner that exists only in software (tests, demos, replayed traces)."""
+DeviceConfig: TypeAlias = DeviceConfigBase
+"""A device config as code that holds one sees it (each is a driver's own subclass)."""
 
-    driver: Literal["virtual"]
-    channel: str = "default"
-
-
-class SerialDeviceConfig(_DeviceBase):
-    """A serial scanner: RS-232, USB-COM (cdc_acm) or a USB-serial bridge."""
-
-    driver: Literal["serial"]
-    port: str | None = None
-    """Device path; prefer a stable one under /dev/serial/by-id/ or /dev/serial/by-path/."""
-    usb: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")] = None
-    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 9600
-    bytesize: Literal[7, 8] = 8
-    parity: Literal["none", "even", "odd"] = "none"
-    stopbits: Literal[1, 2] = 1
-    framing: Literal["cr", "lf", "crlf", "stx_etx", "honeywell_packet", "ssi", "suffix", "idle"] = (
-        "cr"
-    )
-    suffix_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
-    """Terminator bytes for ``framing = "suffix"``."""
-    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 50
-    """Inter-byte silence that ends a frame (``framing = "idle"``, and a safety net otherwise)."""
-    aim_prefix: bool = False
-    max_frame: Annotated[int, Field(ge=16, le=4096)] = 4096
-    feedback: Literal["none", "honeywell", "ssi", "custom"] = "none"
-    good_read_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
-    bad_read_hex: Annotated[str | None, Field(pattern=r"^([0-9a-fA-F]{2})+$")] = None
-    silence_scanner_beep: bool = True
-    """At bind time send the preset's command that turns the scanner's own decode beep off."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.lower() if value else value
-
-    @model_validator(mode="after")
-    def _cross_field_rules(self) -> SerialDeviceConfig:
-        if (self.port is None) == (self.usb is None):
-            raise ValueError("give exactly one of 'port' or 'usb'")
-        if self.framing == "suffix" and not self.suffix_hex:
-            raise ValueError("framing 'suffix' needs 'suffix_hex'")
-        if self.feedback == "custom" and not (self.good_read_hex or self.bad_read_hex):
-            raise ValueError("feedback 'custom' needs 'good_read_hex' and/or 'bad_read_hex'")
-        return self
-
-
-class IdCardDeviceConfig(_DeviceBase):
-    """A second-generation ID-card reader (SAM protocol) on serial or USB-HID."""
-
-    driver: Literal["idcard_serial", "idcard_usb"]
-    port: str | None = None
-    """Serial device path (``idcard_serial``); prefer /dev/serial/by-id/…."""
-    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
-    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")] = "10c4:0007"
-    """``vid:pid`` of the HID reader (``idcard_usb``)."""
-    poll_interval_ms: Annotated[int, Field(ge=300, le=5000)] = 500
-    """Pause between find-card polls; readers need at least 300 ms."""
-    command_timeout_ms: Annotated[int, Field(ge=50, le=5000)] = 500
-    """Reply timeout for find, select and SAM commands."""
-    read_timeout_ms: Annotated[int, Field(ge=500, le=10000)] = 3000
-    """Reply timeout for reading the card (text, photo, fingerprint)."""
-    read_fingerprint: bool = False
-    """Use ``30 10`` (text + photo + fingerprint) instead of ``30 01``."""
-
-    @model_validator(mode="after")
-    def _transport(self) -> IdCardDeviceConfig:
-        if self.driver == "idcard_serial" and self.port is None:
-            raise ValueError("driver 'idcard_serial' needs 'port'")
-        return self
-
-
-class WedgeDeviceConfig(_DeviceBase):
-    """A keyboard-mode (wedge) scanner read through evdev, grabbed from everyone else."""
-
-    driver: Literal["evdev"]
-    path: str | None = None
-    """Event device; prefer /dev/input/by-id/…-event-kbd (a FIFO replays a raw trace)."""
-    usb: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")] = None
-    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
-    name_pattern: str | None = None
-    """Bind the first keyboard whose input device name matches this regular expression."""
-    layout: Literal["us", "uk", "de", "fr"] = "us"
-    """The scanner's keyboard-country setting (which keys it presses for each character)."""
-    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
-    """Key that ends a scan (Enter includes keypad Enter); ``none``: inter-key silence does."""
-    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
-    """Inter-key silence that ends a scan (``terminator = "none"``) or drops a fragment."""
-    max_key_interval_ms: Annotated[int | None, Field(ge=1, le=1000)] = None
-    """Reject key sequences with a slower gap between keys as human typing (shared keyboards)."""
-    grab: bool = True
-    """EVIOCGRAB: no keystroke of this device reaches any other application."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.lower() if value else value
-
-    @model_validator(mode="after")
-    def _one_binding(self) -> WedgeDeviceConfig:
-        given = [x for x in (self.path, self.usb, self.name_pattern) if x is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'path', 'usb' or 'name_pattern'")
-        return self
-
-
-class UsbHidDeviceConfig(_DeviceBase):
-    """A USB scanner read directly through libusb (pyusb): boot keyboard or HID POS."""
-
-    driver: Literal["usbhid"]
-    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$")]
-    """``vid:pid[:serial]`` of the scanner."""
-    mode: Literal["keyboard", "hidpos"] = "keyboard"
-    """``keyboard``: 8-byte boot reports decoded through ``layout``; ``hidpos``: usage page
-    0x8C scanned-data reports (report id 2) with AIM ids."""
-    interface: Annotated[int, Field(ge=0, le=15)] = 0
-    layout: Literal["us", "uk", "de", "fr"] = "us"
-    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
-    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
-    feedback: Literal["none", "honeywell"] = "none"
-    """``honeywell``: enable HID POS with feature report FE 01 and beep with ``FD`` reports."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
-
-
-DeviceConfig = Annotated[
-    VirtualDeviceConfig
-    | SerialDeviceConfig
-    | IdCardDeviceConfig
-    | WedgeDeviceConfig
-    | UsbHidDeviceConfig,
-    Field(discriminator="driver"),
-]
+if TYPE_CHECKING:
+    _RegisteredDevices: TypeAlias = DeviceConfigBase
+# At run time _RegisteredDevices stays undefined until register_device_models() gives
+# pydantic the union of the drivers' models: Config cannot validate before that.
 
 
 class IdentityCheckConfig(_Section):
@@ -429,7 +307,7 @@ class Config(_Section):
     classify: ClassifyConfig = ClassifyConfig()
     identity_check: IdentityCheckConfig = IdentityCheckConfig()
     local_api: LocalApiConfig = LocalApiConfig()
-    devices: list[DeviceConfig] = Field(default_factory=list)
+    devices: list[_RegisteredDevices] = Field(default_factory=list)
 
     @field_validator("devices")
     @classmethod
@@ -440,6 +318,39 @@ class Config(_Section):
                 raise ValueError(f"device name {dev.name!r} is used twice")
             seen.add(dev.name)
         return value
+
+
+_registered_drivers: list[str] = []
+"""The ``driver`` names register_device_models() accepted, in registry order."""
+
+
+def register_device_models(models: Sequence[type[DeviceConfigBase]]) -> None:
+    """Complete :class:`Config`: ``[[devices]]`` entries are one of *models*.
+
+    The union is discriminated by each model's ``driver`` literal(s). Called again, it
+    replaces the previous set.
+    """
+    names = [str(name) for model in models for name in _driver_literals(model)]
+    union: Any = Annotated[Union[tuple(models)], Field(discriminator="driver")]  # noqa: UP007
+    Config.model_rebuild(force=True, _types_namespace={"_RegisteredDevices": union})
+    _registered_drivers[:] = names
+
+
+def _driver_literals(model: type[DeviceConfigBase]) -> tuple[object, ...]:
+    return get_args(model.model_fields["driver"].annotation)
+
+
+def registered_drivers() -> list[str]:
+    """The ``driver`` names a configuration accepts.
+
+    :raises RuntimeError: no driver has been registered (see :class:`DeviceConfigBase`).
+    """
+    if not _registered_drivers:
+        raise RuntimeError(
+            "no device drivers registered: call scanfleet.drivers.registry.complete_config() "
+            "before reading a configuration"
+        )
+    return list(_registered_drivers)
 
 
 def load_config(path: Path) -> Config:
@@ -466,6 +377,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def validate_config(data: Mapping[str, Any], source: str, text: str | None = None) -> Config:
     """Validate an already parsed document; *text*, when given, supplies line numbers."""
+    registered_drivers()  # a clear error instead of pydantic's "not fully defined"
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -484,19 +396,15 @@ def _problems(
             message = "unknown key"
         elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = (*loc, "driver")
-            message = f"unknown or missing driver; known drivers: {', '.join(_driver_tags())}"
+            known = ", ".join(registered_drivers())
+            message = f"unknown or missing driver; known drivers: {known}"
         problems.append(ConfigProblem(_dotted(loc), message, _line_for(loc, lines)))
     return problems
 
 
-def _driver_tags() -> list[str]:
-    union = get_args(DeviceConfig)[0]
-    return [t for m in get_args(union) for t in get_args(m.model_fields["driver"].annotation)]
-
-
 def _strip_union_tags(loc: Sequence[str | int]) -> tuple[str | int, ...]:
     # A discriminated union inserts the tag ("serial") after the list index.
-    tags = set(_driver_tags())
+    tags = set(registered_drivers())
     out: list[str | int] = []
     for i, part in enumerate(loc):
         if i > 0 and isinstance(loc[i - 1], int) and part in tags:

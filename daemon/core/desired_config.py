@@ -31,16 +31,19 @@ import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanfleet.daemon.core.canonical_json import canonical as jcs
 from scanfleet.daemon.core.config import Config, validate_config
 from scanfleet.daemon.core.errors import ConfigError, ScanfleetError
 from scanfleet.daemon.core.model import NAME_PATTERN
+
+if TYPE_CHECKING:
+    # cryptography is imported where a signature is checked: a terminal without a fleet
+    # config key never loads it.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DESIRED_SCHEMA = "scanfleet.desired-config/1"
 REPORTED_SCHEMA = "scanfleet.config-reported/1"
@@ -173,6 +176,8 @@ def parse_document(payload: bytes, key: Ed25519PublicKey | None) -> DesiredConfi
 def _verify(raw: Mapping[str, Any], doc: DesiredConfig, key: Ed25519PublicKey) -> None:
     if doc.signature is None:
         raise Rejected([KeyedError(key="signature", message="a signed document is required")])
+    from cryptography.exceptions import InvalidSignature
+
     refused = Rejected([KeyedError(key="signature", message="signature does not verify")])
     try:
         signature = base64.b64decode(doc.signature, validate=True)

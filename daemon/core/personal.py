@@ -18,15 +18,14 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import date
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Any
 
 from scanfleet.daemon.core.errors import ScanfleetError
+
+if TYPE_CHECKING:
+    # cryptography (~9 MB resident) is imported by the functions that seal or open, on
+    # the first ID-card read: the checks and masking here are needed without it.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 SEAL_ALG = "x25519-hkdf-sha256-chacha20poly1305/1"
 """Name of the sealing construction, carried in every record next to the ciphertext."""
@@ -145,6 +144,8 @@ class PersonalData:
 
 def generate_keypair() -> tuple[str, str]:
     """A new backend key pair as (private, public), each base64 of 32 raw bytes."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     private = X25519PrivateKey.generate()
     return _b64(_raw_private(private)), _b64(_raw_public(private.public_key()))
 
@@ -159,6 +160,9 @@ def seal(plaintext: bytes, public_b64: str) -> str:
 
     Layout: version (1) | ephemeral public key (32) | ChaCha20-Poly1305 ciphertext+tag.
     """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     recipient = _load_public(public_b64)
     ephemeral = X25519PrivateKey.generate()
     eph_pub = _raw_public(ephemeral.public_key())
@@ -172,6 +176,10 @@ def open_sealed(sealed_b64: str, private_b64: str) -> bytes:
 
     :raises SealError: malformed input, or a box not sealed for this key (or altered).
     """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     private = _load_private(private_b64)
     try:
         blob = base64.b64decode(sealed_b64, validate=True)
@@ -205,6 +213,9 @@ def open_personal(sealed_b64: str, private_b64: str) -> dict[str, Any]:
 
 
 def _derive(shared: bytes, eph_pub: bytes, recipient_pub: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=eph_pub + recipient_pub, info=_HKDF_INFO)
     return hkdf.derive(shared)
 
@@ -214,10 +225,14 @@ def _b64(raw: bytes) -> str:
 
 
 def _raw_public(key: X25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _raw_private(key: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.Raw,
         serialization.PrivateFormat.Raw,
@@ -236,10 +251,14 @@ def _decode_key(text: str, what: str) -> bytes:
 
 
 def _load_public(text: str) -> X25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     return X25519PublicKey.from_public_bytes(_decode_key(text, "public"))
 
 
 def _load_private(text: str) -> X25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.from_private_bytes(_decode_key(text, "private"))
 
 

@@ -22,6 +22,8 @@ from typing import Any
 MAGIC = b"SFS1"
 _HEAD = struct.Struct(">4sQI")  # magic, generation, length
 _CRC = struct.Struct(">I")
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+"""``json.dumps(…, sort_keys=True, separators=…)`` without building an encoder per write."""
 
 
 class SlotFile:
@@ -89,7 +91,7 @@ class SlotFile:
         Raises OSError when the file cannot be written and ValueError when the document
         is larger than a slot.
         """
-        body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        body = _ENCODER.encode(document).encode()
         if len(body) > self.capacity:
             raise ValueError(f"{len(body)} bytes do not fit a {self.slot_size}-byte slot")
         with self._lock:

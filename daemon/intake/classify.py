@@ -31,16 +31,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from biip import ParseError
-from biip.gs1_digital_link_uris import GS1DigitalLinkURI
-from biip.gs1_element_strings import GS1ElementStrings
-from biip.gs1_messages import GS1Message
 
 from scanfleet.daemon.core.model import Kind, ParseResult
 from scanfleet.daemon.intake.rawtext import escape_raw
+
+if TYPE_CHECKING:
+    # biip is imported on the first read that may be GS1 (its GS1 company-prefix table
+    # alone holds ~15 MB resident): a terminal that scans only 码上放心 codes never loads it.
+    from biip.gs1_element_strings import GS1ElementStrings
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,9 @@ def _gs1_message(text: str, problems: list[str], *, strict: bool) -> tuple[str, 
     """
     # A leading GS is the FNC1 that flags GS1 data, a trailing one is padding:
     # neither is part of the element string.
+    from biip import ParseError
+    from biip.gs1_messages import GS1Message
+
     value = text.strip(GS)
     try:
         message = GS1Message.parse(value)
@@ -337,6 +340,9 @@ def _url_fields(text: str, problems: list[str]) -> dict[str, Any]:
     fields: dict[str, Any] = {"scheme": parts.scheme, "host": host, "digital_link": False}
     if not host:
         problems.append("URL has no host")
+    from biip import ParseError
+    from biip.gs1_digital_link_uris import GS1DigitalLinkURI
+
     try:
         link = GS1DigitalLinkURI.parse(text)
     except (ParseError, ValueError):

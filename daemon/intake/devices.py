@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scanfleet.daemon.core.alarms import AlarmSet, Severity
 from scanfleet.daemon.core.backoff import Backoff
@@ -65,7 +65,7 @@ class DeviceWorker:
         out: queue.Queue[Incoming],
         alarms: AlarmSet,
         *,
-        opener: Callable[..., Driver] | None = None,
+        opener: Callable[..., Driver[Any]] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -74,7 +74,7 @@ class DeviceWorker:
         self._opener = opener
         self._stop = threading.Event()
         self._driver_lock = threading.Lock()
-        self._driver: Driver | None = None
+        self._driver: Driver[Any] | None = None
         self._thread = threading.Thread(target=self._run, name=f"device-{self.name}", daemon=True)
         self.state = DeviceState.STARTING
         self.reads = 0
@@ -138,18 +138,18 @@ class DeviceWorker:
                     self._driver = None
                 driver.close()
 
-    def _open(self) -> Driver:
+    def _open(self) -> Driver[Any]:
         if self._opener is not None:
             driver = self._opener(self.config, on_problem=self._on_problem)
         else:
-            from scanfleet.drivers import open_driver  # hardware libraries load only here
+            from scanfleet.drivers.registry import open_driver
 
             driver = open_driver(self.config, on_problem=self._on_problem)
         with self._driver_lock:
             self._driver = driver
         return driver
 
-    def _read_loop(self, driver: Driver) -> None:
+    def _read_loop(self, driver: Driver[Any]) -> None:
         while not self._stop.is_set():
             self._expire_problem_alarm()
             try:

@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeGuard
+from typing import Annotated, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,11 +35,13 @@ from scanfleet.daemon.core.personal import (
     id_number_problems,
     seal_personal,
 )
+from scanfleet.daemon.core.records import IDENTITY_READ_SCHEMA, IdentityBody, Stamp, StationContext
 from scanfleet.drivers.idcard.text import CardRead
+
+__all__ = ["IDENTITY_READ_SCHEMA", "IdentityRead", "IdentityWindow", "PairingDecision"]
 
 log = logging.getLogger(__name__)
 
-IDENTITY_READ_SCHEMA = "scanfleet.identity-read/1"
 NO_WINDOW_REASON = "controlled drug: read the patient's ID card first (no identity window open)"
 PREFIX_KINDS = (Kind.TRACE20, Kind.TRACE_OTHER)
 """Kinds whose first 7 characters are the 药品标识码 (drug identification code)."""
@@ -115,7 +117,13 @@ class IdentityWindow:
             return PairingDecision(refusal=NO_WINDOW_REASON)
         return PairingDecision(identity_ref=ref)
 
-    def identity_body(self, read: CardRead, context: dict[str, Any]) -> dict[str, Any]:
+    def identity_body(
+        self,
+        read: CardRead,
+        stamp: Stamp,
+        context: StationContext,
+        station: str | None,
+    ) -> IdentityBody:
         """The journal body of an ID-card read: sealed identity plus its masked form.
 
         A read is refused (with its reason) when its number fails the check or when no
@@ -143,20 +151,20 @@ class IdentityWindow:
                 plain["fingerprint"] = base64.b64encode(read.fingerprint).decode("ascii")
             sealed = seal_personal(PersonalData(plain), config.public_key)
             contains = sorted(plain)
-        return {
-            **context,
-            "schema": IDENTITY_READ_SCHEMA,
-            "type": "identity_read",
-            "card_type": str(card.card_type),
-            "masked": card.personal.masked(),
-            "sealed": sealed,
-            "seal_alg": SEAL_ALG if sealed else None,
-            "sealed_fields": contains,
-            "problems": problems,
-            "verdict": str(Verdict.REFUSED if reason else Verdict.ACCEPTED),
-            "reason": reason,
-            "window_seconds": config.window_seconds,
-        }
+        return IdentityBody(
+            stamp=stamp,
+            context=context,
+            station=station,
+            card_type=str(card.card_type),
+            masked=card.personal.masked(),
+            sealed=sealed,
+            seal_alg=SEAL_ALG if sealed else None,
+            sealed_fields=contains,
+            problems=problems,
+            verdict=Verdict.REFUSED if reason else Verdict.ACCEPTED,
+            reason=reason,
+            window_seconds=config.window_seconds,
+        )
 
 
 class MaskedIdentity(BaseModel):

@@ -23,7 +23,14 @@ from scanfleet.daemon.core.claims import claim_in_read
 from scanfleet.daemon.core.clock import ClockState, boot_id
 from scanfleet.daemon.core.config import Config, DeviceConfig
 from scanfleet.daemon.core.errors import JournalDiskFullError, JournalError, JournalFullError
-from scanfleet.daemon.core.model import SCAN_SCHEMA, Kind, ParseResult, Verdict
+from scanfleet.daemon.core.model import Kind, ParseResult, Verdict
+from scanfleet.daemon.core.records import (
+    ReadSource,
+    RecordBody,
+    ScanBody,
+    Stamp,
+    StationContext,
+)
 from scanfleet.daemon.intake.classify import classify, gs1_refusal
 from scanfleet.daemon.intake.devices import Incoming
 from scanfleet.daemon.intake.pairing import IdentityWindow, is_card_read
@@ -74,7 +81,7 @@ class Pipeline:
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.identity = IdentityWindow(config.identity_check)
         """The station's identity window (ID-card reads pair with controlled drugs)."""
-        self.station = Station(config, self._record, self._now_context, alarms=alarms)
+        self.station = Station(config, self._record, self._now_stamp, alarms=alarms)
         """Operation, bill, operator and the per-scan checks (the runner adds the index)."""
         self.claim_handler: Callable[[str], tuple[str | None, str | None]] | None = None
         """Takes a scanned claim token; returns (its site, refusal reason or None)."""
@@ -166,7 +173,12 @@ class Pipeline:
         if is_card_read(read):
             # An ID-card read: its own record; it ends the previous customer's window.
             self.identity.close("next ID card read")
-            identity_body = self.identity.identity_body(read, self._context(incoming, device))
+            identity_body = self.identity.identity_body(
+                read,
+                self._stamp(incoming, device),
+                self._station_context(device),
+                self._config.station.name,
+            )
             return self._commit(incoming, device, lambda: ([self._record(identity_body)], None))
         token = claim_in_read(read.data)
         if token is not None:
@@ -175,18 +187,30 @@ class Pipeline:
             read.data, aim=read.aim, fnc1_substitute=self._config.classify.fnc1_substitute
         )
         if self.station.is_control(result.value):
-            context = self._context(incoming, device)
+            stamp = self._stamp(incoming, device)
             return self._commit(
                 incoming,
                 device,
-                lambda: self.station.control_read(result.value, result.raw, context),
+                lambda: self.station.control_read(result.value, result.raw, stamp),
             )
         verdict, reason = self._decide(result)
         pairing = self.identity.pair(result, read.t_mono)
         if verdict is Verdict.ACCEPTED and pairing.refusal is not None:
             verdict, reason = Verdict.REFUSED, pairing.refusal
-        body = self._body(incoming, device, result, verdict, reason)
-        body["identity_ref"] = pairing.identity_ref
+        body = ScanBody(
+            stamp=self._stamp(incoming, device),
+            context=self._station_context(device),
+            station=self._config.station.name,
+            raw=result.raw,
+            aim=result.aim,
+            kind=result.kind,
+            value=result.value,
+            fields=result.fields,
+            problems=result.problems,
+            verdict=verdict,
+            reason=reason,
+            identity_ref=pairing.identity_ref,
+        )
         fixed = device.operation is not None
         return self._commit(
             incoming, device, lambda: ([self.station.scan(body, fixed_operation=fixed)], None)
@@ -202,18 +226,18 @@ class Pipeline:
         refused: str | None = "this daemon does not enroll from scanned claims"
         if handler is not None:
             site, refused = handler(token)
-        context = self._context(incoming, device)
+        stamp = self._stamp(incoming, device)
         log.info("claim barcode read on %s: %s", device.name, refused or "enrolling")
         return self._commit(
             incoming,
             device,
             lambda: (
-                [self.station.enrollment(site, "barcode", refused=refused, context=context)],
+                [self.station.enrollment(site, "barcode", refused=refused, stamp=stamp)],
                 refused is None,
             ),
         )
 
-    def _record(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, body: RecordBody) -> dict[str, Any]:
         """Journal *body*, wake the publisher and tell the listeners (any record type)."""
         record = self.journal.append(body)
         self._wake_publisher()
@@ -242,7 +266,7 @@ class Pipeline:
             log.info("reads are recorded again (%d failed so far)", self.counters.failures)
             self._alarms.clear(ALARM_PIPELINE)
         record = records[-1]
-        accepted = record.get("verdict") == str(Verdict.ACCEPTED) if ok is None else ok
+        accepted = record.get("verdict") == Verdict.ACCEPTED if ok is None else ok
         if record["type"] == "identity_read" and accepted:
             self.identity.open(record["id"], incoming.read.t_mono)
         if accepted:
@@ -264,59 +288,34 @@ class Pipeline:
             return Verdict.REFUSED, refusal
         return Verdict.ACCEPTED, None
 
-    def _body(
-        self,
-        incoming: Incoming,
-        device: DeviceConfig,
-        result: ParseResult,
-        verdict: Verdict,
-        reason: str | None,
-    ) -> dict[str, Any]:
-        return {
-            "schema": SCAN_SCHEMA,
-            "type": "scan",
-            **self._context(incoming, device),
-            "raw": result.raw,
-            "aim": result.aim,
-            "kind": str(result.kind),
-            "value": result.value,
-            "fields": result.fields,
-            "problems": result.problems,
-            "verdict": str(verdict),
-            "reason": reason,
-            "identity_ref": None,
-        }
-
-    def _context(self, incoming: Incoming, device: DeviceConfig) -> dict[str, Any]:
-        """Fields every record carries: time, clock, source and station context."""
+    def _stamp(self, incoming: Incoming, device: DeviceConfig) -> Stamp:
+        """Time, clock and source of a read."""
         read = incoming.read
-        station = self._config.station
-        current = self.station.snapshot()
-        return {
-            "time": read.time.isoformat(),
-            "clock": str(self._clock.sync_state()),
-            "t_mono": read.t_mono,
-            "boot_id": self._boot_id,
-            "source": {
-                "driver": device.driver,
-                "device": device.name,
-                "port": read.port,
-                "vid_pid": read.vid_pid,
-            },
-            "operation": str(device.operation or current["operation"]),
-            "station": station.name,
-            "bill": current["bill"],
-            "operator": current["operator"],
-        }
+        return Stamp(
+            time=read.time.isoformat(),
+            clock=self._clock.sync_state(),
+            t_mono=read.t_mono,
+            boot_id=self._boot_id,
+            source=ReadSource(
+                driver=device.driver, device=device.name, port=read.port, vid_pid=read.vid_pid
+            ),
+        )
 
-    def _now_context(self) -> dict[str, Any]:
-        """Time and clock fields of a record that no read caused (local API, remote)."""
-        return {
-            "time": datetime.now(UTC).isoformat(),
-            "clock": str(self._clock.sync_state()),
-            "t_mono": time.monotonic(),
-            "boot_id": self._boot_id,
-        }
+    def _station_context(self, device: DeviceConfig) -> StationContext:
+        """Operation (the device's own, if it has one), bill and operator now."""
+        current = self.station.context()
+        if device.operation is not None:
+            return StationContext(device.operation, current.bill, current.operator)
+        return current
+
+    def _now_stamp(self) -> Stamp:
+        """Time and clock of a record that no read caused (local API, remote)."""
+        return Stamp(
+            time=datetime.now(UTC).isoformat(),
+            clock=self._clock.sync_state(),
+            t_mono=time.monotonic(),
+            boot_id=self._boot_id,
+        )
 
     def _feedback(self, incoming: Incoming, signal: Signal) -> None:
         if not incoming.worker.signal(signal):

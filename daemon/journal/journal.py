@@ -33,11 +33,14 @@ from typing import Any
 
 from scanfleet.daemon.core.alarms import AlarmSet, Severity
 from scanfleet.daemon.core.errors import JournalError, JournalFullError
+from scanfleet.daemon.core.records import RecordBody
 from scanfleet.daemon.journal.codec import (
     Codec,
+    Encoded,
     RecordError,
+    encode_device,
     prepare_body,
-    seal,
+    seal_encoded,
     train_dictionary,
 )
 from scanfleet.daemon.journal.disk import DiskSpace, is_disk_full
@@ -80,16 +83,23 @@ ROW_OVERHEAD = 24
 """Bytes a row costs beyond its payload (cell header, pointer, time and dict columns)."""
 ROOM_MARGIN_PAGES = 8
 """Below this many pages of headroom each append checks the page count exactly."""
+ROOM_RECHECK_COMMITS = 32
+"""Commits after which the free room is counted again rather than carried over."""
 RETENTION_PRUNE_INTERVAL = 60.0
+GATHER_SECONDS = (0.0002, 0.002)
+"""Bounds of how long a group-commit leader holds its commit for sibling producers to
+queue: half the last commit's duration, within these (a slow disk makes waiting cheap)."""
+ACTIVE_SECONDS = 0.01
+"""A thread whose append returned this recently counts as a producer about to append again."""
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
-    body: dict[str, Any]
+    encoded: Encoded
     time_us: int
     record: dict[str, Any] | None = None
     error: BaseException | None = None
@@ -111,6 +121,7 @@ class Journal(SpacePolicy, HeadKeeping):
     ) -> None:
         self.path = Path(path)
         self.device = device
+        self._device_json = encode_device(device)
         self.max_bytes = max_bytes
         self.retention = timedelta(days=retention_days)
         self.alarms = alarms if alarms is not None else AlarmSet()
@@ -156,7 +167,17 @@ class Journal(SpacePolicy, HeadKeeping):
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._checkpointer = Checkpointer(self.path)
         self._write_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._gather = threading.Condition(self._mutex)
+        """The group-commit leader waits here for sibling producers to queue."""
+        self._gathering = False
+        self._commit_seconds = 0.0
+        self._room_left: int | None = None
+        """Bytes of budget surely free after the last commit (None: ask SQLite)."""
+        self._room_age = 0
+        self._producers: dict[int, float] = {}
+        """Thread id → monotonic time of its last append (who counts as a sibling)."""
         self._queue: list[_Pending] = []
         self._leader = False
         self._closed = False
@@ -220,18 +241,27 @@ class Journal(SpacePolicy, HeadKeeping):
 
     # -- appending -------------------------------------------------------------------
 
-    def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def append(self, body: RecordBody | Mapping[str, Any]) -> dict[str, Any]:
         """Journal one record; returns it complete once it is committed and fsynced.
 
+        *body* is a typed record body (:mod:`~scanfleet.daemon.core.records`) or a
+        mapping of the same fields.
         Raises :class:`JournalFullError` when undelivered records fill the budget and
         :class:`RecordError` (a ValueError) for a body that cannot be a record.
         """
-        prepared, time_us = prepare_body(body, self._clock())
-        pending = _Pending(prepared, time_us)
+        # Serialized here, in the producer's thread and outside every lock: the commit
+        # only joins bytes, hashes and compresses (see journal.codec.Encoded).
+        fields = body if isinstance(body, Mapping) else body.to_body()
+        prepared, time_us = prepare_body(fields, self._clock())
+        pending = _Pending(Encoded(prepared), time_us)
+        me = threading.get_ident()
         with self._cond:
             if self._closed:
                 raise JournalError("journal is closed")
             self._queue.append(pending)
+            self._producers[me] = time.monotonic()
+            if self._gathering:
+                self._gather.notify()
             while not pending.done:
                 if self._is_closed():
                     self._queue.remove(pending)
@@ -239,23 +269,61 @@ class Journal(SpacePolicy, HeadKeeping):
                 if self._leader:
                     self._cond.wait()
                     continue
-                # No commit in flight: this thread commits everything queued so far.
+                # No commit in flight: this thread commits everything queued so far,
+                # after a short wait for producers that are about to queue a record.
                 self._leader = True
+                self._gather_siblings(me)
                 batch, self._queue = self._queue, []
                 self._cond.release()
+                started = time.perf_counter()
                 try:
                     self._commit(batch)
                 finally:
+                    self._commit_seconds = time.perf_counter() - started
                     self._cond.acquire()
                     self._leader = False
                     for item in batch:
                         item.done = True
                     self._cond.notify_all()
+            # Back to the caller: a closed-loop producer appends again right away.
+            self._producers[me] = time.monotonic()
         if pending.error is not None:
             raise pending.error
         if pending.record is None:  # every path sets record or error; guard the invariant
             raise JournalError("append finished without a record")
         return pending.record
+
+    def _gather_siblings(self, me: int) -> None:
+        """Hold the commit (see GATHER_SECONDS) until every producer whose append
+        returned within ACTIVE_SECONDS has queued a record (called with the condition held).
+
+        Producers that each wait for their own record come back right after the commit
+        that released them; without this the first one back commits alone and the
+        others queue behind its fsync, so the batches alternate 1 and 3 (four
+        producers) and the fsyncs are barely shared. A lone producer never waits: only
+        other threads seen appending count (PostgreSQL's commit_delay/commit_siblings).
+        """
+        now = time.monotonic()
+        producers = self._producers
+        siblings = 0
+        for ident, seen in list(producers.items()):
+            if now - seen > ACTIVE_SECONDS:
+                del producers[ident]
+            elif ident != me:
+                siblings += 1
+        if not siblings:
+            return
+        low, high = GATHER_SECONDS
+        deadline = now + min(high, max(low, self._commit_seconds / 2))
+        self._gathering = True
+        try:
+            while len(self._queue) <= siblings and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._gather.wait(remaining)
+        finally:
+            self._gathering = False
 
     def _commit(self, batch: list[_Pending]) -> None:
         after: list[Callable[[], None]] = []
@@ -306,13 +374,19 @@ class Journal(SpacePolicy, HeadKeeping):
                 self._train_dictionary()
             committed: list[tuple[_Pending, dict[str, Any], bytes]] = []
             # Room that surely fits without asking SQLite for page counts per record;
-            # close to the budget every record gets the exact check.
-            room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
+            # close to the budget every record gets the exact check. The count is carried
+            # from commit to commit (less what was written) and asked again every
+            # ROOM_RECHECK_COMMITS commits or after anything but plain inserts.
+            room = self._room_left
+            if room is None or self._room_age >= ROOM_RECHECK_COMMITS:
+                room = self.max_bytes - self._used_bytes() - ROOM_MARGIN_PAGES * self._page_size
+                self._room_age = 0
+            exact_room_lost = self._dict_id != dict_before
             if seq + len(batch) > self._reserved:
                 self._reserve(seq + len(batch))
             for item in batch:
                 try:
-                    record, payload = seal(item.body, self.device, seq + 1, prev)
+                    hash_hex, payload = seal_encoded(item.encoded, self._device_json, seq + 1, prev)
                 except RecordError as err:
                     item.error = err
                     continue
@@ -320,23 +394,35 @@ class Journal(SpacePolicy, HeadKeeping):
                 need = len(blob) + ROW_OVERHEAD
                 if need <= room:
                     room -= need
-                elif not self._make_room(need, after):
-                    item.error = JournalFullError(self.max_bytes, self._used_bytes())
-                    continue
+                else:
+                    exact_room_lost = True
+                    if not self._make_room(need, after):
+                        item.error = JournalFullError(self.max_bytes, self._used_bytes())
+                        continue
                 seq += 1
-                prev = record["hash"]
+                record = {
+                    **item.encoded.body,
+                    "device": self.device,
+                    "seq": seq,
+                    "id": f"{self.device}:{seq}",
+                    "prev_hash": prev,
+                    "hash": hash_hex,
+                }
+                prev = hash_hex
                 conn.execute(
                     "INSERT INTO records (seq, time_us, dict, payload) VALUES (?, ?, ?, ?)",
                     (seq, item.time_us, self._dict_id, blob),
                 )
                 committed.append((item, record, payload))
             if committed:
-                conn.executemany(
-                    "UPDATE meta SET value = ? WHERE key = ?",
-                    ((str(seq), "head_seq"), (prev, "head_hash")),
+                conn.execute(
+                    "UPDATE meta SET value = CASE key WHEN 'head_seq' THEN ? ELSE ? END "
+                    "WHERE key IN ('head_seq', 'head_hash')",
+                    (str(seq), prev),
                 )
             conn.execute("COMMIT")
         except BaseException:
+            self._room_left = None
             # In-memory state first: SQLite may already have rolled back by itself (a full
             # disk does that), and then an explicit ROLLBACK fails and would hide the cause.
             self._pruned_through, self._dict_id = pruned_before, dict_before
@@ -347,6 +433,8 @@ class Journal(SpacePolicy, HeadKeeping):
                     log.warning("journal %s: rollback failed: %s", self.path, err)
             raise
         self.commits += 1
+        self._room_left = None if exact_room_lost else room
+        self._room_age += 1
         self._checkpointer.poke()
         self._last_seq, self._last_hash = seq, prev
         if committed:

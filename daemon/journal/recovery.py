@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ REBUILD_SUFFIX = ".rebuild"
 SIDE_FILES = ("-wal", "-shm")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Head:
     """What the head file knows: seqs up to ``reserved_seq`` may have been handed out."""
 
@@ -83,7 +83,18 @@ class HeadFile:
 
     def store(self, head: Head, *, sync: bool = True) -> None:
         """Write (and fdatasync unless not *sync*) *head*, in place: works on a full disk."""
-        self._slots.store(asdict(head), sync=sync)
+        # Written after every commit: a flat dict, not dataclasses.asdict's deep copy.
+        self._slots.store(
+            {
+                "device": head.device,
+                "epoch": head.epoch,
+                "reserved_seq": head.reserved_seq,
+                "head_seq": head.head_seq,
+                "head_hash": head.head_hash,
+                "delivered_seq": head.delivered_seq,
+            },
+            sync=sync,
+        )
 
     def close(self) -> None:
         """Close the file."""

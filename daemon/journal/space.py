@@ -48,9 +48,12 @@ class SpacePolicy:
     lost: list[tuple[int, int]]
 
     def _used_bytes(self) -> int:
-        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return int(pages - free) * self._page_size
+        # One statement (it runs in every commit): the pages in use.
+        row = self._conn.execute(
+            "SELECT p.page_count - f.freelist_count FROM pragma_page_count() AS p, "
+            "pragma_freelist_count() AS f"
+        ).fetchone()
+        return int(row[0]) * self._page_size
 
     def _make_room(self, need: int, after: list[Callable[[], None]]) -> bool:
         """Inside the write transaction: prune delivered history until *need* fits."""

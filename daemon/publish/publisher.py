@@ -432,12 +432,8 @@ class Publisher:
                     time.monotonic() - self._last_state_sent >= self.state_interval
                 ):
                     self._publish_state()
-            conn.pump(0.5, self._wake_r)
-            self._settle()
-            self.last_progress = time.monotonic()
-            if self._tracker.refusals:
-                self._handle_refusals(conn)
-                return
+            # Bookkeeping comes after the sends, so that a wake-up for a live scan goes
+            # from pump() straight to _fill_window().
             self._write_status()
             if (
                 self._tracker.delivered_seq > delivered_at_connect
@@ -446,6 +442,12 @@ class Publisher:
                 # A working connection: the backoff after it starts small again. A broker
                 # that accepts the connection but refuses every batch never gets here.
                 self._healthy = True
+            conn.pump(0.5, self._wake_r)
+            self._settle()
+            self.last_progress = time.monotonic()
+            if self._tracker.refusals:
+                self._handle_refusals(conn)
+                return
 
     def _new_connection(self, broker: BrokerConfig, protocol: MqttVersion) -> Connection:
         self._conn = Connection(

@@ -39,10 +39,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from scanfleet.daemon.core.config import Config
 from scanfleet.daemon.core.desired_config import (
@@ -58,6 +55,11 @@ from scanfleet.daemon.core.desired_config import (
 from scanfleet.daemon.core.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.core.statefiles import write_atomic
 
+if TYPE_CHECKING:
+    # cryptography is imported where a key is loaded or checked: a terminal without a
+    # fleet config key never loads it.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "remote-config.json"
@@ -69,6 +71,9 @@ def load_key(state_dir: Path) -> Ed25519PublicKey | None:
     path = state_dir / KEY_FILE
     if not path.exists():
         return None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as err:

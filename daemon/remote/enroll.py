@@ -26,12 +26,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from scanfleet.daemon.core.claims import Claim, ClaimError
@@ -47,6 +43,12 @@ from scanfleet.daemon.core.identity import Identity
 from scanfleet.daemon.core.model import valid_name
 from scanfleet.daemon.core.mqtt_client import Message, Session, TlsFiles, open_session
 from scanfleet.daemon.core.statefiles import write_atomic
+
+if TYPE_CHECKING:
+    # cryptography (~9 MB resident) is imported where a key, CSR or certificate is
+    # handled: a terminal that does not enroll never loads it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class DeviceTLS:
 
 def write_device_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Store the device key in *path*, created with mode 0600 (replacing any older one)."""
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -101,6 +105,9 @@ def write_device_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 def load_device_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Load the device key from *path*."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(path.read_bytes(), None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise EnrollmentError(f"{path} is not an EC private key")
@@ -111,6 +118,10 @@ def build_csr(
     key: ec.EllipticCurvePrivateKey, site: str, device: str
 ) -> x509.CertificateSigningRequest:
     """A CSR for ``{site}/{device}`` signed by *key*."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{site}/{device}")])
     return x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
 
@@ -123,6 +134,8 @@ def needs_renewal(cert: x509.Certificate, now: datetime | None = None) -> bool:
 
 
 def _cert_identity(cert: x509.Certificate) -> tuple[str, str]:
+    from cryptography.x509.oid import NameOID
+
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""
     site, _, device = cn.partition("/")
@@ -180,6 +193,9 @@ def ensure_enrolled(
     meta = {"enroll_host": claim.enroll_host, "enroll_port": claim.enroll_port}
     # The new key is written only once a certificate for it arrives: a refused
     # re-enrollment must leave the current key and certificate working.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     csr = build_csr(key, claim.site, identity.device)
     request = EnrollRequest(
@@ -207,6 +223,9 @@ def _renew(
     meta: dict[str, Any],
     timeout: float,
 ) -> x509.Certificate:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     site, device = _cert_identity(cert)
     old_key = load_device_key(tls.key)
     new_key = ec.generate_private_key(ec.SECP256R1())
@@ -242,6 +261,8 @@ def _refuse_unless_ok(response: EnrollResponse) -> tuple[str, str]:
 def _store(
     tls: DeviceTLS, response: EnrollResponse, meta: dict[str, Any]
 ) -> tuple[x509.Certificate, dict[str, Any]]:
+    from cryptography import x509
+
     pem, broker_url = _refuse_unless_ok(response)
     cert = x509.load_pem_x509_certificate(pem.encode())
     write_atomic(tls.cert, pem.encode(), 0o644)
@@ -267,9 +288,13 @@ def _enrolled(
 
 def _read_cert(path: Path) -> x509.Certificate | None:
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        pem = path.read_bytes()
     except FileNotFoundError:
         return None
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(pem)
     except ValueError as err:
         log.warning("ignoring unreadable device certificate %s: %s", path, err)
         return None

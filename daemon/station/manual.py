@@ -16,8 +16,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scanfleet.daemon.core.model import Operation, StationRecord
+from scanfleet.daemon.core.records import (
+    MANUAL_SCHEMA,
+    ManualEntryBody,
+    Origin,
+    Stamp,
+    StationContext,
+)
 
-MANUAL_SCHEMA = "scanfleet.manual-entry/1"
+__all__ = ["MANUAL_SCHEMA", "Category", "EntryRequest", "ManualEntry", "entry_body", "parse_entry"]
 
 
 class Category(StrEnum):
@@ -98,15 +105,22 @@ def parse_entry(text: str) -> EntryRequest:
         raise ValueError(problems) from err
 
 
-def entry_body(request: EntryRequest, context: dict[str, Any]) -> dict[str, Any]:
+def entry_body(
+    request: EntryRequest,
+    stamp: Stamp,
+    station: str | None,
+    context: StationContext,
+    origin: Origin,
+) -> ManualEntryBody:
     """The journal body of a manual/exempt entry in the station *context*."""
-    return {
-        "schema": MANUAL_SCHEMA,
-        "type": "manual_entry",
-        **context,
-        "kind": request.kind,
-        **request.model_dump(mode="json"),
-    }
+    return ManualEntryBody(
+        stamp=stamp,
+        station=station,
+        context=context,
+        origin=origin,
+        kind=request.kind,
+        entry=request.model_dump(mode="json"),
+    )
 
 
 class ManualEntry(StationRecord):

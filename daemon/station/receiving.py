@@ -21,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from scanfleet.daemon.core.errors import ConfigError, ConfigProblem
 from scanfleet.daemon.core.model import Operation, StationRecord
+from scanfleet.daemon.core.records import BILL_SUMMARY_SCHEMA, BillTally, CodeCount
 
-BILL_SUMMARY_SCHEMA = "scanfleet.bill-summary/1"
+__all__ = ["BILL_SUMMARY_SCHEMA", "BillProgress", "BillSummary", "Check", "Manifest"]
+
 
 Expectation = Literal["expected", "unexpected", "already_scanned"]
 
@@ -182,26 +184,24 @@ class BillProgress:
             for unit in check.units if check else []:
                 unit.received_by = seq
 
-    def summary_body(self) -> dict[str, Any]:
-        """The bill-specific fields of the ``bill_summary`` record."""
+    def tally(self) -> BillTally:
+        """What the bill's ``bill_summary`` record reports, as of now."""
         with self._lock:
             missing = [
-                {"code": u.code, "quantity": u.quantity}
-                for u in self._units.values()
-                if u.received_by is None
+                CodeCount(u.code, u.quantity) for u in self._units.values() if u.received_by is None
             ]
-            extra = [{"code": c, "quantity": n} for c, n in self._extra.items()]
+            extra = [CodeCount(c, n) for c, n in self._extra.items()]
+            status: Literal["matched", "differences", "no_manifest"]
             if self.manifest is None:
                 status = "no_manifest"
             else:
                 status = "differences" if missing or extra else "matched"
-            return {
-                "bill": self.bill,
-                "status": status,
-                "expected_units": self.expected_units,
-                "received_units": self.received_units,
-                "scans": self.accepted,
-                "refused": self.refused,
-                "missing": missing,
-                "extra": extra,
-            }
+            return BillTally(
+                status=status,
+                expected_units=self.expected_units,
+                received_units=self.received_units,
+                scans=self.accepted,
+                refused=self.refused,
+                missing=missing,
+                extra=extra,
+            )

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
@@ -22,23 +23,26 @@ from scanfleet.daemon.core.alarms import AlarmSet
 from scanfleet.daemon.core.config import Config
 from scanfleet.daemon.core.errors import ConfigError, ScanfleetError
 from scanfleet.daemon.core.model import Operation, StationRecord, Verdict
+from scanfleet.daemon.core.records import (
+    CONTROL_SCHEMA,
+    Action,
+    BillSummaryBody,
+    ControlBody,
+    Origin,
+    RecordBody,
+    ScanBody,
+    Stamp,
+    StationContext,
+)
 from scanfleet.daemon.journal.journal import Journal
 from scanfleet.daemon.station.duplicates import DuplicateIndex
 from scanfleet.daemon.station.index_guard import IndexGuard
 from scanfleet.daemon.station.manual import EntryRequest, entry_body, parse_entry
-from scanfleet.daemon.station.receiving import (
-    BILL_SUMMARY_SCHEMA,
-    BillProgress,
-    Check,
-    Manifest,
-    load_manifest,
-)
+from scanfleet.daemon.station.receiving import BillProgress, Check, Manifest, load_manifest
+
+__all__ = ["CONTROL_SCHEMA", "ControlRecord", "Origin", "Station", "StationError"]
 
 log = logging.getLogger(__name__)
-
-CONTROL_SCHEMA = "scanfleet.control/1"
-Origin = Literal["barcode", "local_api", "remote", "config"]
-Action = Literal["operation", "bill", "operator", "end_bill", "manual", "enroll", "unknown"]
 
 _ACTIONS: dict[str, Action] = {
     "OP": "operation",
@@ -82,15 +86,15 @@ class Station:
     def __init__(
         self,
         config: Config,
-        append: Callable[[dict[str, Any]], dict[str, Any]],
-        now_context: Callable[[], dict[str, Any]],
+        append: Callable[[RecordBody], dict[str, Any]],
+        now_stamp: Callable[[], Stamp],
         *,
         index: DuplicateIndex | None = None,
         alarms: AlarmSet | None = None,
     ) -> None:
         self._config = config
         self._append = append
-        self._now_context = now_context
+        self._now_stamp = now_stamp
         self.index = index
         self._alarms = alarms or AlarmSet()
         self._lock = threading.RLock()
@@ -125,9 +129,14 @@ class Station:
         return value.startswith(self.prefix)
 
     def snapshot(self) -> dict[str, Any]:
-        """The station context for a record: operation, bill, operator."""
+        """The station context as JSON (status, station view): operation, bill, operator."""
         with self._lock:
             return {"operation": str(self.operation), "bill": self.bill, "operator": self.operator}
+
+    def context(self) -> StationContext:
+        """The station context for a record: operation, bill, operator."""
+        with self._lock:
+            return StationContext(self.operation, self.bill, self.operator)
 
     def status(self) -> dict[str, Any]:
         """Context and bill progress (station view, local API ``status``)."""
@@ -184,15 +193,13 @@ class Station:
             if self.bill is None or self.progress is None:
                 raise StationError("no bill is open")
             control = self._control("end_bill", self.bill, origin)
-            body = {
-                "schema": BILL_SUMMARY_SCHEMA,
-                "type": "bill_summary",
-                **self._ctx(raw=False),
-                "station": self._config.station.name,
-                "origin": origin,
-                **self.snapshot(),
-                **self.progress.summary_body(),
-            }
+            body = BillSummaryBody(
+                stamp=self._stamp(),
+                station=self._config.station.name,
+                origin=origin,
+                context=self.context(),
+                tally=self.progress.tally(),
+            )
             summary = self._journal(body)
             self.last_summary = summary
             if summary["status"] == "differences":
@@ -223,13 +230,10 @@ class Station:
     ) -> dict[str, Any]:
         """Record a manual/exempt entry; returns the journaled ``manual_entry`` record."""
         with self._lock:
-            context = {
-                **self._ctx(raw=False),
-                "station": self._config.station.name,
-                **self.snapshot(),
-                "origin": origin,
-            }
-            return self._journal(entry_body(request, context))
+            body = entry_body(
+                request, self._stamp(), self._config.station.name, self.context(), origin
+            )
+            return self._journal(body)
 
     def warn(self, code: str, message: str) -> None:
         """Show a backend warning (e.g. the platform reports a duplicate) as an alarm."""
@@ -237,17 +241,12 @@ class Station:
 
     # -- reads from a scanner -------------------------------------------------------
 
-    def control_read(
-        self, value: str, raw: str, context: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], bool]:
+    def control_read(self, value: str, raw: str, stamp: Stamp) -> tuple[list[dict[str, Any]], bool]:
         """Act on a control barcode; returns the records journaled and whether all went well."""
         command = value[len(self.prefix) :]
         key, _, arg = command.partition("=")
         key = key.strip().upper()
-        base = {
-            "raw": raw,
-            **{k: context[k] for k in ("time", "clock", "t_mono", "boot_id", "source")},
-        }
+        base = (stamp, raw)
         with self._lock:
             self._read_base = base
             try:
@@ -265,19 +264,14 @@ class Station:
         origin: Origin,
         *,
         refused: str | None = None,
-        context: dict[str, Any] | None = None,
+        stamp: Stamp | None = None,
     ) -> dict[str, Any]:
         """Journal an enrollment event (claim read, enrolled, failed) as an ``enroll`` record.
 
-        *argument* names the site (never the claim's secret); *context* is a scanned
-        claim's time and source, without its raw text.
+        *argument* names the site (never the claim's secret); *stamp* is a scanned
+        claim's time and source (its raw text is not recorded).
         """
-        base = None
-        if context is not None:
-            base = {
-                "raw": None,
-                **{k: context[k] for k in ("time", "clock", "t_mono", "boot_id", "source")},
-            }
+        base = None if stamp is None else (stamp, None)
         with self._lock:
             return self._control("enroll", argument, origin, refused=refused, base=base)
 
@@ -295,56 +289,66 @@ class Station:
             return [self.manual_entry(parse_entry(arg), origin="barcode")], True
         raise StationError(f"unknown control barcode {key!r}")
 
-    def scan(self, body: dict[str, Any], *, fixed_operation: bool) -> dict[str, Any]:
+    def scan(self, body: ScanBody, *, fixed_operation: bool) -> dict[str, Any]:
         """Check an accepted-so-far scan body against duplicates and the bill, journal it."""
         with self._lock:
-            context = self.snapshot()
-            if fixed_operation:
-                context.pop("operation")
-            body.update(context)
+            operation = body.context.operation if fixed_operation else self.operation
+            body = replace(body, context=StationContext(operation, self.bill, self.operator))
             check: Check | None = None
-            if body["verdict"] == str(Verdict.ACCEPTED):
-                reasons = []
-                op = Operation(body["operation"])
-                dup = self._guard.run(self.index, "check", lambda i: i.check(body["value"], op))
-                if dup is None and self.index is not None:
-                    body["problems"] = [*body.get("problems", []), "duplicate check unavailable"]
-                if dup is not None and dup.limit > 1:
-                    # 拆零: say which unit of how many, so the centre needs no config.
-                    body["split_units"] = dup.limit
-                    if dup.duplicate_of is None:
-                        body["split_unit"] = dup.uses + 1
-                if dup is not None and dup.duplicate_of is not None:
-                    body["duplicate_of"] = dup.duplicate_of
-                    reasons.append(dup.reason)
-                if self.progress is not None:
-                    check = self.progress.check(body["value"])
-                    if check is not None:
-                        body["expected"] = check.expected
-                        if check.reason:
-                            reasons.append(check.reason)
-                if reasons:
-                    body["verdict"] = str(Verdict.REFUSED)
-                    body["reason"] = "; ".join(r for r in reasons if r)
+            if body.verdict is Verdict.ACCEPTED:
+                body, check = self._checked(body)
             record = self._journal(body)
-            if self.progress is not None and body["type"] == "scan":
+            if self.progress is not None:
                 self.progress.commit(
-                    body["value"], check, record["seq"], record["verdict"] == str(Verdict.ACCEPTED)
+                    body.value, check, record["seq"], body.verdict is Verdict.ACCEPTED
                 )
             return record
 
+    def _checked(self, body: ScanBody) -> tuple[ScanBody, Check | None]:
+        """Duplicate and manifest checks of an accepted scan: the body they make of it."""
+        reasons: list[str | None] = []
+        problems = body.problems
+        op, value = body.context.operation, body.value
+        dup = self._guard.run(self.index, "check", lambda i: i.check(value, op))
+        if dup is None and self.index is not None:
+            problems = [*problems, "duplicate check unavailable"]
+        split_units = split_unit = duplicate_of = None
+        if dup is not None and dup.limit > 1:
+            # 拆零: say which unit of how many, so the centre needs no config.
+            split_units = dup.limit
+            if dup.duplicate_of is None:
+                split_unit = dup.uses + 1
+        if dup is not None and dup.duplicate_of is not None:
+            duplicate_of = dup.duplicate_of
+            reasons.append(dup.reason)
+        check = self.progress.check(value) if self.progress is not None else None
+        if check is not None and check.reason:
+            reasons.append(check.reason)
+        verdict, reason = body.verdict, body.reason
+        if reasons:
+            verdict, reason = Verdict.REFUSED, "; ".join(r for r in reasons if r)
+        body = replace(
+            body,
+            problems=problems,
+            split_units=split_units,
+            split_unit=split_unit,
+            duplicate_of=duplicate_of,
+            expected=check.expected if check is not None else None,
+            verdict=verdict,
+            reason=reason,
+        )
+        return body, check
+
     # -- internals -----------------------------------------------------------------
 
-    _read_base: dict[str, Any] | None = None
+    _read_base: tuple[Stamp, str | None] | None = None
+    """Stamp and raw text of the control barcode being handled."""
 
-    def _ctx(self, *, raw: bool) -> dict[str, Any]:
+    def _stamp(self) -> Stamp:
         """Time, clock and source: of the control barcode being handled, else of now."""
-        context = dict(self._read_base or {**self._now_context(), "source": None, "raw": None})
-        if not raw:
-            context.pop("raw", None)
-        return context
+        return self._read_base[0] if self._read_base is not None else self._now_stamp()
 
-    def _journal(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _journal(self, body: RecordBody) -> dict[str, Any]:
         record = self._append(body)
         self._guard.run(self.index, "add", lambda i: i.add_record(record))
         return record
@@ -356,26 +360,25 @@ class Station:
         origin: Origin,
         *,
         refused: str | None = None,
-        base: dict[str, Any] | None = None,
+        base: tuple[Stamp, str | None] | None = None,
     ) -> dict[str, Any]:
-        context = base or self._ctx(raw=True)
-        body = {
-            "schema": CONTROL_SCHEMA,
-            "type": "control",
-            **context,
-            "station": self._config.station.name,
-            "origin": origin,
-            "action": action,
-            "argument": argument,
-            "verdict": "refused" if refused else "accepted",
-            "reason": refused,
-            **self.snapshot(),
-        }
+        stamp, raw = base or self._read_base or (self._now_stamp(), None)
+        body = ControlBody(
+            stamp=stamp,
+            raw=raw,
+            station=self._config.station.name,
+            origin=origin,
+            action=action,
+            argument=argument,
+            verdict=Verdict.REFUSED if refused else Verdict.ACCEPTED,
+            reason=refused,
+            context=self.context(),
+        )
         record = self._journal(body)
         if action == "bill" and not refused:
             self._bill_seq = record["seq"]
         self._persist()
-        log.info("station %s: %s %s (%s)", action, argument, body["verdict"], origin)
+        log.info("station %s: %s %s (%s)", action, argument, body.verdict, origin)
         return record
 
     def _persist(self) -> None:
@@ -424,7 +427,7 @@ class Station:
                     record = rec.as_dict()
                     if record.get("type") == "scan" and record.get("bill") == bill:
                         check = self.progress.check(record["value"])
-                        accepted = record.get("verdict") == str(Verdict.ACCEPTED)
+                        accepted = record.get("verdict") == Verdict.ACCEPTED
                         self.progress.commit(record["value"], check, rec.seq, accepted)
                         replayed += 1
             log.info("station: bill %s reopened after restart (%d scans replayed)", bill, replayed)

@@ -12,8 +12,11 @@ import logging
 import time
 from abc import abstractmethod
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Literal
 
+from pydantic import Field, model_validator
+
+from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DriverTimeoutError
 from scanfleet.daemon.core.logs import TRACE
 from scanfleet.drivers.base import Driver, DriverProblem, ProblemCallback, Read
@@ -34,13 +37,45 @@ from scanfleet.drivers.idcard.text import CardRead, decode_text
 log = logging.getLogger(__name__)
 
 
-class IdCardReader(Driver):
-    """Base of the ID-card drivers; ``read()`` returns a :class:`CardRead` or None."""
+class IdCardDeviceConfig(DeviceConfigBase):
+    """A second-generation ID-card reader (SAM protocol) on serial or USB-HID."""
+
+    driver: Literal["idcard_serial", "idcard_usb"]
+    port: str | None = None
+    """Serial device path (``idcard_serial``); prefer /dev/serial/by-id/…."""
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    usb: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$")] = "10c4:0007"
+    """``vid:pid`` of the HID reader (``idcard_usb``)."""
+    poll_interval_ms: Annotated[int, Field(ge=300, le=5000)] = 500
+    """Pause between find-card polls; readers need at least 300 ms."""
+    command_timeout_ms: Annotated[int, Field(ge=50, le=5000)] = 500
+    """Reply timeout for find, select and SAM commands."""
+    read_timeout_ms: Annotated[int, Field(ge=500, le=10000)] = 3000
+    """Reply timeout for reading the card (text, photo, fingerprint)."""
+    read_fingerprint: bool = False
+    """Use ``30 10`` (text + photo + fingerprint) instead of ``30 01``."""
+
+    @model_validator(mode="after")
+    def _transport(self) -> IdCardDeviceConfig:
+        if self.driver == "idcard_serial" and self.port is None:
+            raise ValueError("driver 'idcard_serial' needs 'port'")
+        return self
+
+
+class IdCardReader(Driver[IdCardDeviceConfig]):
+    """Base of the ID-card drivers; ``read()`` returns a :class:`CardRead` or None.
+
+    Both transports share :class:`IdCardDeviceConfig` (one model, registered under the
+    names ``idcard_serial`` and ``idcard_usb``), so a reader moved from a serial cable
+    to USB keeps its timing settings.
+    """
 
     port: str | None = None
     vid_pid: str | None = None
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
+    def __init__(
+        self, config: IdCardDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
         self._poll_interval = config.poll_interval_ms / 1000
         self._command_timeout = config.command_timeout_ms / 1000
         self._read_timeout = config.read_timeout_ms / 1000
@@ -83,13 +118,23 @@ class IdCardReader(Driver):
             raise SamStatusError(status, Command.SAM_STATUS)
 
     def _read(self, timeout: float | None) -> Read | None:
-        wait = self._next_poll - time.monotonic()
-        if wait > 0:
-            if timeout is not None and wait > timeout:
-                time.sleep(timeout)
+        # Poll every poll_interval until a card is read or *timeout* has passed (the
+        # Driver contract: None means the whole timeout went by without a read).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, self._next_poll - now)
+            if deadline is not None and now + wait >= deadline:
+                time.sleep(max(0.0, deadline - now))
                 return None
             time.sleep(wait)
-        self._next_poll = time.monotonic() + self._poll_interval
+            self._next_poll = time.monotonic() + self._poll_interval
+            card = self._poll()
+            if card is not None:
+                return card
+
+    def _poll(self) -> CardRead | None:
+        """One find → select → read cycle; wire and card problems are reported, not raised."""
         try:
             return self._cycle()
         except DriverTimeoutError as err:

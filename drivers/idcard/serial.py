@@ -11,12 +11,10 @@ import termios
 import time
 from typing import Any
 
-import serial  # pyserial
-
-from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError
+from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError, DriverUnavailableError
 from scanfleet.drivers.base import DriverProblem, ProblemCallback
 from scanfleet.drivers.idcard.protocol import FrameParser, Garbage
-from scanfleet.drivers.idcard.reader import IdCardReader
+from scanfleet.drivers.idcard.reader import IdCardDeviceConfig, IdCardReader
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,15 @@ class IdCardSerialDriver(IdCardReader):
 
     driver_name = "idcard_serial"
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
+    def __init__(
+        self, config: IdCardDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
+        # pyserial is imported at open, not with the config model (drivers/registry.py).
+        try:
+            import serial
+        except ImportError as err:  # pragma: no cover - pyserial is a core dependency
+            raise DriverUnavailableError("idcard_serial", "pyserial", str(err)) from err
+        self._pyserial: Any = serial
         self.port = config.port
         self._parser = FrameParser()
         try:
@@ -53,7 +59,7 @@ class IdCardSerialDriver(IdCardReader):
             self._parser.clear()
             self._serial.write(frame)
             body = self._await_reply(time.monotonic() + timeout)
-        except (serial.SerialException, OSError, termios.error) as err:
+        except (self._pyserial.SerialException, OSError, termios.error) as err:
             # pyserial lets termios.error (EIO on a vanished tty) through unwrapped.
             raise DeviceGoneError(f"{self.port}: {err}") from err
         if body is None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scanfleet.daemon.core.personal import PersonalData
 from scanfleet.drivers.base import Read
+
+if TYPE_CHECKING:
+    from scanfleet.daemon.core.personal import PersonalData
 
 TEXT_LEN = 256
 NO_EXPIRY = "长期"
@@ -132,6 +134,10 @@ def decode_text(block: bytes) -> CardText:
     if "nation" in fields:
         fields["nation_text"] = NATION_TEXT.get(fields["nation"], "")
     fields["no_expiry"] = fields.get("valid_to") == NO_EXPIRY
+    # Imported at the first card, not with the driver module: the registry imports every
+    # driver for its config model, and sealing (``cryptography``) is heavy.
+    from scanfleet.daemon.core.personal import PersonalData
+
     return CardText(card_type, PersonalData(fields))
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError, DriverUnavailableError
 from scanfleet.drivers.base import ProblemCallback
 from scanfleet.drivers.idcard.protocol import HEADER_LEN, PREAMBLE, FrameError, parse_frame
-from scanfleet.drivers.idcard.reader import IdCardReader
+from scanfleet.drivers.idcard.reader import IdCardDeviceConfig, IdCardReader
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,9 @@ class IdCardUsbDriver(IdCardReader):
 
     driver_name = "idcard_usb"
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
+    def __init__(
+        self, config: IdCardDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
         try:
             import usb.core
             import usb.util

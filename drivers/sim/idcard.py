@@ -238,6 +238,7 @@ class IdCardSimulator(SamResponder):
         self.delay = delay
         """Seconds to wait before every reply (slow reader)."""
         self._rng = random.Random(seed)  # noqa: S311 - test noise, not cryptography
+        self._garbage: deque[bytes] = deque()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -248,6 +249,10 @@ class IdCardSimulator(SamResponder):
         """Start answering requests."""
         self._thread.start()
         return self
+
+    def garble_next_reply(self, garbage: bytes) -> None:
+        """Send *garbage* (line noise) right before the next reply frame."""
+        self._garbage.append(garbage)
 
     def stop(self) -> None:
         """Stop and close the pty (the host side then sees the device gone)."""
@@ -287,7 +292,9 @@ class IdCardSimulator(SamResponder):
         if self.delay:
             time.sleep(self.delay)
         out = frame
-        if self.noise and self._rng.random() < self.noise:
+        if self._garbage:
+            out = self._garbage.popleft() + out
+        elif self.noise and self._rng.random() < self.noise:
             garbage = bytes(self._rng.randrange(256) for _ in range(self._rng.randrange(1, 12)))
             out = garbage + frame
             if self._rng.random() < 0.5:

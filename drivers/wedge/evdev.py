@@ -29,11 +29,21 @@ import struct
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, field_validator, model_validator
+
+from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
-from scanfleet.drivers.base import DeviceInfo, Driver, DriverProblem, ProblemCallback, Read
+from scanfleet.drivers.base import (
+    USB_MATCH_PATTERN,
+    DeviceInfo,
+    Driver,
+    DriverProblem,
+    ProblemCallback,
+    Read,
+)
 from scanfleet.drivers.framing import Frame
 from scanfleet.drivers.wedge.decoder import DecoderStats, EventDecoder, KeyDecoder
 from scanfleet.drivers.wedge.trace import INPUT_EVENT, InputEvent
@@ -47,6 +57,40 @@ READ_CHUNK = INPUT_EVENT.size * 256
 SCANNER_NAME = re.compile(r"scan|barcode|honeywell|zebra|symbol|datalogic|newland|zkteco", re.I)
 
 
+class WedgeDeviceConfig(DeviceConfigBase):
+    """A keyboard-mode (wedge) scanner read through evdev, grabbed from everyone else."""
+
+    driver: Literal["evdev"]
+    path: str | None = None
+    """Event device; prefer /dev/input/by-id/…-event-kbd (a FIFO replays a raw trace)."""
+    usb: Annotated[str | None, Field(pattern=USB_MATCH_PATTERN)] = None
+    """Bind by USB ``vid:pid[:serial]`` instead of a path."""
+    name_pattern: str | None = None
+    """Bind the first keyboard whose input device name matches this regular expression."""
+    layout: Literal["us", "uk", "de", "fr"] = "us"
+    """The scanner's keyboard-country setting (which keys it presses for each character)."""
+    terminator: Literal["enter", "tab", "enter_or_tab", "none"] = "enter"
+    """Key that ends a scan (Enter includes keypad Enter); ``none``: inter-key silence does."""
+    idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
+    """Inter-key silence that ends a scan (``terminator = "none"``) or drops a fragment."""
+    max_key_interval_ms: Annotated[int | None, Field(ge=1, le=1000)] = None
+    """Reject key sequences with a slower gap between keys as human typing (shared keyboards)."""
+    grab: bool = True
+    """EVIOCGRAB: no keystroke of this device reaches any other application."""
+
+    @field_validator("usb")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _one_binding(self) -> WedgeDeviceConfig:
+        given = [x for x in (self.path, self.usb, self.name_pattern) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'path', 'usb' or 'name_pattern'")
+        return self
+
+
 def _import_evdev() -> Any:
     try:
         import evdev
@@ -57,7 +101,7 @@ def _import_evdev() -> Any:
     return evdev
 
 
-def find_input_device(config: Any) -> str | None:
+def find_input_device(config: WedgeDeviceConfig) -> str | None:
     """The event node *config* names (path, ``usb`` vid:pid[:serial] or ``name_pattern``)."""
     if config.path is not None:
         return os.path.realpath(config.path) if os.path.exists(config.path) else None
@@ -90,12 +134,14 @@ def find_input_device(config: Any) -> str | None:
     return None
 
 
-class EvdevWedgeDriver(Driver):
-    """The driver for ``driver = "evdev"`` devices (a WedgeDeviceConfig)."""
+class EvdevWedgeDriver(Driver[WedgeDeviceConfig]):
+    """The driver for ``driver = "evdev"`` devices."""
 
     driver_name = "evdev"
 
-    def __init__(self, config: Any, *, on_problem: ProblemCallback | None = None) -> None:
+    def __init__(
+        self, config: WedgeDeviceConfig, *, on_problem: ProblemCallback | None = None
+    ) -> None:
         path = find_input_device(config)
         if path is None:
             raise DeviceGoneError(f"no input device matches {_describe(config)}")
@@ -238,7 +284,7 @@ class EvdevWedgeDriver(Driver):
             os.close(self._fd)
             return
         try:
-            if self.config.grab:  # type: ignore[attr-defined]
+            if self.config.grab:
                 self._dev.ungrab()
         except OSError as err:
             # The device is gone or the grab went with it; closing releases it anyway.
@@ -297,5 +343,5 @@ def _by_id_links(node: str) -> tuple[str, ...]:
     )
 
 
-def _describe(config: Any) -> str:
+def _describe(config: WedgeDeviceConfig) -> str:
     return config.path or config.usb or f"name /{config.name_pattern}/"

@@ -91,7 +91,7 @@ def _seed(dsn: str) -> float:
         params = {"sites": SITES, "devices": DEVICES, "per": per}
         for statement in _SEED.split(";\n"):
             if statement.strip():
-                conn.execute(statement.encode(), params)  # type: ignore[call-overload]
+                conn.execute(statement.encode(), params)
         now = datetime.now(UTC)
         start = now.timestamp() - DAYS * 86400
         first = datetime.fromtimestamp(start, UTC)
@@ -103,7 +103,7 @@ def _seed(dsn: str) -> float:
         chunk = 1000
         for lo in range(0, DEVICES, chunk):
             conn.execute(
-                _RECORDS.encode(),  # type: ignore[call-overload]
+                _RECORDS.encode(),
                 {
                     "start": datetime.fromtimestamp(start, UTC),
                     "step": step,

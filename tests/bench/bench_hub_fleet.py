@@ -108,7 +108,7 @@ def run() -> Iterator[dict[str, Any]]:
         broker.restart()
         time.sleep(max(0.0, started + DURATION - time.monotonic()))
         produced_at = time.monotonic()
-        ok, report = False, []
+        ok, report = False, list[dict[str, Any]]()
         while time.monotonic() - produced_at < 300:
             ok, report = _complete(dsn)
             if ok and len(report) == DEVICES:

@@ -115,7 +115,7 @@ def _resolve(request: dict[str, Any]) -> Callable[..., object]:
         target = getattr(target, part)
     if not callable(target):
         raise TypeError(f"{qualname} in {where} is not callable")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def _run_call(request: dict[str, Any]) -> None:

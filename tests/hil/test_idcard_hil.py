@@ -58,7 +58,7 @@ def _read_cards(driver: Any, wants: int, timeout: float = 60.0) -> list[dict[str
 
 def cards_over_tty(driver_name: str, wants: int) -> list[dict[str, Any]]:
     """In the guest: bind idcard_serial to the tty of *driver_name* and read *wants* cards."""
-    from scanfleet.daemon.core.config import IdCardDeviceConfig
+    from scanfleet.drivers.idcard.reader import IdCardDeviceConfig
     from scanfleet.drivers.idcard.serial import IdCardSerialDriver
 
     path = wait_for(lambda: tty_by_driver(driver_name), f"tty of {driver_name}")
@@ -141,8 +141,8 @@ def cards_over_hid_gadget(hidg: str, vid: int, pid: int, names: list[str]) -> li
 
 def hid_session(hidg: str, vid: int, pid: int, names: list[str]) -> list[dict[str, Any]]:
     """The gadget side answers as a reader; idcard_usb reads through libusb."""
-    from scanfleet.daemon.core.config import IdCardDeviceConfig
     from scanfleet.drivers.idcard.protocol import parse_frame
+    from scanfleet.drivers.idcard.reader import IdCardDeviceConfig
     from scanfleet.drivers.idcard.usbhid import (
         IdCardUsbDriver,
         hid_reply_packets,

@@ -25,9 +25,9 @@ def scan_and_beep(hidg: str, vid: int, pid: int, data: bytes) -> dict[str, Any]:
     """In the guest: gadget sends *data* as HID POS reports; the driver reads it and beeps."""
     import threading
 
-    from scanfleet.daemon.core.config import UsbHidDeviceConfig
     from scanfleet.drivers import usbhid
     from scanfleet.drivers.base import Signal
+    from scanfleet.drivers.usbhid import UsbHidDeviceConfig
 
     config = UsbHidDeviceConfig(
         name="pos", driver="usbhid", usb=f"{vid:04x}:{pid:04x}", mode="hidpos", feedback="honeywell"

@@ -18,8 +18,7 @@ CODES = ["83711700173703755011", "83711700173703755012", "83711700173703755013"]
 def gadget_types_while_the_reader_sleeps(hidg: str, vid: int, pid: int) -> dict[str, Any]:
     """In the guest: the driver is open (grabbed) but nobody reads while the gadget types
     two scans (≈ 126 events each, the kernel keeps 64); then one scan with a live reader."""
-    from scanfleet.daemon.core.config import WedgeDeviceConfig
-    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
+    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver, WedgeDeviceConfig
 
     config = WedgeDeviceConfig(
         name="w", driver="evdev", usb=f"{vid:04x}:{pid:04x}", idle_timeout_ms=3000

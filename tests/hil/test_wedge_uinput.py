@@ -43,8 +43,7 @@ def scanner_types_under_grab(n: int, key_interval: float) -> dict[str, Any]:
     from evdev import InputDevice
 
     from hil.guestlib import evdev_by_name, wait_for
-    from scanfleet.daemon.core.config import WedgeDeviceConfig
-    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
+    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver, WedgeDeviceConfig
 
     codes = _codes(n)
     ui = _scanner()
@@ -112,8 +111,7 @@ def stalled_reader_loses_scans_but_never_misreads(scans: int) -> dict[str, Any]:
     """In the guest: the scanner types while the driver is open but nobody reads, then
     one more scan with the reader awake."""
     from hil.guestlib import evdev_by_name, wait_for
-    from scanfleet.daemon.core.config import WedgeDeviceConfig
-    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver
+    from scanfleet.drivers.wedge.evdev import EvdevWedgeDriver, WedgeDeviceConfig
 
     codes = _codes(scans + 1)
     ui = _scanner()

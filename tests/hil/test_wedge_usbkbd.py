@@ -15,8 +15,9 @@ def read_one_with(driver_name: str, timeout: float = 60.0) -> dict[str, Any]:
     """In the guest: open QEMU's usb-kbd with the named driver, notify, read one scan."""
     from hil.agent import notify
     from hil.guestlib import wait_node
-    from scanfleet.daemon.core.config import UsbHidDeviceConfig, WedgeDeviceConfig
-    from scanfleet.drivers import open_driver
+    from scanfleet.drivers.registry import open_driver
+    from scanfleet.drivers.usbhid import UsbHidDeviceConfig
+    from scanfleet.drivers.wedge.evdev import WedgeDeviceConfig
 
     wait_node(0x0627, 0x0001, "input")
     # QMP keys are paced by a busy host: allow long gaps (Enter ends the scan anyway).

@@ -36,27 +36,27 @@ def test_the_console_serves_https_with_a_certificate_and_secure_cookies(
     ).start()
     try:
         context = ssl.create_default_context(cafile=str(fleet.ca_file))
-        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30)
-        conn.request("GET", "/login")
-        answer = conn.getresponse()
+        https = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30)
+        https.request("GET", "/login")
+        answer = https.getresponse()
         answer.read()
         assert answer.status == 200
         assert "max-age" in answer.headers["Strict-Transport-Security"]
         assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
-        conn.request(
+        https.request(
             "POST",
             "/login",
             body="username=admin&password=a+long+password",
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-        answer = conn.getresponse()
+        answer = https.getresponse()
         answer.read()
         assert answer.status == 303
         cookie = answer.headers["Set-Cookie"]
         assert "Secure" in cookie
         assert "HttpOnly" in cookie
         assert "SameSite=strict" in cookie
-        conn.close()
+        https.close()
     finally:
         server.stop()
 

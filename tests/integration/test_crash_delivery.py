@@ -145,7 +145,7 @@ def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
         assert promised <= set(range(1, last_seq + 1))
 
         def have_all() -> bool:
-            seen = set()
+            seen: set[int] = set()
             for topic, payload, _ in collector.messages:
                 if topic.endswith("/scans"):
                     seen.update(s["seq"] for s in ScanBatch.model_validate_json(payload).scans)

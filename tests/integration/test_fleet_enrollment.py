@@ -27,7 +27,7 @@ from scanfleet.daemon.remote.enroll import (
     load_device_key,
 )
 from scanfleet.provisioning.ca import Role, cert_pem, write_public
-from scanfleet.provisioning.claims import create_claim
+from scanfleet.provisioning.claims import DEFAULT_TTL, create_claim
 from scanfleet.provisioning.service import EnrollmentService
 from support.enroll_service import running_service
 from support.pki import Credentials, Fleet, FleetBroker, TLSClient
@@ -54,10 +54,24 @@ def device_config(tmp_path: Path, fleet: Fleet, name: str) -> Config:
     )
 
 
-def put_claim(fleet: Fleet, fleet_broker: FleetBroker, config: Config, **kw: object) -> str:
+def put_claim(
+    fleet: Fleet,
+    fleet_broker: FleetBroker,
+    config: Config,
+    *,
+    ttl: timedelta = DEFAULT_TTL,
+    device: str | None = None,
+    now: datetime | None = None,
+) -> str:
     _, claim = create_claim(
-        fleet.ca.registry, SITE, fleet_broker.host, fleet_broker.enroll_port, **kw
-    )  # type: ignore[arg-type]
+        fleet.ca.registry,
+        SITE,
+        fleet_broker.host,
+        fleet_broker.enroll_port,
+        ttl=ttl,
+        device=device,
+        now=now,
+    )
     config.paths.state_dir.mkdir(parents=True, exist_ok=True)
     (config.paths.state_dir / CLAIM_FILE).write_text(claim.token + "\n", encoding="utf-8")
     return claim.token

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -225,10 +226,10 @@ def test_records_the_broker_gave_nobody_are_fetched_by_resend(
         chain.add()
     prefix = f"scanfleet/v1/{SITE}/{DEVICE}"
     device = Publisher(mosquitto.host, mosquitto.port, DEVICE)
-    requests: list[tuple[dict[str, object], object]] = []
+    requests: list[tuple[dict[str, object], Properties | None]] = []
 
-    def on_message(client: object, userdata: object, msg: object) -> None:
-        requests.append((json.loads(msg.payload), msg.properties))  # type: ignore[attr-defined]
+    def on_message(client: object, userdata: object, msg: MQTTMessage) -> None:
+        requests.append((json.loads(msg.payload), msg.properties))
 
     device.client.on_message = on_message
     device.client.subscribe(f"{prefix}/cmd/resend", qos=1)
@@ -248,7 +249,7 @@ def test_records_the_broker_gave_nobody_are_fetched_by_resend(
         # Answer as a terminal does: the records on the scans topic, then the reply.
         device.send(chain.topic, chain.batch(11, 15))
         reply = Properties(PacketTypes.PUBLISH)
-        reply.CorrelationData = props.CorrelationData
+        reply.CorrelationData = getattr(props, "CorrelationData", None)
         body = {
             "schema": "scanfleet.cmd-response/1",
             "device": DEVICE,
@@ -257,8 +258,13 @@ def test_records_the_broker_gave_nobody_are_fetched_by_resend(
             "result": {"records": 5},
             "time": "2026-12-07T10:00:01Z",
         }
+        topic = getattr(props, "ResponseTopic", None)
+        assert isinstance(topic, str)
         device.client.publish(
-            props.ResponseTopic, json.dumps(body).encode(), qos=1, properties=reply
+            topic,
+            json.dumps(body).encode(),
+            qos=1,
+            properties=reply,
         ).wait_for_publish(10)
         wait_for(lambda: query(hub_database, "SELECT count(*) FROM records") == [(15,)], 30, "15")
         wait_for(

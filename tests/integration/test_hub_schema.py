@@ -86,3 +86,38 @@ def test_database_newer_than_the_code_is_refused(hub_database: str) -> None:
         conn.commit()
         with pytest.raises(HubDatabaseError, match="newer than this code"):
             upgrade(conn)
+
+
+def test_v4_keeps_one_key_per_table_on_a_database_holding_records(hub_database: str) -> None:
+    insert = (
+        "INSERT INTO records (id, site, device, seq, type, time, hash, prev_hash, hash_ok,"
+        " payload) VALUES ('d1:1', 's1', 'd1', 1, 'scan', '2026-03-15T10:00:00Z', 'h', 'p',"
+        " true, '\\x7b7d')"
+    )
+    with connect(hub_database) as conn:
+        upgrade(conn, 3)
+        with conn.transaction():
+            conn.execute("SELECT hub_ensure_partition('2026-03-15T10:00:00Z')")
+        conn.execute(
+            "INSERT INTO record_ids (id, device, seq, time, hash)"
+            " VALUES ('d1:1', 'd1', 1, '2026-03-15T10:00:00Z', 'h')"
+        )
+        conn.execute(insert)
+        conn.commit()
+        upgrade(conn)
+        assert current_version(conn) == SCHEMA_VERSION
+        keys = conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+            " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'records_202603'::regclass"
+            " AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)"
+        ).fetchall()
+        assert [k for (k,) in keys] == ["device", "seq", "time"]
+        # The same record again is refused by the new key, on the partition made before it.
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+            conn.execute(insert)
+        # record_ids keeps its one key: the id (device:seq).
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+            conn.execute(
+                "INSERT INTO record_ids (id, device, seq, time, hash)"
+                " VALUES ('d1:1', 'd1', 1, '2026-03-16T10:00:00Z', 'other')"
+            )

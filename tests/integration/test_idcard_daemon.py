@@ -20,8 +20,9 @@ from scanfleet.daemon.core.model import Scan
 from scanfleet.daemon.intake.pairing import NO_WINDOW_REASON, IdentityRead
 from scanfleet.daemon.journal.reader import open_readonly
 from scanfleet.daemon.runner import Daemon, build_daemon, journal_path
-from scanfleet.drivers import driver_class, virtual
+from scanfleet.drivers import virtual
 from scanfleet.drivers.base import Signal
+from scanfleet.drivers.registry import driver_class
 from scanfleet.drivers.sim.idcard import SAMPLE_CARDS, IdCardSimulator
 from scanfleet.provisioning.identity_open import public_key_from_file, write_keypair
 from support.broker import Mosquitto

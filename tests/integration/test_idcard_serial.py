@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from scanfleet.daemon.core.config import IdCardDeviceConfig
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverTimeoutError
 from scanfleet.drivers.base import DriverProblem
 from scanfleet.drivers.idcard.protocol import Command, Status
+from scanfleet.drivers.idcard.reader import IdCardDeviceConfig
 from scanfleet.drivers.idcard.serial import IdCardSerialDriver
 from scanfleet.drivers.idcard.text import CardRead, CardType
 from scanfleet.drivers.sim.idcard import SAMPLE_CARDS, IdCardSimulator

@@ -155,7 +155,7 @@ def test_a_client_changes_the_bill_and_records_an_exempt_entry(
             }
         )
         pos.send({"op": "set_operation", "operation": "teleport", "request_id": 3})
-        replies = []
+        replies: list[dict[str, Any]] = []
         while len(replies) < 3:
             message = pos.recv()
             assert message is not None

@@ -279,3 +279,23 @@ def test_with_the_live_lane_a_live_scan_overtakes_the_backlog_and_arrives_twice(
     in_order = [s["seq"] for i, b in enumerate(arrivals) if i != carrying_live[0] for s in b.scans]
     assert in_order == list(range(1, live["seq"] + 1))
     assert publisher.counters.live_batches_published == 1
+
+
+def test_the_connection_sends_without_nagle_delay(mosquitto: Mosquitto) -> None:
+    # A scan published right after a state message (or while a batch awaits its
+    # PUBACK) must not wait for the broker's TCP ACK of the earlier packet.
+    import socket
+
+    from scanfleet.daemon.core.mqtt_client import connect_client, make_client
+
+    client = make_client("5", "nodelay-check")
+    connect_client(client, mosquitto.host, mosquitto.port, keepalive=30)
+    try:
+        sock = client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        client.disconnect()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()

@@ -6,17 +6,18 @@ import os
 import threading
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scanfleet.daemon.core.config import SerialDeviceConfig
 from scanfleet.daemon.core.errors import DeviceGoneError
 from scanfleet.daemon.core.model import Kind
-from scanfleet.drivers import open_driver, ssi
+from scanfleet.drivers import ssi
 from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
+from scanfleet.drivers.registry import open_driver
+from scanfleet.drivers.serial import SerialDeviceConfig
 from scanfleet.drivers.sim.serial_scanner import SerialScannerSimulator
 
 pytestmark = pytest.mark.integration
@@ -132,14 +133,19 @@ class Worker:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
+    def _problem_reporter(self, instance: int) -> Callable[[DriverProblem], None]:
+        """Record problems with the number of the driver instance that reported them."""
+
+        def report(problem: DriverProblem) -> None:
+            self.problems.append((instance, problem.code))
+
+        return report
+
     def run(self) -> None:
         delay = 0.1
         while not self.stop.is_set():
             try:
-                instance = self.opens
-                driver = open_driver(
-                    self.config, on_problem=lambda p, i=instance: self.problems.append((i, p.code))
-                )
+                driver = open_driver(self.config, on_problem=self._problem_reporter(self.opens))
             except DeviceGoneError:
                 self.stop.wait(delay)
                 delay = min(delay * 2, 1.0)

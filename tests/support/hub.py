@@ -88,7 +88,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
 def query(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Run *sql* in its own autocommit connection; the rows."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(sql, params)  # type: ignore[arg-type]
+        cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description else []
 
 

@@ -5,7 +5,8 @@ field of a :class:`scanfleet.daemon.core.model.Scan` except ``device``, ``seq``,
 ``prev_hash`` and ``hash`` (the journal adds those). The read itself comes from the
 simulator's default counter mix (``scanfleet.drivers.sim.codes``) and is classified by
 the daemon's own ``classify``, so benchmarks and tests store exactly the shapes a
-pharmacy counter produces.
+pharmacy counter produces. ``make_scan_record`` is the same scan as the typed
+:class:`~scanfleet.daemon.core.records.ScanBody` the pipeline builds (same bytes once journaled).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from scanfleet.daemon.core.model import ClockSync, Kind, Operation, Verdict
+from scanfleet.daemon.core.records import ReadSource, ScanBody, Stamp, StationContext
 from scanfleet.daemon.intake.classify import classify
 from scanfleet.drivers.sim.codes import generate_code
 
@@ -57,3 +60,30 @@ def make_scan_body(i: int, rng: random.Random) -> dict[str, Any]:
         "operator": OPERATORS[(i // 200) % len(OPERATORS)],
         "identity_ref": None,
     }
+
+
+def make_scan_record(i: int, rng: random.Random) -> ScanBody:
+    """The same scan as :func:`make_scan_body`, typed the way the pipeline builds it."""
+    body = make_scan_body(i, rng)
+    source = body["source"]
+    return ScanBody(
+        stamp=Stamp(
+            time=body["time"],
+            clock=ClockSync(body["clock"]),
+            t_mono=body["t_mono"],
+            boot_id=body["boot_id"],
+            source=ReadSource(
+                source["driver"], source["device"], source["port"], source["vid_pid"]
+            ),
+        ),
+        context=StationContext(Operation(body["operation"]), body["bill"], body["operator"]),
+        station=body["station"],
+        raw=body["raw"],
+        aim=body["aim"],
+        kind=Kind(body["kind"]),
+        value=body["value"],
+        fields=body["fields"],
+        problems=body["problems"],
+        verdict=Verdict(body["verdict"]),
+        reason=body["reason"],
+    )

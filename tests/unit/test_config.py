@@ -10,7 +10,6 @@ import pytest
 
 from scanfleet.daemon.core.config import (
     Config,
-    SerialDeviceConfig,
     example_config,
     load_config,
     locate_keys,
@@ -18,6 +17,7 @@ from scanfleet.daemon.core.config import (
 )
 from scanfleet.daemon.core.errors import ConfigError
 from scanfleet.daemon.core.model import Operation
+from scanfleet.drivers.serial import SerialDeviceConfig
 
 BROKEN = """\
 [identity]
@@ -98,7 +98,9 @@ def test_serial_device_needs_exactly_one_of_port_and_usb() -> None:
         with pytest.raises(ConfigError, match="exactly one"):
             parse_config(f'[[devices]]\nname = "s"\ndriver = "serial"\n{extra}')
     config = parse_config('[[devices]]\nname = "s"\ndriver = "serial"\nusb = "1A86:7523:ABC"\n')
-    assert config.devices[0].usb == "1a86:7523:ABC".lower()  # type: ignore[union-attr]
+    device = config.devices[0]
+    assert isinstance(device, SerialDeviceConfig)
+    assert device.usb == "1a86:7523:ABC".lower()
 
 
 def test_broker_url_gives_host_port_and_tls() -> None:

@@ -51,7 +51,7 @@ def test_syn_dropped_discards_the_partial_scan_reports_the_loss_and_unsticks_shi
     assert isinstance(problem, DriverProblem)
     assert problem.code == "overflow"
     # Shift's release was lost; without the EVIOCGKEY resync the last scan would be "!)…".
-    assert got[2].data == b"0103400934567891\r"  # type: ignore[union-attr]
+    assert got[2].data == b"0103400934567891\r"
 
 
 def test_loss_is_counted_and_no_fragment_of_the_lost_scan_is_ever_a_read() -> None:

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from scanfleet.daemon.core.config import SerialDeviceConfig
 from scanfleet.drivers import ssi
 from scanfleet.drivers.base import Signal
 from scanfleet.drivers.feedback import preset_for
+from scanfleet.drivers.serial import SerialDeviceConfig
 
 
 def config(**kw: Any) -> SerialDeviceConfig:

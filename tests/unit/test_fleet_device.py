@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,7 +109,7 @@ def test_inventory_joins_states_and_certificates(tmp_path: Path) -> None:
         ca.sign_device_csr(build_csr(new_private_key(), "s", device), "s", device, days=30)
     revoked = ca.sign_device_csr(build_csr(new_private_key(), "s", "c"), "s", "c")
     ca.revoke(revoked.serial_number)
-    states = {
+    states: dict[tuple[str, str], dict[str, Any]] = {
         ("s", "a"): {"online": True, "time": "2026-01-01T00:00:00Z", "journal": {"depth": 3}},
         ("s", "b"): {"online": False, "time": "2026-01-02T00:00:00Z", "journal": None},
         ("t", "ghost"): {"online": True},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from scanfleet.drivers.base import DriverProblem
@@ -19,11 +21,11 @@ TRACE = b"83711700173703755001"
 GS1 = b"]d2010304000000000117290101" + b"10ABC123\x1d21XYZ987"
 
 
-def frames(events: list[object]) -> list[bytes]:
+def frames(events: Sequence[object]) -> list[bytes]:
     return [e.data for e in events if isinstance(e, Frame)]
 
 
-def problems(events: list[object]) -> list[str]:
+def problems(events: Sequence[object]) -> list[str]:
     return [e.code for e in events if isinstance(e, DriverProblem)]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from scanfleet.daemon.core.config import VirtualDeviceConfig
-from scanfleet.drivers import open_driver, virtual
+from scanfleet.drivers import virtual
 from scanfleet.drivers.base import DriverProblem
+from scanfleet.drivers.registry import open_driver
+from scanfleet.drivers.virtual import VirtualDeviceConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "serial"
 

@@ -182,7 +182,8 @@ def test_appends_waiting_during_a_commit_share_the_next_transaction(journal: Jou
             threading.Thread(target=lambda b=b: results.append(journal.append(b))) for b in items
         ]
         threads[0].start()
-        while not journal._leader:
+        # The leader has taken its record out of the queue (its batch is closed).
+        while not journal._leader or journal._queue:
             time.sleep(0.001)
         for t in threads[1:]:
             t.start()

@@ -46,7 +46,7 @@ def _batch(first: int, last: int) -> Batch:
 def test_a_drain_batch_holds_at_most_max_scans_records(journal: Journal) -> None:
     cutter = BatchCutter(DEVICE, max_scans=100, max_bytes=10 << 20)
     batch = cutter.cut(journal, 1)
-    assert batch is not None
+    assert isinstance(batch, Batch)
     assert (batch.first_seq, batch.last_seq) == (1, 100)
     assert json.loads(batch.payload)["last_seq"] == 100
 
@@ -56,6 +56,7 @@ def test_a_drain_batch_payload_stays_within_max_bytes(journal: Journal) -> None:
     next_seq = 1
     sizes = []
     while (batch := cutter.cut(journal, next_seq)) is not None:
+        assert isinstance(batch, Batch)
         assert len(batch.payload) <= 16 * 1024
         sizes.append(batch.count)
         next_seq = batch.last_seq + 1
@@ -78,7 +79,7 @@ def test_nothing_to_cut_after_the_last_record(journal: Journal) -> None:
 def test_envelope_embeds_the_journal_records_byte_identical(journal: Journal) -> None:
     cutter = BatchCutter(DEVICE, max_scans=50, max_bytes=256 * 1024)
     batch = cutter.cut(journal, 301)
-    assert batch is not None
+    assert isinstance(batch, Batch)
     stored = journal.read_after(300, limit=batch.count, max_bytes=1 << 30)
     for record in stored:
         assert record.payload in batch.payload

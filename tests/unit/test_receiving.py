@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.core.records import CodeCount
 from scanfleet.daemon.station.receiving import BillProgress, Manifest, load_manifest
 
 PALLET, CASE = "83711700100000000001", "83711700100000000002"
@@ -54,24 +55,24 @@ def test_the_summary_lists_missing_and_extra_and_is_not_matched_with_differences
     assert stray is not None
     assert stray.expected == "unexpected"
     bill.commit("83711700999999999999", stray, seq=2, accepted=False)
-    summary = bill.summary_body()
-    assert summary["status"] == "differences"
-    assert summary["missing"] == [{"code": UNITS[3], "quantity": 10}]
-    assert summary["extra"] == [{"code": "83711700999999999999", "quantity": 1}]
+    summary = bill.tally()
+    assert summary.status == "differences"
+    assert summary.missing == [CodeCount(UNITS[3], 10)]
+    assert summary.extra == [CodeCount("83711700999999999999", 1)]
     last = bill.check(UNITS[3])
     bill.commit(UNITS[3], last, seq=3, accepted=True)
-    assert bill.summary_body()["missing"] == []
-    assert bill.summary_body()["status"] == "differences"  # the stray code is still extra
+    assert bill.tally().missing == []
+    assert bill.tally().status == "differences"  # the stray code is still extra
 
 
 def test_a_complete_bill_is_matched_and_a_bill_without_manifest_says_so() -> None:
     bill = BillProgress("RK-1", _manifest())
     for code in (PALLET, UNITS[3]):
         bill.commit(code, bill.check(code), seq=1, accepted=True)
-    assert bill.summary_body()["status"] == "matched"
+    assert bill.tally().status == "matched"
     plain = BillProgress("X", None)
     assert plain.check(PALLET) is None
-    assert plain.summary_body()["status"] == "no_manifest"
+    assert plain.tally().status == "no_manifest"
 
 
 def test_a_broken_manifest_file_is_a_config_error(tmp_path: Path) -> None:

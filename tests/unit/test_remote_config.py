@@ -25,6 +25,7 @@ from scanfleet.daemon.core.desired_config import (
 )
 from scanfleet.daemon.journal.codec import canonical as journal_canonical
 from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig
+from scanfleet.drivers.virtual import VirtualDeviceConfig
 
 
 def base_config(tmp_path: Path) -> Config:
@@ -139,7 +140,11 @@ def _trusting(tmp_path: Path) -> tuple[Ed25519PrivateKey, Harness]:
 
 
 def test_signatures_cover_the_journals_rfc8785_canonical_json() -> None:
-    body = {"version": 2, "probation_s": 60.0, "config": {"station": {"é": 1, "z": 1e21}}}
+    body: dict[str, Any] = {
+        "version": 2,
+        "probation_s": 60.0,
+        "config": {"station": {"é": 1, "z": 1e21}},
+    }
     signed = {**body, "signature": "x"}
     assert canonical(signed) == rfc8785.dumps(body) == journal_canonical(body)
     # The two forms really differ for what fleet config push sends (probation_s 60.0).
@@ -160,7 +165,11 @@ def test_a_document_signed_over_the_legacy_sorted_keys_form_still_verifies(
 def test_a_signature_by_another_key_fails_in_both_forms(tmp_path: Path) -> None:
     _, h = _trusting(tmp_path)
     other = Ed25519PrivateKey.generate()
-    body = {"version": 1, "probation_s": 0.0, "config": {"station": {"operation": "receiving"}}}
+    body: dict[str, Any] = {
+        "version": 1,
+        "probation_s": 0.0,
+        "config": {"station": {"operation": "receiving"}},
+    }
     for form in (canonical, legacy_canonical):
         forged = {**body, "signature": base64.b64encode(other.sign(form(body))).decode()}
         report = h.remote.handle(json.dumps(forged).encode(), h.base)
@@ -212,7 +221,9 @@ def test_lost_binding_in_probation_rolls_back_to_the_last_good_config(tmp_path: 
     assert [e.key for e in report.errors] == ["devices.scanner"]
     assert h.remote.version == 1
     restored = h.applied[-1]
-    assert restored.devices[0].channel == "a"  # type: ignore[union-attr]
+    device = restored.devices[0]
+    assert isinstance(device, VirtualDeviceConfig)
+    assert device.channel == "a"
     assert str(restored.station.operation) == "receiving"
 
 

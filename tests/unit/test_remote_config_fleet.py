@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from scanfleet.daemon.core.desired_config import Rejected
@@ -25,7 +27,7 @@ def test_missing_ranges_are_the_holes_up_to_the_reported_seq() -> None:
 
 
 def test_reported_seq_takes_the_newest_of_health_and_state() -> None:
-    entries = {
+    entries: dict[str, dict[str, Any]] = {
         "s/a": {"state": {"journal": {"last_seq": 4}}, "health": {"journal": {"last_seq": 9}}},
         "s/b": {"state": {"online": False, "journal": None}},
     }

@@ -33,7 +33,7 @@ class Socket:
         self.sock.settimeout(0.2)
 
     def received(self) -> list[dict[str, str]]:
-        out = []
+        out: list[dict[str, str]] = []
         while True:
             try:
                 data = self.sock.recv(65536).decode()

@@ -12,7 +12,9 @@ import pytest
 
 from scanfleet.daemon.core.alarms import AlarmSet
 from scanfleet.daemon.core.config import Config
-from scanfleet.daemon.core.model import Operation
+from scanfleet.daemon.core.model import ClockSync, Operation, Verdict
+from scanfleet.daemon.core.records import ScanBody, Stamp, StationContext
+from scanfleet.daemon.intake.classify import classify
 from scanfleet.daemon.journal.journal import Journal
 from scanfleet.daemon.station.duplicates import open_index
 from scanfleet.daemon.station.manual import Category, EntryRequest, parse_entry
@@ -32,25 +34,26 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 def _station(journal: Journal, alarms: AlarmSet | None = None, **station: Any) -> Station:
     config = Config.model_validate({"station": {"name": "s1", **station}})
 
-    def now() -> dict[str, Any]:
-        return {
-            "time": datetime.now(UTC).isoformat(),
-            "clock": "unknown",
-            "t_mono": 1.0,
-            "boot_id": None,
-        }
+    def now() -> Stamp:
+        return Stamp(datetime.now(UTC).isoformat(), ClockSync.UNKNOWN, 1.0, None)
 
     return Station(config, journal.append, now, alarms=alarms)
 
 
-def _scan_body(code: str) -> dict[str, Any]:
-    return {
-        "schema": "scanfleet.scan/1",
-        "type": "scan",
-        "value": code,
-        "verdict": "accepted",
-        "reason": None,
-    }
+def _scan_body(code: str) -> ScanBody:
+    result = classify(code.encode())
+    return ScanBody(
+        stamp=Stamp(datetime.now(UTC).isoformat(), ClockSync.UNKNOWN, 1.0, None),
+        context=StationContext(Operation.RETAIL_SALE),
+        station="s1",
+        raw=result.raw,
+        aim=result.aim,
+        kind=result.kind,
+        value=result.value,
+        fields=result.fields,
+        problems=result.problems,
+        verdict=Verdict.ACCEPTED,
+    )
 
 
 def test_every_change_is_a_journaled_control_record(journal: Journal) -> None:

@@ -90,7 +90,7 @@ def evdev_traces() -> None:
     )
     # Keypad digits and keypad Enter (NumLock state is not consulted).
     pad = {str(v): k for k, v in km.KEYPAD_DIGITS.items()}
-    keys = [(frozenset(), pad[d]) for d in TRACE20] + [(frozenset(), km.KEY_KPENTER)]
+    keys = [(frozenset[int](), pad[d]) for d in TRACE20] + [(frozenset[int](), km.KEY_KPENTER)]
     events, _ = tap(keys, 0.0, 0.002)
     write_trace(
         HERE / "keypad.jsonl",
