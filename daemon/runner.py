@@ -54,6 +54,11 @@ READY_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 RENEWAL_CHECK_SECONDS = 6 * 3600.0
 RESTART_EXIT_CODE = 75
+SUPERVISE_INTERVAL = 5.0
+"""Seconds between supervise() rounds (dead threads, alarms acknowledged by the CLI):
+an idle daemon sleeps; signals still end the wait at once."""
+TICK_INTERVAL = 0.5
+"""…and between rounds while a live view draws on the terminal."""
 """Exit status after a remote ``restart`` (EX_TEMPFAIL): ``Restart=on-failure`` restarts."""
 RESTART_SECTIONS = ("identity", "paths", "broker", "publisher", "journal")
 """Config sections a SIGHUP reload does not apply (the daemon says so)."""
@@ -456,7 +461,8 @@ class Daemon:
     def supervise(self) -> None:
         """Replace worker threads that died; pick up alarms acknowledged by the CLI.
 
-        serve() calls it every 0.5 s. A publisher that stops turning is the systemd
+        serve() calls it every SUPERVISE_INTERVAL seconds (every 0.5 s while a live view
+        draws). A publisher that stops turning is the systemd
         watchdog's to notice (no more WATCHDOG=1 pings, systemd restarts the daemon).
         """
         self.pipeline.ensure_running()
@@ -508,7 +514,7 @@ class Daemon:
                             for callback in self._on_reload:
                                 callback("end")
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-                    while not stop.wait(0.5):
+                    while not stop.wait(SUPERVISE_INTERVAL if tick is None else TICK_INTERVAL):
                         self.supervise()
                         if tick is not None:
                             tick()

@@ -181,6 +181,7 @@ class Journal(SpacePolicy, HeadKeeping):
         self._queue: list[_Pending] = []
         self._leader = False
         self._closed = False
+        self._wakeups = 0
         self._next_retention_prune = 0.0
         self.commits = 0
         """Append transactions committed since open (group commit makes it < appends)."""
@@ -503,12 +504,23 @@ class Journal(SpacePolicy, HeadKeeping):
             self.prune()
 
     def wait_for_records(self, after_seq: int, timeout: float) -> bool:
-        """Block until a record with seq > *after_seq* exists (True) or *timeout* passes."""
+        """Block until a record with seq > *after_seq* exists (True), *timeout* passes or
+        :meth:`wake_waiters` is called (False)."""
         with self._cond:
+            wakeups = self._wakeups
             return (
-                self._cond.wait_for(lambda: self._last_seq > after_seq or self._closed, timeout)
+                self._cond.wait_for(
+                    lambda: self._last_seq > after_seq or self._closed or self._wakeups != wakeups,
+                    timeout,
+                )
                 and self._last_seq > after_seq
             )
+
+    def wake_waiters(self) -> None:
+        """End every :meth:`wait_for_records` now (a stopping publisher's watcher)."""
+        with self._cond:
+            self._wakeups += 1
+            self._cond.notify_all()
 
     # -- reading ---------------------------------------------------------------------
 

@@ -335,6 +335,8 @@ class Checkpointer:
         self._seen = 0
         self._failing = False
         self._stop = threading.Event()
+        self._poked = threading.Event()
+        """Set while commits wait for a checkpoint: an idle journal's thread sleeps."""
         self._thread = threading.Thread(
             target=self._run, name=f"journal-checkpoint:{path.name}", daemon=True
         )
@@ -344,17 +346,25 @@ class Checkpointer:
         """Count one commit (called after each)."""
         with self._lock:
             self._pending += 1
+            self._poked.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.INTERVAL):
+        while not self._stop.is_set():
+            self._poked.wait()  # nothing committed since the last checkpoint: sleep
+            if self._stop.wait(self.INTERVAL):
+                return
             with self._lock:
                 pending, idle = self._pending, self._pending == self._seen
                 self._seen = pending
+                if pending == 0:
+                    self._poked.clear()
             if pending == 0 or not (idle or pending >= self.COMMITS):
                 continue
             with self._lock:
                 self._pending -= pending
                 self._seen = self._pending
+                if self._pending == 0:
+                    self._poked.clear()
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as err:
@@ -372,6 +382,7 @@ class Checkpointer:
     def stop(self) -> None:
         """Stop the thread and close its connection (idempotent)."""
         self._stop.set()
+        self._poked.set()
         if self._thread.is_alive():
             self._thread.join()
         self._conn.close()

@@ -11,7 +11,9 @@ What the messages mean here (the point of having them):
 - ``WATCHDOG=1`` only while the pipeline *and* the publisher keep turning their loops
   (their ``last_progress``). A thread stuck in the journal (storage that hangs) or in
   the publisher stops the pings, and systemd restarts the service after
-  ``WatchdogSec=``. A thread that merely waits (no scans, no broker) still turns.
+  ``WatchdogSec=``. A thread that merely waits still counts as turning: the pipeline
+  says when it waits for reads (it sleeps then), the publisher turns at least every
+  few seconds (its keepalive pace) or every second while it waits to reconnect.
 - ``STATUS=`` one line for ``systemctl status``: devices, journal depth, broker state.
 - ``RELOADING=1`` (with ``MONOTONIC_USEC=``) before a SIGHUP reload and ``READY=1``
   after it; ``STOPPING=1`` when shutdown begins.
@@ -257,7 +259,11 @@ class SystemdAdapter:
         self.watchdog = Watchdog(
             self.notifier,
             [
-                Liveness("pipeline", lambda: daemon.pipeline.counters.last_progress, stall_after),
+                Liveness(
+                    "pipeline",
+                    lambda: daemon.pipeline.counters.progress_at(time.monotonic()),
+                    stall_after,
+                ),
                 Liveness(
                     "publisher",
                     lambda: publisher.last_progress,

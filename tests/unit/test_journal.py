@@ -170,6 +170,15 @@ def test_wait_for_records_is_woken_by_an_append(journal: Journal) -> None:
     timer.join()
 
 
+def test_wake_waiters_ends_a_long_wait_for_records_at_once(journal: Journal) -> None:
+    timer = threading.Timer(0.1, journal.wake_waiters)
+    timer.start()
+    started = time.monotonic()
+    assert journal.wait_for_records(0, timeout=30) is False
+    assert time.monotonic() - started < 5
+    timer.join()
+
+
 def test_appends_waiting_during_a_commit_share_the_next_transaction(journal: Journal) -> None:
     journal.append(bodies(1)[0])
     base = journal.commits

@@ -47,10 +47,12 @@ def _loaded_after(code: str) -> set[str]:
 
 def test_the_daemon_start_path_loads_no_heavy_library() -> None:
     # What `scanfleet run` imports before its first scan: the CLI with only the run
-    # command, the supervisor, and every driver (a terminal may configure all of them).
+    # command, the driver registry completing the config (it imports every driver
+    # module), the supervisor, and every driver (a terminal may configure all of them).
     drivers = "; ".join(f"import {backend.module}" for backend in BACKENDS.values())
     code = (
         "from scanfleet.daemon.cli import build_parser; build_parser('run')\n"
+        "from scanfleet.drivers.registry import complete_config; complete_config()\n"
         "import scanfleet.daemon.commands.run, scanfleet.daemon.runner\n"
         f"{drivers}\n"
         "from scanfleet.daemon.intake.classify import classify\n"
