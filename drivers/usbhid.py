@@ -288,7 +288,9 @@ class UsbHidDriver(Driver[UsbHidDeviceConfig]):
             import usb.core
             import usb.util
         except ImportError as err:
-            raise DriverUnavailableError("usbhid", "pyusb", str(err)) from err
+            raise DriverUnavailableError(
+                "usbhid", "pyusb (pip install 'scanfleet[usb]')", str(err)
+            ) from err
         self._usb = usb
         parts = config.usb.split(":", 2)
         self.vid_pid = f"{parts[0]}:{parts[1]}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,9 +34,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.daemon.core.model import valid_name
 from scanfleet.daemon.core.statefiles import write_atomic
-from scanfleet.provisioning.registry import Registry
+from scanfleet.provisioning.registry import Registry, RegistrySchemaError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class Role(StrEnum):
     """Fleet service and IT tooling: enrollment, config push, commands, inventory."""
 
 
-class CAError(ValueError):
+class CAError(ScanfleetError, ValueError):
     """The CA cannot do what was asked (missing CA, bad CSR, bad name)."""
 
 
@@ -173,7 +175,10 @@ class FleetCA:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CAError(f"{self.paths.ca_key} is not an EC key")
         self._key = key
-        self.registry = Registry(self.paths.registry)
+        try:
+            self.registry = Registry(self.paths.registry)
+        except (RegistrySchemaError, sqlite3.DatabaseError) as err:
+            raise CAError(f"fleet registry {self.paths.registry}: {err}") from err
 
     @classmethod
     def init(cls, root: Path, *, name: str = "scanfleet fleet CA", days: int = CA_DAYS) -> FleetCA:

@@ -26,14 +26,11 @@ import logging
 import os
 import pwd
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-
 from scanfleet.daemon.core.errors import ScanfleetError
+from scanfleet.daemon.core.mqtt_client import Session, open_session
 from scanfleet.provisioning.ca import FleetCA, write_private
 
 log = logging.getLogger(__name__)
@@ -132,28 +129,33 @@ def disconnect_identities(
             {"command": "deleteClient", "username": name},
         ]
     replies: list[dict[str, Any]] = []
-    subscribed: list[bool] = []
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=ADMIN_USERNAME,
-        protocol=MQTTProtocolVersion.MQTTv5,
-        transport="unix",
-        reconnect_on_failure=False,
-    )
-    client.username_pw_set(ADMIN_USERNAME, password)
-    client.on_subscribe = lambda *args: subscribed.append(True)
-    client.on_message = lambda c, u, msg: replies.append(json.loads(msg.payload))
-    deadline = time.monotonic() + timeout
+    session: Session | None = None
     try:
-        client.connect(str(socket_path))
-        client.subscribe(RESPONSE_TOPIC, qos=1)
-        _pump(client, deadline, lambda: bool(subscribed))
-        client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
-        _pump(client, deadline, lambda: bool(replies))
+        session = open_session(
+            str(socket_path),
+            1883,  # unused on a unix socket
+            client_id=ADMIN_USERNAME,
+            protocol="5",
+            username=ADMIN_USERNAME,
+            password=password,
+            transport="unix",
+            timeout=timeout,
+        )
+        reply = session.exchange(
+            CONTROL_TOPIC,
+            json.dumps({"commands": commands}).encode(),
+            RESPONSE_TOPIC,
+            lambda message: True,
+            timeout,
+        )
+        if reply is None:
+            raise DynsecError("no answer from the broker's admin socket in time")
+        replies.append(json.loads(reply.payload))
     except (OSError, ValueError) as err:
         raise DynsecError(f"broker admin socket {socket_path}: {err}") from err
     finally:
-        client.disconnect()
+        if session is not None:
+            session.close()
     failed = [
         r
         for r in replies[0].get("responses", [])
@@ -162,12 +164,3 @@ def disconnect_identities(
     if failed:
         raise DynsecError(f"broker refused to disconnect: {failed}")
     log.info("disconnected the open sessions of %s", ", ".join(usernames))
-
-
-def _pump(client: mqtt.Client, deadline: float, done: Any) -> None:
-    while not done():
-        if time.monotonic() > deadline:
-            raise DynsecError("no answer from the broker's admin socket in time")
-        rc = client.loop(timeout=0.1)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise DynsecError(f"broker admin socket: {mqtt.error_string(rc)}")

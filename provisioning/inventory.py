@@ -16,23 +16,21 @@ device table is the place to add once a hub database exists (pass its devices to
 from __future__ import annotations
 
 import json
-import ssl
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode
-
-from scanfleet.daemon.core.config import BrokerProtocol, MqttVersion
-from scanfleet.daemon.core.mqtt import open_client, paho_client
+from scanfleet.daemon.core.config import BrokerProtocol
+from scanfleet.daemon.core.errors import BrokerConnectionError
+from scanfleet.daemon.core.mqtt_client import Message, Session, TlsFiles, open_session
 from scanfleet.provisioning.ca import FleetCA
 
+log = logging.getLogger(__name__)
+
 STATE_FILTER = "scanfleet/v1/+/+/state"
-SUBSCRIBE_CHUNK = 100
-"""Topic filters per SUBSCRIBE packet (a fleet of thousands must not make one huge one)."""
 
 
 @dataclass
@@ -75,9 +73,8 @@ def collect_states(
     """
     states: dict[tuple[str, str], dict[str, Any]] = {}
     last_message = [time.monotonic()]
-    subscribed: list[bool] = []
 
-    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def on_message(session: Session, msg: Message) -> None:
         last_message[0] = time.monotonic()
         levels = msg.topic.split("/")
         try:
@@ -87,35 +84,33 @@ def collect_states(
         if isinstance(payload, dict):
             states[(levels[2], levels[3])] = payload
 
-    def on_subscribe(*args: Any) -> None:
-        last_message[0] = time.monotonic()
-        subscribed.append(True)
-
-    def make(version: MqttVersion) -> mqtt.Client:
-        client = paho_client(f"scanfleet-fleet-ls-{time.monotonic_ns() % 1_000_000}", version)
-        if ca_file is not None:
-            client.tls_set(
-                ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED
-            )
-        client.on_message = on_message
-        client.on_subscribe = on_subscribe
-        return client
-
-    client = open_client(make, host, port, protocol=protocol, timeout=timeout)
-    filters = [STATE_FILTER, *(f"scanfleet/v1/{s}/{d}/state" for s, d in devices)]
-    chunks = [filters[i : i + SUBSCRIBE_CHUNK] for i in range(0, len(filters), SUBSCRIBE_CHUNK)]
-    for chunk in chunks:
-        client.subscribe([(topic, 1) for topic in chunk])
+    tls = None if ca_file is None else TlsFiles(ca_file, cert_file, key_file)
     deadline = time.monotonic() + timeout
+    session = open_session(
+        host,
+        port,
+        client_id=f"scanfleet-fleet-ls-{time.monotonic_ns() % 1_000_000}",
+        protocol=protocol,
+        tls=tls,
+        timeout=timeout,
+        on_message=on_message,
+    )
+    filters = [STATE_FILTER, *(f"scanfleet/v1/{s}/{d}/state" for s, d in devices)]
     try:
-        while time.monotonic() < deadline:
-            if len(subscribed) >= len(chunks) and time.monotonic() - last_message[0] > quiet:
-                break
-            rc = client.loop(timeout=0.1)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise ConnectionError(f"broker: {mqtt.error_string(rc)}")
+        session.subscribe(filters, timeout)
+        last_message[0] = time.monotonic()
+        session.wait(
+            lambda: time.monotonic() - last_message[0] > quiet,
+            max(0.0, deadline - time.monotonic()),
+        )
+    except TimeoutError:
+        log.warning(
+            "no SUBACK from %s:%d in %.0fs: the list may be incomplete", host, port, timeout
+        )
+    except BrokerConnectionError as err:
+        raise ConnectionError(f"broker: {err.reason}") from err
     finally:
-        client.disconnect()
+        session.close()
     return states
 
 

@@ -2,47 +2,142 @@
 
 One file in the fleet directory, WAL mode, every change in its own transaction, so the
 enrollment service, ``fleet claim create`` and ``fleet revoke`` can run at the same time.
+
+The schema is versioned like the journal's (zigpy's appdb): ``schema_sql/schema_vN.sql``,
+``PRAGMA user_version``, every migration of an open in one transaction, a file newer than
+the code refused. A registry written before it had a version is adopted as version 1.
 A claim is consumed by one conditional UPDATE: two devices racing for the same claim
 cannot both win.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS certs (
-    serial      TEXT PRIMARY KEY,          -- hex
-    cn          TEXT NOT NULL,
-    kind        TEXT NOT NULL,             -- device | backend | fleet | server
-    not_before  TEXT NOT NULL,
-    not_after   TEXT NOT NULL,
-    issued_at   TEXT NOT NULL,
-    revoked_at  TEXT,
-    reason      TEXT,
-    pem         TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS certs_cn ON certs (cn);
-CREATE TABLE IF NOT EXISTS claims (
-    id          TEXT PRIMARY KEY,
-    secret_hash TEXT NOT NULL UNIQUE,
-    site        TEXT NOT NULL,
-    device      TEXT,                      -- set: the claim may only (re-)enroll this device
-    created_at  TEXT NOT NULL,
-    expires_at  TEXT NOT NULL,
-    used_at     TEXT,
-    used_by     TEXT
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+from scanfleet.daemon.core.errors import ScanfleetError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""The schema this code writes; older files are migrated, newer ones refused."""
+
+MIGRATIONS: dict[int, str] = {}
+"""SQL of each step version N-1 -> N. Empty while there is only version 1."""
+
+
+class RegistrySchemaError(ScanfleetError):
+    """The registry was written by a newer scanfleet, or is not a registry at all."""
+
+
+def schema_sql(version: int) -> str:
+    """Text of ``schema_v{version}.sql``."""
+    package = resources.files("scanfleet.provisioning.schema_sql")
+    return package.joinpath(f"schema_v{version}.sql").read_text(encoding="utf-8")
+
+
+def user_version(db: sqlite3.Connection) -> int:
+    """``PRAGMA user_version`` of *db*."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def open_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Bring *db* (autocommit connection) to :data:`SCHEMA_VERSION` in one transaction.
+
+    A new file gets ``schema_v{SCHEMA_VERSION}.sql``; a file from before the schema
+    had a version is adopted as version 1 when its tables are version 1's; every
+    later step runs from :data:`MIGRATIONS`. All steps commit together or not at all,
+    and a file newer than this code, or a database that is not a registry, is refused.
+    """
+    if _checked_version(db, path) == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = _checked_version(db, path)  # another process may have migrated it
+        if version == 0 and _user_tables(db):
+            _adopt_unversioned(db, path)
+            log.info("fleet registry %s: adopted as schema version 1", path)
+            version = 1
+        elif version == 0:
+            _run_script(db, schema_sql(SCHEMA_VERSION))
+            version = SCHEMA_VERSION
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            _run_script(db, MIGRATIONS[target])
+            log.info("fleet registry %s migrated to schema version %d", path, target)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _checked_version(db: sqlite3.Connection, path: Path) -> int:
+    version = user_version(db)
+    if version > SCHEMA_VERSION:
+        raise RegistrySchemaError(
+            f"{path} has registry schema version {version}, this scanfleet knows only up "
+            f"to {SCHEMA_VERSION}: refusing to open a registry written by a newer release"
+        )
+    return version
+
+
+def _user_tables(db: sqlite3.Connection) -> list[str]:
+    rows = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    )
+    return sorted(str(r[0]) for r in rows)
+
+
+def _shape(db: sqlite3.Connection) -> dict[str, list[tuple[str, str, int, int]]]:
+    """Per table: (column, type, not null, primary key) of every column."""
+    return {
+        table: [
+            (str(c[1]), str(c[2]).upper(), int(c[3]), int(c[5]))
+            for c in db.execute(f"PRAGMA table_info({table})")  # names from sqlite_master
+        ]
+        for table in _user_tables(db)
+    }
+
+
+def _adopt_unversioned(db: sqlite3.Connection, path: Path) -> None:
+    """A registry from before ``user_version``: keep it when it is version 1's shape."""
+    expected = sqlite3.connect(":memory:")
+    try:
+        expected.executescript(schema_sql(1))
+        want = _shape(expected)
+    finally:
+        expected.close()
+    have = _shape(db)
+    if have != want:
+        raise RegistrySchemaError(
+            f"{path} has tables {sorted(have)} but no schema version, and they are not "
+            "those of a fleet registry: refusing to adopt it"
+        )
+    # The unversioned code created the index with IF NOT EXISTS; make sure it is there.
+    db.execute("CREATE INDEX IF NOT EXISTS certs_cn ON certs (cn)")
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT our transaction first; run statement by statement.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in statement.splitlines()
+    ):
+        raise RegistrySchemaError(f"incomplete SQL statement in schema: {statement!r}")
 
 
 def _iso(when: datetime) -> str:
@@ -83,10 +178,10 @@ class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10.0)
+        db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            open_schema(db, path)
         finally:
             db.close()
 

@@ -13,22 +13,17 @@ import base64
 import difflib
 import json
 import secrets
-import ssl
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from scanfleet.daemon.core.config import BrokerProtocol, Config, MqttVersion
+from scanfleet.daemon.core.config import BrokerProtocol, Config
 from scanfleet.daemon.core.desired_config import canonical, compose, parse_document
-from scanfleet.daemon.core.mqtt import open_client, paho_client
+from scanfleet.daemon.core.mqtt_client import TlsFiles, open_session
 
 FINAL_RESULTS = ("applied", "restart_required", "rejected", "rolled_back", "cleared", "unchanged")
 RETAINED_WAIT = 2.0
@@ -82,7 +77,9 @@ def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
 class FleetClient:
     """A fleet identity's MQTT connection (TLS with a client certificate, or plain).
 
-    *protocol* ``auto`` falls back to 3.1.1 when the broker refuses MQTT 5.
+    *protocol* ``auto`` falls back to 3.1.1 when the broker refuses MQTT 5. Driven from
+    the caller's thread (:class:`~scanfleet.daemon.core.mqtt_client.Session`): one thread
+    uses a client.
     """
 
     def __init__(
@@ -95,70 +92,38 @@ class FleetClient:
         key_file: str | None,
         protocol: BrokerProtocol = "auto",
     ):
-        self.messages: list[tuple[str, bytes, Properties | None]] = []
-        self._cond = threading.Condition()
-        self._subacks = 0
+        tls = None if ca_file is None else TlsFiles(ca_file, cert_file, key_file)
+        self._session = open_session(
+            host, port, client_id=f"fleet-cli-{secrets.token_hex(4)}", protocol=protocol, tls=tls
+        )
+        self.mqtt5 = self._session.mqtt5
 
-        def make(version: MqttVersion) -> mqtt.Client:
-            client = paho_client(f"fleet-cli-{secrets.token_hex(4)}", version)
-            if ca_file is not None:
-                client.tls_set(
-                    ca_certs=ca_file,
-                    certfile=cert_file,
-                    keyfile=key_file,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            client.on_message = self._on_message
-            client.on_subscribe = self._on_subscribe
-            return client
-
-        self._client = open_client(make, host, port, protocol=protocol)
-        self.mqtt5 = self._client.protocol == mqtt.MQTTv5
-        self._client.loop_start()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append((msg.topic, bytes(msg.payload), getattr(msg, "properties", None)))
-            self._cond.notify_all()
-
-    def _on_subscribe(self, *args: Any) -> None:
-        with self._cond:
-            self._subacks += 1
-            self._cond.notify_all()
+    @property
+    def messages(self) -> list[tuple[str, bytes, Properties | None]]:
+        """Every message received so far, oldest first: (topic, payload, properties)."""
+        return [(m.topic, m.payload, m.properties) for m in self._session.messages]
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until *predicate* (called under the lock) holds."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.2))
-            return True
+        """Process traffic until *predicate* holds (True) or *timeout* passes (False)."""
+        return self._session.wait(predicate, timeout)
 
     def subscribe(self, topic: str, timeout: float = 10.0) -> None:
         """QoS 1 subscribe; wait for the SUBACK."""
-        with self._cond:
-            before = self._subacks
-        self._client.subscribe(topic, qos=1)
-        if not self.wait(lambda: self._subacks > before, timeout):
-            raise TimeoutError(f"no SUBACK for {topic}")
+        self._session.subscribe(topic, timeout)
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, props: Properties | None = None
     ) -> None:
-        """QoS 1 publish; wait until it is sent."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
-        info.wait_for_publish(10.0)
+        """QoS 1 publish; wait until it is acknowledged (10 s at most)."""
+        self._session.publish(topic, payload, retain=retain, properties=props)
 
     def json_on(self, topic: str) -> list[dict[str, Any]]:
         """Every JSON object received on *topic*, oldest first."""
         out: list[dict[str, Any]] = []
-        for t, payload, _ in list(self.messages):
-            if t == topic and payload:
+        for message in self._session.messages:
+            if message.topic == topic and message.payload:
                 try:
-                    value = json.loads(payload)
+                    value = json.loads(message.payload)
                 except ValueError:
                     continue
                 if isinstance(value, dict):
@@ -167,8 +132,7 @@ class FleetClient:
 
     def close(self) -> None:
         """Disconnect."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._session.close()
 
     # -- operations -------------------------------------------------------------------------
 
@@ -200,45 +164,20 @@ class FleetClient:
     def command(
         self, target: str, name: str, args: dict[str, Any], timeout: float
     ) -> dict[str, Any] | None:
-        """Send command *name* and wait for the reply to this request.
+        """Send command *name* and wait for the reply to this request (None: no reply).
 
         MQTT 5: the reply carries our correlation data. MQTT 3.1.1: the request
         carries a ``request_id`` and the reply comes on ``…/response/{request_id}``.
         """
-        topic = f"{prefix(target)}/cmd/{name}"
-        correlation = secrets.token_bytes(8)
-        props: Properties | None = None
-        if self.mqtt5:
-            response_topic = f"{topic}/response"
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ResponseTopic = response_topic
-            props.CorrelationData = correlation
-        else:
-            response_topic = f"{topic}/response/{correlation.hex()}"
-            args = {**args, "request_id": correlation.hex()}
-        self.subscribe(response_topic)
-
-        def reply() -> dict[str, Any] | None:
-            for t, payload, p in self.messages:
-                if t != response_topic:
-                    continue
-                if self.mqtt5 and getattr(p, "CorrelationData", None) != correlation:
-                    continue
-                value: dict[str, Any] = json.loads(payload)
-                return value
-            return None
-
-        self.publish(topic, json.dumps(args).encode(), props=props)
-        self.wait(lambda: reply() is not None, timeout)
-        return reply()
+        return self._session.request(f"{prefix(target)}/cmd/{name}", args, timeout)
 
     def health(self, wait_s: float) -> dict[str, dict[str, Any]]:
         """``SITE/DEVICE`` → latest health message heard within *wait_s*, plus retained states."""
         self.subscribe("scanfleet/v1/+/+/health")
         self.subscribe("scanfleet/v1/+/+/state")
-        time.sleep(wait_s)
+        self.wait(lambda: False, wait_s)
         out: dict[str, dict[str, Any]] = {}
-        for topic, payload, _ in list(self.messages):
+        for topic, payload, _ in self.messages:
             parts = topic.split("/")
             if len(parts) != 5 or parts[4] not in ("health", "state"):
                 continue

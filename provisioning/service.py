@@ -24,25 +24,27 @@ from __future__ import annotations
 
 import base64
 import logging
-import ssl
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
-from scanfleet.daemon.core.backoff import Backoff
 from scanfleet.daemon.core.claims import Claim, ClaimError
 from scanfleet.daemon.core.config import MqttVersion
 from scanfleet.daemon.core.enrollment import EnrollRequest, EnrollResponse
-from scanfleet.daemon.core.mqtt import paho_client
+from scanfleet.daemon.core.errors import BrokerConnectionError, ScanfleetError
+from scanfleet.daemon.core.mqtt_client import (
+    Message,
+    Session,
+    TlsFiles,
+    open_session,
+    reconnect_backoff,
+)
 from scanfleet.provisioning.ca import CAError, FleetCA, device_common_name
 from scanfleet.provisioning.claims import redeem_claim
 from scanfleet.provisioning.enroll_broker import ENROLL_CLIENT_PREFIX
@@ -56,7 +58,7 @@ MAX_REQUEST_BYTES = 8 * 1024
 """Largest request the service parses; a real renewal request is under 3 KiB."""
 
 
-class Refused(Exception):
+class Refused(ScanfleetError):
     """An enrollment request is refused; the message goes back to the device."""
 
 
@@ -184,29 +186,12 @@ class EnrollmentService:
         self.revoker = Revoker(ca, reload_command, admin_socket)
         self._stopping = False
         self.answered = 0
-        client = paho_client(client_id, protocol)  # 3.1.1: RabbitMQ, NATS (docs/brokers.md)
-        client.tls_set(
-            ca_certs=str(ca.paths.ca_cert),
-            certfile=cert_file,
-            keyfile=key_file,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        self._client = client
+        self._client_id = client_id
+        self._protocol: MqttVersion = protocol  # 3.1.1: RabbitMQ, NATS (docs/brokers.md)
+        self._tls = TlsFiles(ca.paths.ca_cert, cert_file, key_file)
         self.connected = False
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
-    ) -> None:
-        if rc.is_failure:
-            log.error("broker refused the fleet service: %s", rc)
-            return
-        self.connected = True
-        client.subscribe(REQUEST_FILTER, qos=1)
-        log.info("enrollment service connected to %s:%d", self.host, self.port)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, session: Session, msg: Message) -> None:
         levels = msg.topic.split("/")
         if len(levels) != 5 or levels[4] != "request":
             return
@@ -214,44 +199,71 @@ class EnrollmentService:
         if response is None:
             return
         topic = "/".join([*levels[:4], "response"])
-        client.publish(topic, response.model_dump_json(by_alias=True).encode(), qos=1)
+        session.publish(topic, response.model_dump_json(by_alias=True).encode(), timeout=None)
         self.answered += 1
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler)."""
         self._stopping = True
 
+    def _connect(self) -> Session:
+        session = open_session(
+            self.host,
+            self.port,
+            client_id=self._client_id,
+            protocol=self._protocol,
+            tls=self._tls,
+            on_message=self._on_message,
+        )
+        try:
+            session.subscribe(REQUEST_FILTER)
+        except OSError:
+            session.close()
+            raise
+        return session
+
+    def _sleep(self, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
     def run(self) -> None:
-        """Serve until :meth:`stop`, reconnecting with backoff; keep the CRL fresh."""
-        backoff = Backoff(initial=0.5, maximum=30.0)
+        """Serve until :meth:`stop`, reconnecting with backoff; keep the CRL fresh.
+
+        Every attempt is a fresh client (:func:`~scanfleet.daemon.core.mqtt_client.open_session`).
+        """
+        backoff = reconnect_backoff()
         next_crl_check = 0.0
-        session = False
+        session: Session | None = None
         while not self._stopping:
             if time.monotonic() >= next_crl_check:
                 self.check_crl()
                 next_crl_check = time.monotonic() + CRL_CHECK_INTERVAL
-            if not session:
+            if session is None:
                 try:
-                    self._client.connect(self.host, self.port, keepalive=30)
-                except (OSError, ssl.SSLError) as err:
+                    session = self._connect()
+                except OSError as err:  # refused, TLS, unreachable, no SUBACK in time
                     delay = backoff.next()
                     log.warning(
                         "broker %s:%d: %s; retry in %.1fs", self.host, self.port, err, delay
                     )
-                    time.sleep(delay)
+                    self._sleep(delay)
                     continue
-                session = True
-            rc = self._client.loop(timeout=0.5)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                session = False
+                self.connected = True
+                backoff.reset()
+                log.info("enrollment service connected to %s:%d", self.host, self.port)
+            try:
+                session.pump(0.5)
+            except BrokerConnectionError as err:
+                session.close()
+                session = None
                 self.connected = False
                 delay = backoff.next()
-                log.warning("broker connection: %s; retry in %.1fs", mqtt.error_string(rc), delay)
-                time.sleep(delay)
-            elif self.connected:
-                backoff.reset()
-        if self._client.is_connected():
-            self._client.disconnect()
+                log.warning("broker connection: %s; retry in %.1fs", err.reason, delay)
+                self._sleep(delay)
+        if session is not None:
+            session.close()
+        self.connected = False
 
     def check_crl(self) -> None:
         """Renew the CRL when due and have the broker reload it."""

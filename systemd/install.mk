@@ -40,7 +40,7 @@ install: install-venv install-files ## install the daemon (venv), unit, udev rul
 install-venv:
 	rm -rf "$(DESTDIR)$(SF_VENV)"
 	$(INSTALL_PYTHON) -m venv "$(DESTDIR)$(SF_VENV)"
-	"$(DESTDIR)$(SF_VENV)/bin/python" -m pip install --quiet --no-compile $(INSTALL_PIP_ARGS) "$(SF_SRC)[systemd,input]"
+	"$(DESTDIR)$(SF_VENV)/bin/python" -m pip install --quiet --no-compile $(INSTALL_PIP_ARGS) "$(SF_SRC)[terminal]"
 	if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlI --null -F "$(DESTDIR)$(SF_VENV)" "$(DESTDIR)$(SF_VENV)/bin" "$(DESTDIR)$(SF_VENV)/pyvenv.cfg" \
 	    | xargs -0 -r sed -i "s|$(DESTDIR)$(SF_VENV)|$(SF_VENV)|g"; \

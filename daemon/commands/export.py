@@ -153,7 +153,12 @@ def write_csv(records: Iterable[Record], out: IO[bytes], progress: Progress) -> 
 
 def write_sqlite(records: Iterable[Record], path: Path, progress: Progress) -> int:
     """A flat ``records`` table (plus the full record as JSON) via sqlite-utils."""
-    import sqlite_utils  # only this format needs it
+    try:
+        import sqlite_utils  # only this format needs it
+    except ImportError as err:
+        raise ExportError(
+            "--format sqlite needs sqlite-utils: pip install 'scanfleet[export]'"
+        ) from err
 
     def rows() -> Iterator[dict[str, Any]]:
         for record in records:

@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.core.model import GENESIS_HASH
+from scanfleet.daemon.core.mqtt_client import make_client
 from scanfleet.daemon.journal.codec import format_time, seal
 from scanfleet.daemon.publish.envelope import (
     DeviceState,
@@ -147,13 +148,7 @@ class FleetSimulator:
     # -- MQTT -----------------------------------------------------------------------
 
     def _connect(self, dev: SimDevice, now: float) -> None:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=dev.device,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,
-            userdata=dev,
-        )
+        client = make_client("5", dev.device, userdata=dev)
         client.max_inflight_messages_set(WINDOW + 4)
         will = self._state(dev, online=False)
         client.will_set(state_topic(dev.site, dev.device), will, qos=1, retain=True)

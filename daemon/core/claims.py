@@ -23,12 +23,13 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.daemon.core.model import valid_name
 
 SCHEME = "scanfleet-claim"
 
 
-class ClaimError(ValueError):
+class ClaimError(ScanfleetError, ValueError):
     """A claim token is malformed, unknown, used, expired or for another site/device."""
 
 

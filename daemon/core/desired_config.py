@@ -14,9 +14,11 @@ Sections that decide how the device reaches the broker or where its data lives
 (``identity``, ``paths``, ``broker``, ``publisher``, ``journal``) cannot be set
 remotely: a bad value there could cut the device off for good.
 
-The signature covers the document without ``signature`` as canonical JSON (sorted
-keys, no spaces, UTF-8). The fleet side composes and signs documents with the same
-functions (:mod:`scanfleet.provisioning.remote`); the daemon applies them
+The signature covers the document without ``signature`` as RFC 8785 canonical JSON
+(the journal's, :mod:`~scanfleet.daemon.core.canonical_json`); a signature over the
+older sorted-keys form (:func:`legacy_canonical`) is still accepted. The fleet side
+composes and signs documents with the same functions
+(:mod:`scanfleet.provisioning.remote`); the daemon applies them
 (:mod:`scanfleet.daemon.remote.config`).
 """
 
@@ -33,8 +35,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from scanfleet.daemon.core.canonical_json import canonical as jcs
 from scanfleet.daemon.core.config import Config, validate_config
-from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.core.errors import ConfigError, ScanfleetError
 from scanfleet.daemon.core.model import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -101,7 +104,22 @@ class ConfigReport(BaseModel):
 
 
 def canonical(document: Mapping[str, Any]) -> bytes:
-    """The bytes a signature covers: *document* without ``signature``, canonical JSON."""
+    """The bytes a signature covers: *document* without ``signature``, RFC 8785 JSON.
+
+    The same canonical JSON the journal hashes its records with. Raises
+    :class:`~scanfleet.daemon.core.canonical_json.CanonicalJSONError` (a ``ValueError``)
+    for a document RFC 8785 cannot express (NaN, integers beyond 2**53).
+    """
+    return jcs({k: v for k, v in document.items() if k != "signature"})
+
+
+def legacy_canonical(document: Mapping[str, Any]) -> bytes:
+    """What signatures made before issue 16 covered: sorted keys, no spaces, UTF-8.
+
+    It differs from RFC 8785 for integral floats (``60.0`` against ``60``), exponents
+    and non-ASCII key order. Documents signed this way may still be retained on the
+    broker, so :func:`parse_document` accepts either form; nothing signs with it.
+    """
     body = {k: v for k, v in document.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -118,7 +136,7 @@ def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-class Rejected(Exception):
+class Rejected(ScanfleetError):
     """A pushed document is refused; ``errors`` say where."""
 
     def __init__(self, errors: list[KeyedError]) -> None:
@@ -160,10 +178,18 @@ def _verify(raw: Mapping[str, Any], doc: DesiredConfig, key: Ed25519PublicKey) -
         raise Rejected([KeyedError(key="signature", message="a signed document is required")])
     from cryptography.exceptions import InvalidSignature
 
+    refused = Rejected([KeyedError(key="signature", message="signature does not verify")])
     try:
-        key.verify(base64.b64decode(doc.signature, validate=True), canonical(raw))
-    except (InvalidSignature, binascii.Error, ValueError) as err:
-        raise Rejected([KeyedError(key="signature", message="signature does not verify")]) from err
+        signature = base64.b64decode(doc.signature, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise refused from err
+    for form in (canonical, legacy_canonical):
+        try:
+            key.verify(signature, form(raw))
+        except (InvalidSignature, ValueError):
+            continue
+        return
+    raise refused
 
 
 def compose(base: Config, doc: DesiredConfig | None) -> Config:

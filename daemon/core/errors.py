@@ -4,6 +4,9 @@ Every error scanfleet raises derives from :class:`ScanfleetError`; where a built
 exception has the same meaning the subclass inherits it too, so callers that only
 know the builtin (``TimeoutError``, ``ImportError``, ``ValueError``) still catch it.
 Errors carry their facts as attributes, not only in the message.
+(tests/unit/test_errors.py holds every module to this.) The only exceptions outside
+the root are the supervisor's private signal exceptions (``runner._Stop``,
+``runner._Reload``): control flow, which a handler of ``ScanfleetError`` must not catch.
 """
 
 from __future__ import annotations

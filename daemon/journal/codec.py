@@ -19,8 +19,11 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import rfc8785
-
+from scanfleet.daemon.core.canonical_json import FAST_ENCODER as _FAST
+from scanfleet.daemon.core.canonical_json import CanonicalJSONError
+from scanfleet.daemon.core.canonical_json import canonical as canonical_json
+from scanfleet.daemon.core.canonical_json import jcs_compatible as _jcs_compatible
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.daemon.core.model import GENESIS_HASH
 
 RESERVED_KEYS = frozenset({"device", "seq", "id", "prev_hash", "hash"})
@@ -34,59 +37,17 @@ _WBITS = -15  # raw DEFLATE: no zlib header/adler, the row already has its own f
 _COMPRESS_WBITS = -14
 
 
-class RecordError(ValueError):
+class RecordError(ScanfleetError, ValueError):
     """A body cannot become a journal record (reserved key, bad time, not JSON)."""
 
 
 def canonical(value: Mapping[str, Any]) -> bytes:
-    """RFC 8785 canonical JSON bytes of *value*.
-
-    The ``rfc8785`` package is pure Python (~60 µs a scan record, twice per append);
-    the C ``json`` encoder produces the same bytes whenever keys are ASCII (so code-point
-    order equals JCS's UTF-16 order), integers are within 2**53 and floats are not
-    integral and lie where Python's repr and ECMAScript agree on fixed notation.
-    Anything else goes through ``rfc8785``.
-    """
-    if _jcs_compatible(value):
-        try:
-            return _FAST.encode(value).encode("utf-8")
-        except (UnicodeEncodeError, ValueError):
-            pass  # lone surrogates and the like: let rfc8785 give the precise error
+    """RFC 8785 canonical JSON bytes of *value* (:mod:`~scanfleet.daemon.core.canonical_json`);
+    :class:`RecordError` when it has none."""
     try:
-        return rfc8785.dumps(value)
-    except rfc8785.CanonicalizationError as err:
-        raise RecordError(f"record is not canonicalizable JSON: {err}") from err
-
-
-_FAST = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
-_MAX_SAFE_INT = 2**53 - 1
-
-
-def _jcs_compatible(value: Any) -> bool:
-    # Called once per append on the whole record: written for speed (strings, the
-    # common case, never cost a call; no generator frames).
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not key.isascii():
-                return False
-            if type(item) is str or item is None or _jcs_compatible(item):
-                continue
-            return False
-        return True
-    if kind is list:
-        for item in value:
-            if type(item) is str or item is None or _jcs_compatible(item):
-                continue
-            return False
-        return True
-    if value is None or kind is bool or isinstance(value, str):
-        return True  # str subclasses (StrEnum members) encode as their value
-    if kind is int:
-        return bool(-_MAX_SAFE_INT <= value <= _MAX_SAFE_INT)
-    if kind is float:
-        return bool(1e-4 <= abs(value) < 1e16 and not value.is_integer())
-    return False
+        return canonical_json(value)
+    except CanonicalJSONError as err:
+        raise RecordError(f"record is {err}") from err
 
 
 def record_hash(record_without_hash: Mapping[str, Any]) -> str:

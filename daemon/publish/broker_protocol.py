@@ -24,7 +24,8 @@ from typing import Any
 
 from scanfleet.daemon.core.config import BrokerConfig, BrokerProtocol, MqttVersion
 from scanfleet.daemon.core.errors import BrokerRefusedError
-from scanfleet.daemon.core.mqtt import Connection, versions_to_try
+from scanfleet.daemon.core.mqtt import Connection
+from scanfleet.daemon.core.mqtt_client import versions_to_try
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,8 @@ from scanfleet.daemon.core.clock import boot_id
 from scanfleet.daemon.core.config import BrokerConfig, MqttVersion
 from scanfleet.daemon.core.errors import BrokerConnectionError, BrokerRefusedError, ScanfleetError
 from scanfleet.daemon.core.identity import Identity
-from scanfleet.daemon.core.mqtt import Connection, drain_wake
+from scanfleet.daemon.core.mqtt import Connection
+from scanfleet.daemon.core.mqtt_client import drain_wake
 from scanfleet.daemon.journal.journal import Journal
 from scanfleet.daemon.publish.broker_protocol import BrokerDialer
 from scanfleet.daemon.publish.delivery import Ack, BatchCutter, DeliveryTracker, Gap

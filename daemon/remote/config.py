@@ -19,7 +19,9 @@ remotely: a bad value there could cut the device off for good.
 
 When ``STATE_DIR/fleet-config-key.pem`` (an Ed25519 public key) exists, only documents
 signed with the matching private key are accepted. The signature covers the document
-without ``signature`` as canonical JSON (sorted keys, no spaces, UTF-8).
+without ``signature`` as RFC 8785 canonical JSON (the journal's); a signature over the
+older sorted-keys form (:func:`~scanfleet.daemon.core.desired_config.legacy_canonical`)
+is still accepted.
 
 After applying, the daemon watches for ``probation_s`` seconds: if a scanner that was
 bound before (and is still configured) is not bound at the end, or the broker

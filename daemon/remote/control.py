@@ -34,6 +34,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
+from scanfleet.daemon.core.errors import ScanfleetError
+from scanfleet.daemon.core.mqtt_client import REQUEST_ID_KEY
 from scanfleet.daemon.publish.publisher import Outgoing
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,6 @@ RATE_BURST = 10
 RATE_PER_MINUTE = 30.0
 """… then refilled at this rate (a misbehaving fleet tool cannot keep the device busy)."""
 
-REQUEST_ID_KEY = "request_id"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -58,7 +59,7 @@ def device_prefix(site: str, device: str) -> str:
     return f"scanfleet/v1/{site}/{device}"
 
 
-class CommandError(Exception):
+class CommandError(ScanfleetError):
     """A command that cannot be carried out; ``code`` is machine-readable."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -22,29 +22,26 @@ import base64
 import json
 import logging
 import secrets
-import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode
 from pydantic import ValidationError
 
 from scanfleet.daemon.core.claims import Claim, ClaimError
-from scanfleet.daemon.core.config import BrokerConfig, Config, MqttVersion
+from scanfleet.daemon.core.config import BrokerConfig, Config
 from scanfleet.daemon.core.enrollment import (
     EnrollRequest,
     EnrollResponse,
     request_topic,
     response_topic,
 )
-from scanfleet.daemon.core.errors import EnrollmentError
+from scanfleet.daemon.core.errors import BrokerConnectionError, EnrollmentError
 from scanfleet.daemon.core.identity import Identity
 from scanfleet.daemon.core.model import valid_name
-from scanfleet.daemon.core.mqtt import open_client, paho_client
+from scanfleet.daemon.core.mqtt_client import Message, Session, TlsFiles, open_session
 from scanfleet.daemon.core.statefiles import write_atomic
 
 if TYPE_CHECKING:
@@ -321,56 +318,47 @@ def exchange(
     if broker.ca_file is None:
         raise EnrollmentError("broker.ca_file must name the fleet CA certificate to enroll")
     client_id = f"enroll-{secrets.token_hex(6)}"
-    got: list[EnrollResponse] = []
-    subscribed: list[bool] = []
+    host, port = str(meta["enroll_host"]), int(meta["enroll_port"])
+    deadline = time.monotonic() + timeout
 
-    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def ours(message: Message) -> bool:
         try:
-            response = EnrollResponse.model_validate_json(msg.payload)
+            response = EnrollResponse.model_validate_json(message.payload)
         except ValidationError:
             log.warning("ignoring a malformed enrollment response")
-            return
-        if response.nonce == request.nonce:
-            got.append(response)
+            return False
+        return response.nonce == request.nonce
 
-    def make(version: MqttVersion) -> mqtt.Client:
-        client = paho_client(client_id, version)
-        client.tls_set(ca_certs=str(broker.ca_file), cert_reqs=ssl.CERT_REQUIRED)
-        client.on_message = on_message
-        client.on_subscribe = lambda *args: subscribed.append(True)
-        return client
-
-    deadline = time.monotonic() + timeout
-    host, port = str(meta["enroll_host"]), int(meta["enroll_port"])
-    client: mqtt.Client | None = None
+    session: Session | None = None
     try:
-        client = open_client(make, host, port, protocol=broker.protocol, timeout=timeout)
-        client.subscribe(response_topic(client_id), qos=1)
-        while not subscribed:
-            _step(client, deadline)
-        payload = request.model_dump_json(by_alias=True).encode()
-        sent_at = -REQUEST_RETRY
-        while not got:
-            # Requests are not queued for a service that is (re)starting: ask again.
-            if time.monotonic() - sent_at >= REQUEST_RETRY:
-                client.publish(request_topic(client_id), payload, qos=1)
-                sent_at = time.monotonic()
-            _step(client, deadline)
-    except (OSError, ssl.SSLError) as err:
-        raise EnrollmentError(
-            f"enrollment listener {meta['enroll_host']}:{meta['enroll_port']}: {err}"
-        ) from err
+        session = open_session(
+            host,
+            port,
+            client_id=client_id,
+            protocol=broker.protocol,
+            tls=TlsFiles(ca_file=broker.ca_file),
+            timeout=timeout,
+        )
+        # Requests are not queued for a service that is (re)starting: ask again.
+        reply = session.exchange(
+            request_topic(client_id),
+            request.model_dump_json(by_alias=True).encode(),
+            response_topic(client_id),
+            ours,
+            max(0.0, deadline - time.monotonic()),
+            resend_every=REQUEST_RETRY,
+        )
+    except BrokerConnectionError as err:
+        if session is not None:  # connected, then lost
+            raise EnrollmentError(f"enrollment connection lost: {err.reason}") from err
+        raise EnrollmentError(f"enrollment listener {host}:{port}: {err}") from err
+    except OSError as err:  # unreachable, TLS, no SUBACK in time
+        raise EnrollmentError(f"enrollment listener {host}:{port}: {err}") from err
     finally:
-        if client is not None:
-            client.disconnect()
-    return got[0]
-
-
-def _step(client: mqtt.Client, deadline: float) -> None:
-    if time.monotonic() > deadline:
+        if session is not None:
+            session.close()
+    if reply is None:
         raise EnrollmentError(
             "no enrollment response in time (is 'scanfleet fleet serve' running?)"
         )
-    rc = client.loop(timeout=0.2)
-    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-        raise EnrollmentError(f"enrollment connection lost: {mqtt.error_string(rc)}")
+    return EnrollResponse.model_validate_json(reply.payload)

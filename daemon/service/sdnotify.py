@@ -42,7 +42,7 @@ STATUS_INTERVAL = 5.0
 
 def _systemd_sender() -> Sender | None:
     try:
-        import systemd.daemon  # optional extra [systemd]
+        import systemd.daemon  # extra [systemd] (in [terminal])
     except ImportError:
         return None
 

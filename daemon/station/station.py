@@ -21,7 +21,7 @@ from pydantic import Field
 
 from scanfleet.daemon.core.alarms import AlarmSet
 from scanfleet.daemon.core.config import Config
-from scanfleet.daemon.core.errors import ConfigError
+from scanfleet.daemon.core.errors import ConfigError, ScanfleetError
 from scanfleet.daemon.core.model import Operation, StationRecord, Verdict
 from scanfleet.daemon.core.records import (
     CONTROL_SCHEMA,
@@ -76,7 +76,7 @@ class ControlRecord(StationRecord):
     operator: str | None = Field(description="The operator after this change.")
 
 
-class StationError(ValueError):
+class StationError(ScanfleetError, ValueError):
     """A station change that cannot be made (bad operation, bill name, entry)."""
 
 

@@ -136,7 +136,9 @@ class IdCardUsbDriver(IdCardReader):
             import usb.core
             import usb.util
         except ImportError as err:
-            raise DriverUnavailableError("idcard_usb", "pyusb", str(err)) from err
+            raise DriverUnavailableError(
+                "idcard_usb", "pyusb (pip install 'scanfleet[usb]')", str(err)
+            ) from err
         self._usb = usb
         vid, pid = (int(x, 16) for x in config.usb.split(":"))
         self.vid_pid = config.usb.lower()

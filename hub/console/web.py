@@ -24,6 +24,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.hub.console import auth, i18n
 from scanfleet.hub.console.auth import Role, Session
 
@@ -129,7 +130,7 @@ def audit(
     log.info("console: %s %s %s: %s", user, action, target, result)
 
 
-class Forbidden(Exception):
+class Forbidden(ScanfleetError):
     """The signed-in person may not do this (answered 403)."""
 
 

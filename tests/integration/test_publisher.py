@@ -286,9 +286,9 @@ def test_the_connection_sends_without_nagle_delay(mosquitto: Mosquitto) -> None:
     # PUBACK) must not wait for the broker's TCP ACK of the earlier packet.
     import socket
 
-    from scanfleet.daemon.core.mqtt import connect_client, paho_client
+    from scanfleet.daemon.core.mqtt_client import connect_client, make_client
 
-    client = paho_client("nodelay-check", "5")
+    client = make_client("5", "nodelay-check")
     connect_client(client, mosquitto.host, mosquitto.port, keepalive=30)
     try:
         sock = client.socket()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -18,9 +19,11 @@ from scanfleet.daemon.core.desired_config import (
     Rejected,
     canonical,
     compose,
+    legacy_canonical,
     merge,
     parse_document,
 )
+from scanfleet.daemon.journal.codec import canonical as journal_canonical
 from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig, StoredOverlay
 from scanfleet.drivers.virtual import VirtualDeviceConfig
 
@@ -126,6 +129,67 @@ def test_a_trusted_key_requires_a_valid_signature(tmp_path: Path) -> None:
     report = h.remote.handle(json.dumps(signed).encode(), h.base)
     assert report.result == "applied", report
     assert str(h.applied[-1].station.operation) == "receiving"
+
+
+def _trusting(tmp_path: Path) -> tuple[Ed25519PrivateKey, Harness]:
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / KEY_FILE).write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key, Harness(tmp_path)
+
+
+def test_signatures_cover_the_journals_rfc8785_canonical_json() -> None:
+    body: dict[str, Any] = {
+        "version": 2,
+        "probation_s": 60.0,
+        "config": {"station": {"é": 1, "z": 1e21}},
+    }
+    signed = {**body, "signature": "x"}
+    assert canonical(signed) == rfc8785.dumps(body) == journal_canonical(body)
+    # The two forms really differ for what fleet config push sends (probation_s 60.0).
+    assert canonical(signed) != legacy_canonical(signed)
+
+
+def test_a_document_signed_over_the_legacy_sorted_keys_form_still_verifies(
+    tmp_path: Path,
+) -> None:
+    key, h = _trusting(tmp_path)
+    body = {"version": 1, "probation_s": 0.0, "config": {"station": {"operation": "receiving"}}}
+    old = {**body, "signature": base64.b64encode(key.sign(legacy_canonical(body))).decode()}
+    assert legacy_canonical(body) != canonical(body)
+    report = h.remote.handle(json.dumps(old).encode(), h.base)
+    assert report.result == "applied", report
+
+
+def test_a_signature_by_another_key_fails_in_both_forms(tmp_path: Path) -> None:
+    _, h = _trusting(tmp_path)
+    other = Ed25519PrivateKey.generate()
+    body: dict[str, Any] = {
+        "version": 1,
+        "probation_s": 0.0,
+        "config": {"station": {"operation": "receiving"}},
+    }
+    for form in (canonical, legacy_canonical):
+        forged = {**body, "signature": base64.b64encode(other.sign(form(body))).decode()}
+        report = h.remote.handle(json.dumps(forged).encode(), h.base)
+        assert report.result == "rejected"
+        assert report.errors[0].key == "signature"
+        body = {**body, "version": body["version"] + 1}
+
+
+def test_a_document_rfc8785_cannot_express_is_checked_against_the_legacy_form_only() -> None:
+    key = Ed25519PrivateKey.generate()
+    body = {"version": 1, "probation_s": 0, "config": {"devices": [{"port": 2**60}]}}
+    with pytest.raises(ValueError):
+        canonical(body)
+    old = {**body, "signature": base64.b64encode(key.sign(legacy_canonical(body))).decode()}
+    assert parse_document(json.dumps(old).encode(), key.public_key()).version == 1
+    forged = {**old, "version": 2}
+    with pytest.raises(Rejected, match="signature"):
+        parse_document(json.dumps(forged).encode(), key.public_key())
 
 
 def test_the_same_retained_document_is_decided_once(tmp_path: Path) -> None:
