@@ -91,20 +91,42 @@ class HeadFile:
 
     def store(self, head: Head, *, sync: bool = True) -> None:
         """Write (and fdatasync unless not *sync*) *head*, in place: works on a full disk."""
-        # Written after every commit: formatted directly, the bytes the sorted-keys
-        # encoder of SlotFile.store makes (a unit test compares them), at a third of
-        # its cost. The hash is hex, the other values integers.
-        if self._device[0] != head.device:
-            self._device = (head.device, json.dumps(head.device))
-        if head.head_hash.strip(_HEX):
-            raise ValueError(f"head hash {head.head_hash!r} is not hex")
-        body = _HEAD_FORMAT % (
-            int(head.delivered_seq),
-            self._device[1],
-            int(head.epoch),
+        self.write(
+            head.device,
+            head.epoch,
+            head.reserved_seq,
+            head.head_seq,
             head.head_hash,
-            int(head.head_seq),
-            int(head.reserved_seq),
+            head.delivered_seq,
+            sync=sync,
+        )
+
+    def write(
+        self,
+        device: str,
+        epoch: int,
+        reserved_seq: int,
+        head_seq: int,
+        head_hash: str,
+        delivered_seq: int,
+        *,
+        sync: bool,
+    ) -> None:
+        """:meth:`store` of a head given as its fields (called after every commit)."""
+        # Formatted directly, the bytes the sorted-keys encoder of SlotFile.store makes
+        # (a unit test compares them), at a fifth of its cost. The hash is hex (or
+        # empty: a rebuilt journal's unknown anchor), the other values integers.
+        if self._device[0] != device:
+            self._device = (device, json.dumps(device))
+        if head_hash.strip(_HEX):
+            raise ValueError(f"head hash {head_hash!r} is not hex")
+        body = _HEAD_FORMAT % (
+            delivered_seq,
+            self._device[1],
+            epoch,
+            head_hash,
+            head_seq,
+            reserved_seq,
         )
         self._slots.store_encoded(body.encode("ascii"), sync=sync)
 
