@@ -109,6 +109,9 @@ class _Pending:
 class Journal(SpacePolicy, HeadKeeping):
     """The device's append-only, hash-chained journal (the single writer)."""
 
+    _gather_queue = 0
+    """While a leader gathers: the queue length it waits for (producers wake it once)."""
+
     def __init__(
         self,
         path: Path,
@@ -260,7 +263,7 @@ class Journal(SpacePolicy, HeadKeeping):
                 raise JournalError("journal is closed")
             self._queue.append(pending)
             self._producers[me] = time.monotonic()
-            if self._gathering:
+            if self._gathering and len(self._queue) >= self._gather_queue:
                 self._gather.notify()
             while not pending.done:
                 if self._is_closed():
@@ -316,6 +319,7 @@ class Journal(SpacePolicy, HeadKeeping):
         low, high = GATHER_SECONDS
         deadline = now + min(high, max(low, self._commit_seconds / 2))
         self._gathering = True
+        self._gather_queue = siblings + 1
         try:
             while len(self._queue) <= siblings and not self._closed:
                 remaining = deadline - time.monotonic()
