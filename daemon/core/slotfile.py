@@ -91,7 +91,11 @@ class SlotFile:
         Raises OSError when the file cannot be written and ValueError when the document
         is larger than a slot.
         """
-        body = _ENCODER.encode(document).encode()
+        self.store_encoded(_ENCODER.encode(document).encode(), sync=sync)
+
+    def store_encoded(self, body: bytes, *, sync: bool = True) -> None:
+        """:meth:`store` of a document already encoded as *body* (JSON, sorted keys,
+        no spaces: what :meth:`load` parses)."""
         if len(body) > self.capacity:
             raise ValueError(f"{len(body)} bytes do not fit a {self.slot_size}-byte slot")
         with self._lock:

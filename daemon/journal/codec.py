@@ -167,16 +167,15 @@ def seal_encoded(
         record, payload = seal(encoded.body, device, seq, prev_hash)
         return str(record["hash"]), payload
     p0, p1, p2, p3, p4, p5 = parts
-    seq_text = str(seq).encode("ascii")
-    ident = device_json[:-1] + b":" + seq_text + b'"'
-    prev = b'"' + prev_hash.encode("ascii") + b'"'
-    tail = (p2, ident, p3, prev, p4, seq_text, p5)
-    digest = hashlib.sha256(p0 + device_json + p1[: -len(_HASH_KEY)])
-    for part in tail:
-        digest.update(part)
-    hash_hex = digest.hexdigest()
-    payload = b"".join((p0, device_json, p1, b'"', hash_hex.encode("ascii"), b'"', *tail))
-    return hash_hex, payload
+    seq_text = b"%d" % seq
+    # Everything after the hash, joined once: hashed after the head, then appended to it.
+    prev = prev_hash.encode("ascii")
+    tail = b"".join(
+        (p2, device_json[:-1], b":", seq_text, b'"', p3, b'"', prev, b'"', p4, seq_text, p5)
+    )
+    head = p0 + device_json + p1
+    hash_hex = hashlib.sha256(head[: -len(_HASH_KEY)] + tail).hexdigest()
+    return hash_hex, b"".join((head, b'"', hash_hex.encode("ascii"), b'"', tail))
 
 
 def encode_device(device: str) -> bytes:

@@ -15,7 +15,6 @@ from scanfleet.daemon.core.alarms import AlarmSet, Severity
 from scanfleet.daemon.core.errors import JournalError
 from scanfleet.daemon.journal.recovery import (
     RESERVE_BLOCK,
-    Head,
     HeadFile,
     Recovery,
     pending_rebuild,
@@ -105,15 +104,13 @@ class HeadKeeping:
         # The reservation is fdatasynced; the head itself follows each commit unsynced
         # (a page-cache write), which tells a later rebuild which reserved seqs were used.
         try:
-            self._head_file.store(
-                Head(
-                    device=self.device,
-                    epoch=self._epoch,
-                    reserved_seq=reserved,
-                    head_seq=self._last_seq,
-                    head_hash=self._last_hash,
-                    delivered_seq=self._delivered,
-                ),
+            self._head_file.write(
+                self.device,
+                self._epoch,
+                reserved,
+                self._last_seq,
+                self._last_hash,
+                self._delivered,
                 sync=sync,
             )
         except (OSError, ValueError) as err:

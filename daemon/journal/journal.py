@@ -133,6 +133,9 @@ class _Pending:
 class Journal(SpacePolicy, HeadKeeping):
     """The device's append-only, hash-chained journal (the single writer)."""
 
+    _gather_queue = 0
+    """While a leader gathers: the queue length it waits for (producers wake it once)."""
+
     def __init__(
         self,
         path: Path,
@@ -339,7 +342,7 @@ class Journal(SpacePolicy, HeadKeeping):
                 raise JournalError("journal is closed")
             self._queue.append(pending)
             self._producers[me] = time.monotonic()
-            if self._gathering:
+            if self._gathering and len(self._queue) >= self._gather_queue:
                 self._gather.notify()
             while not pending.done:
                 if self._is_closed():
@@ -395,6 +398,7 @@ class Journal(SpacePolicy, HeadKeeping):
         low, high = GATHER_SECONDS
         deadline = now + min(high, max(low, self._commit_seconds / 2))
         self._gathering = True
+        self._gather_queue = siblings + 1
         try:
             while len(self._queue) <= siblings and not self._closed:
                 remaining = deadline - time.monotonic()
@@ -439,8 +443,8 @@ class Journal(SpacePolicy, HeadKeeping):
             action()
 
     def _room_needed(self, batch: list[_Pending]) -> int:
-        # A commit appends WAL frames: the pages it touches (a leaf, the meta page, an
-        # interior page now and then) plus a header each.
+        # A commit appends WAL frames: the pages it touches (a leaf, an interior page
+        # now and then, the meta page when a dictionary is trained) plus a header each.
         return (len(batch) + 3) * (self._page_size + 24)
 
     def _commit_locked(self, batch: list[_Pending], after: list[Callable[[], None]]) -> None:
@@ -493,12 +497,8 @@ class Journal(SpacePolicy, HeadKeeping):
                     (seq, item.time_us, self._dict_id, blob),
                 )
                 committed.append((item, record, payload))
-            if committed:
-                conn.execute(
-                    "UPDATE meta SET value = CASE key WHEN 'head_seq' THEN ? ELSE ? END "
-                    "WHERE key IN ('head_seq', 'head_hash')",
-                    (str(seq), prev),
-                )
+            # No meta row is touched: the newest record is the head (schema version 2),
+            # so a commit writes the records page alone (one WAL frame, not two).
             conn.execute("COMMIT")
         except BaseException:
             self._room_left = None
@@ -561,8 +561,14 @@ class Journal(SpacePolicy, HeadKeeping):
             # idempotency key resolves: skip the fsync, the next append's commit syncs it.
             self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
+                # meta's recorded head moves along (the meta page is written anyway):
+                # a lower bound of the head that verify and the next open hold the
+                # records to (store.chain_head).
                 self._conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'delivered_seq'", (str(through_seq),)
+                    "UPDATE meta SET value = CASE key WHEN 'delivered_seq' THEN ?1 "
+                    "WHEN 'head_seq' THEN ?2 ELSE ?3 END "
+                    "WHERE key IN ('delivered_seq', 'head_seq', 'head_hash')",
+                    (str(through_seq), str(self._last_seq), self._last_hash),
                 )
             except sqlite3.Error as err:
                 if not is_disk_full(err):

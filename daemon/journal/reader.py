@@ -32,8 +32,13 @@ from scanfleet.daemon.journal.codec import (
     record_hash,
     to_micros,
 )
-from scanfleet.daemon.journal.recovery import lost_ranges
-from scanfleet.daemon.journal.store import connect_reader, ensure_readable, quick_check
+from scanfleet.daemon.journal.recovery import HeadFile, lost_ranges
+from scanfleet.daemon.journal.store import (
+    chain_head,
+    connect_reader,
+    ensure_readable,
+    quick_check,
+)
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,15 @@ class JournalReader:
             return self._meta()
 
     def _meta(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+        meta = {str(k): str(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+        # The head is the newest record (schema 2); meta's own is a recorded lower bound.
+        meta["recorded_head_seq"] = meta.get("head_seq", "0")
+        meta["recorded_head_hash"] = meta.get("head_hash", GENESIS_HASH)
+        with contextlib.suppress(JournalCorruptError):  # verify names the bad record
+            seq, digest = chain_head(self._conn, meta)
+            if seq >= int(meta["recorded_head_seq"]):
+                meta["head_seq"], meta["head_hash"] = str(seq), digest
+        return meta
 
     @property
     def last_seq(self) -> int:
@@ -287,7 +300,11 @@ class JournalReader:
         device = meta.get("device", "")
         anchor = int(meta.get("pruned_through_seq", "0"))
         prev = meta.get("pruned_hash", GENESIS_HASH) if anchor else GENESIS_HASH
-        head = int(meta.get("head_seq", "0"))
+        # The head must reach every head recorded: meta's (the head at the last delivered
+        # watermark, or the whole head of a schema 1 file) and the head file's (written
+        # after every commit), so deleting the newest records shows as missing records.
+        recorded, recorded_hash = self._recorded_head(meta)
+        head = max(int(meta.get("head_seq", "0")), recorded)
         lost = tuple(lost_ranges(meta))
         expected = anchor + 1
         checked = 0
@@ -325,6 +342,8 @@ class JournalReader:
                 unlinked = False
                 if record_hash(record) != stored_hash:
                     return bad(seq, "hash does not match the record's contents")
+                if seq == recorded and stored_hash != recorded_hash:
+                    return bad(seq, "record's hash differs from the recorded head hash")
                 if to_micros(parse_time(str(record.get("time")))) != time_us:
                     return bad(seq, "time column differs from the record's time")
             except (JournalCorruptError, RecordError, ValueError) as err:
@@ -338,9 +357,24 @@ class JournalReader:
             if expected - 1 < head:
                 return bad(expected, f"records {expected}..{head} are missing (head is {head})")
             return bad(head + 1, f"records beyond the recorded head {head}")
-        if head > anchor and prev != meta.get("head_hash"):
-            return bad(head, "last record's hash differs from the recorded head hash")
         return VerifyResult(True, checked, anchor, head, lost=lost)
+
+    def _recorded_head(self, meta: dict[str, str]) -> tuple[int, str]:
+        seq = int(meta.get("recorded_head_seq", "0"))
+        digest = meta.get("recorded_head_hash", GENESIS_HASH)
+        head_file = HeadFile(self.path)
+        try:
+            saved = head_file.load()
+        finally:
+            head_file.close()
+        same_chain = (
+            saved is not None
+            and saved.device == meta.get("device")
+            and saved.epoch == int(meta.get("epoch", "0"))
+        )
+        if saved is not None and same_chain and saved.head_seq > seq:
+            seq, digest = saved.head_seq, saved.head_hash
+        return seq, digest
 
 
 def _range_clause(

@@ -9,10 +9,12 @@ newer than this code is refused rather than guessed at.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,13 +24,15 @@ from urllib.parse import quote
 
 from scanfleet.daemon.core.errors import JournalCorruptError, JournalError, JournalSchemaError
 from scanfleet.daemon.core.model import GENESIS_HASH
-from scanfleet.daemon.journal.codec import builtin_dictionary
+from scanfleet.daemon.journal.codec import Codec, builtin_dictionary
 from scanfleet.daemon.journal.salvage import wal_damaged
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this code writes; older files are migrated, newer ones refused."""
+READABLE_VERSIONS = (1, 2)
+"""Versions a reader understands: version 1 differs only in keeping meta's head exact."""
 
 WAL_LIMIT_BYTES = 4 << 20
 """journal_size_limit: the WAL is truncated back to this after checkpoints."""
@@ -42,8 +46,14 @@ def schema_sql(version: int) -> str:
     return package.joinpath(f"schema_v{version}.sql").read_text(encoding="utf-8")
 
 
-# Migration steps: version N-1 -> N. Empty while there is only version 1.
-MIGRATIONS: dict[int, str] = {}
+# Migration steps: version N-1 -> N.
+MIGRATIONS: dict[int, str] = {
+    # Version 2 stops rewriting meta's head at every append (the head is the newest
+    # record); the tables are the same and version 1's exact head is a valid lower bound.
+    # The version moves so that an older scanfleet refuses the file rather than taking
+    # that lower bound for the head and appending over existing seqs.
+    2: "PRAGMA user_version = 2;\n",
+}
 
 
 class WriterLock:
@@ -171,7 +181,7 @@ def ensure_readable(conn: sqlite3.Connection, path: Path) -> int:
         version = check_version(conn, path)
     except sqlite3.DatabaseError as err:
         raise JournalCorruptError(f"{path} is not a readable journal: {err}") from err
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise JournalSchemaError(
             f"{path} has schema version {version}; open it once with the daemon to migrate"
         )
@@ -220,6 +230,7 @@ def open_writer(
         configure(conn)
         migrate(conn, path, version)
         meta = _init_meta(conn, path, device, budget_bytes, retention_days, now)
+        meta = _with_chain_head(conn, meta, path)
         _require_head(meta, path, head_seq)
     except JournalDamagedError:
         conn.close()
@@ -293,6 +304,49 @@ def _init_meta(
     return meta
 
 
+def chain_head(conn: sqlite3.Connection, meta: Mapping[str, str]) -> tuple[int, str]:
+    """(seq, hash) of the chain's head: the newest record, else the pruning anchor.
+
+    Since schema version 2 an append writes only its record: meta's ``head_seq`` and
+    ``head_hash`` are a head the journal had once (at creation, a rebuild or the last
+    delivered watermark), a lower bound. Raises sqlite3/zlib errors and
+    JournalCorruptError on a record that does not read.
+    """
+    anchor = int(meta.get("pruned_through_seq", "0"))
+    anchor_hash = meta.get("pruned_hash", GENESIS_HASH) if anchor else GENESIS_HASH
+    row = conn.execute(
+        "SELECT seq, dict, payload FROM records ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    if row is None or int(row[0]) <= anchor:
+        return anchor, anchor_hash
+    seq, dict_id, blob = int(row[0]), int(row[1]), bytes(row[2])
+    data = conn.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()
+    if data is None:
+        raise JournalCorruptError(f"record {seq} names unknown dictionary {dict_id}")
+    codec = Codec()
+    codec.add(dict_id, bytes(data[0]))
+    try:
+        record = json.loads(codec.decompress(dict_id, blob))
+    except (zlib.error, ValueError) as err:
+        raise JournalCorruptError(f"newest record {seq} does not read: {err}") from err
+    digest = record.get("hash") if isinstance(record, dict) else None
+    if not isinstance(digest, str) or record.get("seq") != seq:
+        raise JournalCorruptError(f"newest record {seq} carries no hash or another seq")
+    return seq, digest
+
+
+def _with_chain_head(conn: sqlite3.Connection, meta: dict[str, str], path: Path) -> dict[str, str]:
+    """*meta* with the chain's real head; a journal ending below the recorded one lost
+    its newest records (and must be rebuilt)."""
+    seq, digest = chain_head(conn, meta)
+    recorded = int(meta["head_seq"])
+    if seq < recorded:
+        raise JournalDamagedError(
+            path, f"journal ends at seq {seq} but its meta recorded seq {recorded}"
+        )
+    return {**meta, "head_seq": str(seq), "head_hash": digest}
+
+
 def _require_head(meta: Mapping[str, str], path: Path, head_seq: int) -> None:
     have = int(meta["head_seq"])
     if have < head_seq:
@@ -325,7 +379,7 @@ class Checkpointer:
 
     INTERVAL = 0.5
     COMMITS = 300
-    """Commits (each ~2 WAL pages) after which a checkpoint runs even without a pause."""
+    """Commits (each ~1 WAL page) after which a checkpoint runs even without a pause."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

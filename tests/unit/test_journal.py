@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -19,8 +20,11 @@ import rfc8785
 from scanfleet.daemon.core.alarms import AlarmSet
 from scanfleet.daemon.core.errors import JournalError, JournalSchemaError
 from scanfleet.daemon.core.model import GENESIS_HASH, Scan
+from scanfleet.daemon.core.slotfile import SlotFile
 from scanfleet.daemon.journal.codec import Codec
 from scanfleet.daemon.journal.journal import Journal, RecordError
+from scanfleet.daemon.journal.recovery import Head, HeadFile
+from scanfleet.daemon.journal.store import SCHEMA_VERSION
 from support.scans import EPOCH, make_scan_body
 
 DEVICE = "sf-0a1b2c3d4e5f"
@@ -290,7 +294,7 @@ def test_verify_names_a_deleted_record(path: Path, victim: int) -> None:
 def test_a_journal_from_a_newer_scanfleet_is_refused_untouched(path: Path) -> None:
     Journal.open(path, DEVICE).close()
     with sql(path) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     before = path.read_bytes()
     with pytest.raises(JournalSchemaError, match="newer"):
         Journal.open(path, DEVICE)
@@ -393,3 +397,95 @@ def test_a_failed_open_releases_what_it_opened(tmp_path: Path) -> None:
     # The writer lock and the connections were released: the same process opens it again.
     with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         assert j.last_seq == 0
+
+
+def test_a_schema_1_journal_is_read_migrated_and_continued(path: Path) -> None:
+    # Schema 1 has the same tables; its meta head followed every commit exactly.
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        written = [j.append(b) for b in bodies(20)]
+        j.mark_delivered(5)
+    with sql(path) as conn:
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("UPDATE meta SET value = '20' WHERE key = 'head_seq'")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'head_hash'", (written[-1]["hash"],))
+    with Journal.open_readonly(path) as reader:  # before the daemon migrated it
+        assert reader.last_seq == 20
+        assert reader.verify().ok
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        assert j.last_seq == 20
+        record = j.append(bodies(1, seed=9)[0])
+        assert (record["seq"], record["prev_hash"]) == (21, written[-1]["hash"])
+        assert j.verify().ok
+    with sql(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_an_append_writes_only_its_record_and_the_head_is_the_newest_record(
+    path: Path,
+) -> None:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        j.append(bodies(1)[0])
+        with sql(path) as conn:
+            before = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        written = [j.append(b) for b in bodies(5, seed=3)]
+        with sql(path) as conn:
+            assert dict(conn.execute("SELECT key, value FROM meta").fetchall()) == before
+        assert j.reader.last_seq == 6
+        assert j.reader.meta()["head_hash"] == written[-1]["hash"]
+        j.mark_delivered(6)  # the watermark carries the recorded head along
+        with sql(path) as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert (meta["head_seq"], meta["head_hash"]) == ("6", written[-1]["hash"])
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        assert (j.last_seq, j.append(bodies(1, seed=4)[0])["prev_hash"]) == (
+            6,
+            written[-1]["hash"],
+        )
+
+
+def test_a_journal_ending_below_its_recorded_head_is_rebuilt(path: Path) -> None:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        for b in bodies(20):
+            j.append(b)
+        j.mark_delivered(10)  # meta records head 20
+    path.with_name(path.name + ".head").unlink()  # the head file cannot tell
+    with sql(path) as conn:
+        conn.execute("DELETE FROM records WHERE seq > 17")
+    with Journal.open_readonly(path) as reader:
+        result = reader.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 18)
+    alarms = AlarmSet()
+    with Journal.open(path, DEVICE, alarms=alarms, clock=fixed_clock) as j:
+        assert "journal_quarantined" in alarms
+        records = j.read_after(0, limit=100, max_bytes=1 << 20)
+        loss = records[-1].as_dict()
+        assert loss["type"] == "journal_loss"
+        # No seq up to the recorded head is reused: each undelivered one was salvaged
+        # (the deleted cells are still on their pages) or is declared lost.
+        assert loss["seq"] > 20
+        lost = {s for r in loss["lost"] for s in range(r["first_seq"], r["last_seq"] + 1)}
+        assert {r.seq for r in records[:-1]} | lost == set(range(11, 21))
+        assert j.verify().ok
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        Head("sf-0a1b2c3d4e5f", 0, 256, 12, hashlib.sha256(b"x").hexdigest(), 3),
+        Head('dev "ü"\\', 7, 1793694600256, 1793694600001, GENESIS_HASH, 0),
+        Head("sf-1", 1, 256, 0, "", 0),  # a rebuilt journal whose anchor hash is unknown
+    ],
+)
+def test_the_head_file_holds_what_the_slot_encoder_would_write(path: Path, head: Head) -> None:
+    path.parent.mkdir(parents=True)
+    fast, plain = HeadFile(path), SlotFile(path.with_name("plain.head"))
+    try:
+        fast.store(head, sync=False)
+        plain.store(dataclasses.asdict(head), sync=False)
+        assert fast.path.read_bytes() == plain.path.read_bytes()
+        assert fast.load() == head
+        with pytest.raises(ValueError, match="not hex"):
+            fast.store(dataclasses.replace(head, head_hash='"}'), sync=False)
+    finally:
+        fast.close()
+        plain.close()

@@ -135,3 +135,24 @@ def test_retention_never_drops_undelivered_records(tmp_path: Path) -> None:
         clock.now = EPOCH + timedelta(days=365)
         assert journal.prune() == 0
         assert undelivered_seqs(journal) == list(range(1, 101))
+
+
+def test_a_journal_pruned_to_nothing_continues_from_its_anchor(tmp_path: Path) -> None:
+    # The head is the newest record (schema 2); with none left it is the pruning anchor.
+    path = tmp_path / "journal.sqlite3"
+    rng = random.Random(5)
+    clock = Clock(EPOCH + timedelta(days=1))
+    with Journal.open(path, DEVICE, clock=clock) as journal:
+        last = [journal.append(make_scan_body(i, rng)) for i in range(40)][-1]
+        journal.mark_delivered(40)
+        clock.now = EPOCH + timedelta(days=200)
+        assert journal.prune() == 40
+        assert journal.read_after(0, limit=1, max_bytes=1 << 20) == []
+    with Journal.open_readonly(path) as reader:
+        assert (reader.last_seq, reader.meta()["head_hash"]) == (40, last["hash"])
+        assert reader.verify().ok
+    with Journal.open(path, DEVICE, clock=clock) as journal:
+        assert journal.last_seq == 40
+        record = journal.append(make_scan_body(41, rng))
+        assert (record["seq"], record["prev_hash"]) == (41, last["hash"])
+        assert journal.verify().ok
