@@ -361,15 +361,14 @@ def _check_links(conn: Conn, rows: Sequence[Row]) -> int:
     devices = sorted({r.device for r in rows})
     # Most links run between records of the same batch: only the ends of each device's
     # run need the database.
-    held: dict[tuple[str, int], tuple[str, str, str]] = {
-        (r.device, r.seq): (r.hash, r.prev_hash, r.type) for r in rows
-    }
-    wanted = {
-        (row.device, seq)
-        for row in rows
-        for seq in (row.link_seq, row.seq + 1)
-        if seq is not None and (row.device, seq) not in held
-    }
+    mine = {(r.device, r.seq): r for r in rows}
+    wanted: set[tuple[str, int]] = set()
+    for row in rows:
+        if row.link_seq is not None and (row.device, row.link_seq) not in mine:
+            wanted.add((row.device, row.link_seq))
+        if (row.device, row.seq + 1) not in mine:
+            wanted.add((row.device, row.seq + 1))
+    held: dict[tuple[str, int], tuple[str, str, str]] = {}
     if wanted:
         for device, seq, rhash, prev, kind in conn.execute(
             "SELECT r.device, r.seq, r.hash, r.prev_hash, r.type FROM records r"
@@ -385,12 +384,18 @@ def _check_links(conn: Conn, rows: Sequence[Row]) -> int:
 
     breaks = 0
     for row in rows:
-        if row.link_seq is not None and (row.device, row.link_seq) in held:
-            expected = held[(row.device, row.link_seq)][0]
-            if expected != row.prev_hash and not (
-                row.type != "journal_loss" and near_loss(row.device, row.seq)
+        if row.link_seq is not None:
+            key = (row.device, row.link_seq)
+            prior = mine.get(key)
+            expected = prior.hash if prior is not None else held.get(key, (None,))[0]
+            if (
+                expected is not None
+                and expected != row.prev_hash
+                and not (row.type != "journal_loss" and near_loss(row.device, row.seq))
             ):
                 breaks += _break(conn, row, "link_mismatch", expected, row.prev_hash, None)
+        # A following record of this batch checks its own link above (the same break:
+        # same record, kind and value); only a held one is checked from this side.
         following = held.get((row.device, row.seq + 1))
         if (
             following
