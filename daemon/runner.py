@@ -38,7 +38,7 @@ from scanfleet.daemon.publish.publisher import Publisher
 from scanfleet.daemon.publish.status import STATUS_FILE
 from scanfleet.daemon.remote.claim_intake import ClaimEnroller
 from scanfleet.daemon.remote.commands import RecentLog, RemoteCommands
-from scanfleet.daemon.remote.config import RemoteConfig
+from scanfleet.daemon.remote.config import RemoteConfig, StoredOverlay, compose_stored
 from scanfleet.daemon.remote.control import ControlChannel
 from scanfleet.daemon.remote.enroll import CLAIM_FILE, Enrolled, ensure_enrolled
 from scanfleet.daemon.remote.health import HealthReporter
@@ -55,6 +55,11 @@ SHUTDOWN_TIMEOUT = 10.0
 RENEWAL_CHECK_SECONDS = 6 * 3600.0
 RESTART_EXIT_CODE = 75
 """Exit status after a remote ``restart`` (EX_TEMPFAIL): ``Restart=on-failure`` restarts."""
+SUPERVISE_INTERVAL = 5.0
+"""Seconds between supervise() rounds (dead threads, alarms acknowledged by the CLI):
+an idle daemon sleeps; signals still end the wait at once."""
+TICK_INTERVAL = 0.5
+"""…and between rounds while a live view draws on the terminal."""
 RESTART_SECTIONS = ("identity", "paths", "broker", "publisher", "journal")
 """Config sections a SIGHUP reload does not apply (the daemon says so)."""
 
@@ -114,38 +119,95 @@ def enroll_at_start(config: Config) -> Enrollment:
     return Enrollment(enrolled, None, fresh)
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What :func:`build_daemon` read and opened for the :class:`Daemon` to wire."""
+
+    running: Config
+    """The configuration that runs: the file's, with the enrolled broker and the overlay."""
+    alarms: AlarmSet
+    overlay: StoredOverlay
+    journal: Journal
+    local_api_token: str | None
+    """The local API's token (read only when the API is enabled)."""
+
+
 def build_daemon(
     config: Config,
     *,
     config_path: Path | None = None,
     health_interval: float | None = None,
 ) -> Daemon:
-    """Prepare the state directory, redaction and enrollment, then wire the daemon."""
+    """Do the start's I/O in order, then wire the daemon; unwind what was opened on failure.
+
+    State directory, redaction, enrollment (network), alarms, the stored overlay,
+    the journal; after wiring, the enrollment record and the duplicate index.
+    """
+    state_dir = config.paths.state_dir
     # The process umask is set by 'scanfleet run' (statefiles.restrict_umask); the
     # state dir is tightened here too, for an earlier run that left it open.
-    secure_state_dir(config.paths.state_dir)
+    secure_state_dir(state_dir)
     redactor = Redactor(config_secrets(config))
     # Installed before enrolling, so nothing logged on the way leaks a secret.
     redact.install(redactor)
     # Enrollment (a claim in the state dir) or renewal happens before anything
     # connects; without a claim or fleet certificate it changes nothing.
     enrollment = enroll_at_start(config)
-    return Daemon(
-        config,
-        enrollment,
-        redactor=redactor,
-        config_path=config_path,
-        health_interval=health_interval,
+    # Critical alarms (a quarantined journal, declared losses) outlive restarts.
+    alarms = AlarmSet.load(state_dir / ALARMS_FILE)
+    # A pushed config overlay (state dir) runs on top of the file from the start.
+    overlay = StoredOverlay.load(state_dir)
+    running = compose_stored(
+        config.model_copy(update={"broker": enrollment.enrolled.broker}), overlay.running
     )
+    redactor.add(*config_secrets(running))
+    token = None
+    if running.local_api.enabled:
+        from scanfleet.daemon.local.api import read_token  # websockets only when enabled
+
+        token = read_token(running.local_api)
+    with contextlib.ExitStack() as undo:
+        journal = Journal.open(
+            journal_path(running),
+            enrollment.enrolled.identity.device,
+            max_bytes=running.journal.max_bytes,
+            retention_days=running.journal.retention_days,
+            alarms=alarms,
+        )
+        undo.callback(journal.close)
+        daemon = Daemon(
+            config,
+            enrollment,
+            Opened(running, alarms, overlay, journal, token),
+            redactor=redactor,
+            config_path=config_path,
+            health_interval=health_interval,
+        )
+        undo.callback(daemon.detach)
+        daemon.remote.settle()
+        if enrollment.from_claim_file:
+            # Enrolled just now with the claim from the state dir (boot partition or
+            # `enroll --claim` before a start): the journal says so, as for a retry.
+            identity = daemon.identity
+            daemon.station.enrollment(f"{identity.site}/{identity.device}", "config")
+        index = open_index(state_dir, journal, **policy(running))
+        undo.callback(index.close)
+        daemon.station.index = index
+        undo.pop_all()
+    return daemon
 
 
 class Daemon:
-    """One running scanfleet daemon; :func:`build_daemon` makes one."""
+    """One running scanfleet daemon; :func:`build_daemon` makes one.
+
+    The constructor only wires the parts it is given (no I/O, no thread).
+    """
 
     def __init__(
         self,
         config: Config,
         enrollment: Enrollment,
+        opened: Opened,
         *,
         redactor: Redactor,
         config_path: Path | None = None,
@@ -155,34 +217,23 @@ class Daemon:
         """The configuration as loaded; ``config`` is what runs (enrolled broker settings)."""
         self.redactor = redactor
         """Every log line, diagnostics and command reply goes through it."""
-        self.config = config
         self.config_path = config_path
-        # Critical alarms (a quarantined journal, declared losses) outlive restarts.
-        self.alarms = AlarmSet(config.paths.state_dir / ALARMS_FILE)
+        self.alarms = opened.alarms
         enrolled, first_error = enrollment.enrolled, enrollment.first_error
         self.identity: Identity = enrolled.identity
         self.cert_not_after = enrolled.not_after
-        config = config.model_copy(update={"broker": enrolled.broker})
         self._apply_lock = threading.RLock()
         self.workers: dict[str, DeviceWorker] = {}
-        # A pushed config overlay (state dir) runs on top of the file from the start.
         self.remote = RemoteConfig(
             config.paths.state_dir,
             self.identity.device,
+            opened.overlay,
             apply=lambda new: self.apply_config(new, source="a pushed config"),
             bound_devices=self._bound_devices,
             report=self._report_config,
         )
-        config = self.remote.compose(config)
-        self.redactor.add(*config_secrets(config))
-        self.config = config
-        self.journal = Journal(
-            journal_path(config),
-            self.identity.device,
-            max_bytes=config.journal.max_bytes,
-            retention_days=config.journal.retention_days,
-            alarms=self.alarms,
-        )
+        self.config = config = opened.running
+        self.journal = opened.journal
         self.publisher = Publisher(
             self.journal,
             config.broker,
@@ -211,23 +262,34 @@ class Daemon:
             first_error=first_error,
         )
         self.pipeline.claim_handler = self.enroller.offer
-        if enrollment.from_claim_file:
-            # Enrolled just now with the claim from the state dir (boot partition or
-            # `enroll --claim` before a start): the journal says so, as for a retry.
-            self.station.enrollment(f"{self.identity.site}/{self.identity.device}", "config")
-        self.station.index = open_index(config.paths.state_dir, self.journal, **policy(config))
         self.local_api: LocalApi | None = None
-        if config.local_api.enabled:
+        if opened.local_api_token is not None:
             from scanfleet.daemon.local.api import LocalApi
 
-            self.local_api = LocalApi(self.station, config.local_api, config.paths.state_dir)
+            self.local_api = LocalApi(
+                self.station,
+                config.local_api,
+                config.paths.state_dir,
+                token=opened.local_api_token,
+            )
             self.pipeline.add_listener(self.local_api.on_record)
         self.recent_log = RecentLog(
             {self.identity.site: "<site>", self.identity.device: "<device>"}
         )
         logging.getLogger().addHandler(self.recent_log)
         redact.install(self.redactor)
-        self.commands = RemoteCommands(self, self.recent_log)
+        self.commands = RemoteCommands(
+            identity=self.identity,
+            supervisor=self,
+            journal=self.journal,
+            alarms=self.alarms,
+            station=self.station,
+            overlay=self.remote,
+            broker=self.publisher,
+            publish=lambda topic, payload: self.control.publish(topic, payload),
+            redactor=self.redactor,
+            recent_log=self.recent_log,
+        )
         self.control = ControlChannel(
             self.identity.site,
             self.identity.device,
@@ -238,8 +300,13 @@ class Daemon:
         )
         self.publisher.control = self.control
         self.health = HealthReporter(
-            self,
-            lambda topic, payload: self.control.publish(topic, payload),
+            identity=self.identity,
+            state=self,
+            journal=self.journal,
+            alarms=self.alarms,
+            overlay=self.remote,
+            link=self.control,
+            publish=lambda topic, payload: self.control.publish(topic, payload),
             interval=health_interval or config.publisher.health_interval_s,
         )
         self.pipeline.add_listener(self.health.rate.on_record)
@@ -250,6 +317,14 @@ class Daemon:
         self._on_ready: list[Callable[[], None]] = []
         self._on_reload: list[Callable[[str], None]] = []
         self._on_shutdown: list[Callable[[], None]] = []
+
+    def detach(self) -> None:
+        """Release what wiring took (log handler, the publisher's wake-up sockets).
+
+        For a build that fails after wiring, before :meth:`start`.
+        """
+        self.publisher.stop()  # never started: only closes its wake-up socket pair
+        logging.getLogger().removeHandler(self.recent_log)
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         """Call *callback* once journal, devices and publisher are set up."""
@@ -456,7 +531,8 @@ class Daemon:
     def supervise(self) -> None:
         """Replace worker threads that died; pick up alarms acknowledged by the CLI.
 
-        serve() calls it every 0.5 s. A publisher that stops turning is the systemd
+        serve() calls it every SUPERVISE_INTERVAL seconds (every 0.5 s while a live view
+        draws). A publisher that stops turning is the systemd
         watchdog's to notice (no more WATCHDOG=1 pings, systemd restarts the daemon).
         """
         self.pipeline.ensure_running()
@@ -470,8 +546,9 @@ class Daemon:
         self.alarms.sync()
 
     def device_states(self) -> dict[str, DeviceState]:
-        """Configured device name → its current state."""
-        return {name: worker.state for name, worker in self.workers.items()}
+        """Configured device name → its current state (safe from any thread)."""
+        # list(): one step under the GIL, while the main thread may rebind a device.
+        return {name: worker.state for name, worker in list(self.workers.items())}
 
     def serve(self, *, tick: Callable[[], None] | None = None) -> int:
         """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
@@ -508,7 +585,7 @@ class Daemon:
                             for callback in self._on_reload:
                                 callback("end")
                             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-                    while not stop.wait(0.5):
+                    while not stop.wait(SUPERVISE_INTERVAL if tick is None else TICK_INTERVAL):
                         self.supervise()
                         if tick is not None:
                             tick()

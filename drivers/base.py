@@ -14,7 +14,9 @@ both, one line per driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -147,6 +149,34 @@ USB_MATCH_PATTERN = r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$"
 """``vid:pid[:serial]``: how a config binds a USB device by id instead of a path."""
 
 
+class Waker:
+    """A pipe a driver adds to its ``select`` so :meth:`Driver.interrupt` can end a read."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        """The read end, to select on."""
+        return self._r
+
+    def set(self) -> None:
+        """Make the read end readable. Thread-safe, never blocks."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._w, b"\0")
+
+    def clear(self) -> None:
+        """Consume pending wake-ups."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._r, 64)
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._r = self._w = -1
+
+
 class Driver(ABC, Generic[ConfigT]):
     """A bound device. Open in the constructor; read, signal, close.
 
@@ -155,6 +185,9 @@ class Driver(ABC, Generic[ConfigT]):
     """
 
     driver_name: ClassVar[str]
+    interruptible: ClassVar[bool] = False
+    """True when :meth:`interrupt` ends a blocked :meth:`read` at once; the daemon then
+    reads without a timeout, so an idle device costs no wake-ups."""
     _closed: bool = True
 
     def __init__(self, config: ConfigT, *, on_problem: ProblemCallback | None = None) -> None:
@@ -178,6 +211,13 @@ class Driver(ABC, Generic[ConfigT]):
     @abstractmethod
     def _read(self, timeout: float | None) -> Read | None:
         """Driver-specific read; same contract as :meth:`read`."""
+
+    def interrupt(self) -> None:
+        """Make a :meth:`read` blocked in another thread return None now (stop, reload).
+
+        Thread-safe; a no-op for drivers that are not :attr:`interruptible` (their reads
+        must then be given a timeout).
+        """
 
     def signal(self, signal: Signal) -> None:
         """Give operator feedback per the device's preset (no-op for preset ``none``).

@@ -34,6 +34,7 @@ from scanfleet.drivers.base import (
     ProblemCallback,
     Read,
     Signal,
+    Waker,
 )
 from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
 from scanfleet.drivers.framing import Event, Frame, Framer, Reply
@@ -121,6 +122,7 @@ class SerialDriver(Driver[SerialDeviceConfig]):
     """The driver for ``driver = "serial"`` devices."""
 
     driver_name = "serial"
+    interruptible = True
 
     def __init__(
         self, config: SerialDeviceConfig, *, on_problem: ProblemCallback | None = None
@@ -169,6 +171,7 @@ class SerialDriver(Driver[SerialDeviceConfig]):
         self._late_replies: tuple[bytes, ...] = ()
         self._late_buf = b""
         self._late_until = 0.0
+        self._waker = Waker()
         super().__init__(config, on_problem=on_problem)
         try:
             self._bind()
@@ -255,9 +258,12 @@ class SerialDriver(Driver[SerialDeviceConfig]):
             limits = [t - now for t in (deadline, framer_deadline) if t is not None]
             wait = max(0.0, min(limits)) if limits else None
             try:
-                ready, _, _ = select.select([self._fd], [], [], wait)
+                ready, _, _ = select.select([self._fd, self._waker.fileno()], [], [], wait)
             except (OSError, ValueError) as err:
                 self._gone(f"select failed: {err}", err)
+            if self._waker.fileno() in ready:
+                self._waker.clear()
+                return None
             if not ready:
                 self._check_present(now)
                 continue
@@ -362,7 +368,12 @@ class SerialDriver(Driver[SerialDeviceConfig]):
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """End a read blocked in another thread: it returns None."""
+        self._waker.set()
+
     def _close(self) -> None:
+        self._waker.close()
         try:
             self._ser.close()
         except (OSError, self._pyserial.SerialException) as err:

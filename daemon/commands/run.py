@@ -170,7 +170,9 @@ def _run(args: argparse.Namespace) -> int:
         from scanfleet.daemon.ui.liveview import LiveView
 
         log_to_file(config.paths.state_dir / "scanfleet.log")
-        tick = LiveView(daemon).draw
+        view = LiveView(daemon)
+        daemon.pipeline.add_listener(view.on_record)
+        tick = view.draw
     elif args.demo:
         daemon.pipeline.add_listener(_log_record)
     else:

@@ -66,15 +66,21 @@ class AlarmSet:
     """
 
     def __init__(self, store: Path | None = None) -> None:
+        """An empty set; :meth:`load` brings back what *store* kept (this reads nothing)."""
         self._lock = threading.Lock()
         self._active: dict[str, Alarm] = {}
         self._listeners: list[Callable[[], None]] = []
         self.store = store
         self._store_mtime = 0
-        if store is not None:
-            for alarm in load_sticky(store).values():
-                self._active[alarm.code] = alarm
-            self._store_mtime = _mtime(store)
+
+    @classmethod
+    def load(cls, store: Path) -> AlarmSet:
+        """The alarm set of a start: the sticky alarms kept in *store* are active again."""
+        alarms = cls(store)
+        for alarm in load_sticky(store).values():
+            alarms._active[alarm.code] = alarm
+        alarms._store_mtime = _mtime(store)
+        return alarms
 
     def raise_(
         self,

@@ -2,8 +2,11 @@
 
 A worker opens its driver, reads frames into the pipeline's bounded queue, and
 when the device goes away (cable pulled, port vanished) reports it, closes the
-driver and reopens with capped, jittered backoff. Waiting is always a timed wait
-on an Event, so an absent device costs no CPU and stop() is prompt.
+driver and waits for the device to come back: a udev event, an inotify event on the
+configured path's folder, or a slow safety poll (:mod:`scanfleet.drivers.hotplug`);
+without any event source, the old capped, jittered backoff. An idle worker sleeps: a
+bound interruptible driver is read without a timeout, an absent device waits for an
+event, and stop() wakes either at once.
 """
 
 from __future__ import annotations
@@ -24,16 +27,18 @@ from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUna
 if TYPE_CHECKING:
     from scanfleet.daemon.core.config import DeviceConfig
     from scanfleet.drivers.base import Driver, DriverProblem, Read, Signal
+    from scanfleet.drivers.hotplug import DeviceWatch
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 2.0
-"""A replugged scanner is bound again within about this long. A failed reopen costs a
-stat and an open, so a short cap is cheap; it is also what catches hotplug."""
+"""Retry pace right after a hotplug event (and the polling pace where no event source
+sees the device): a failed reopen costs a stat and an open."""
 UNAVAILABLE_RETRY = 60.0
 """A missing driver library does not appear by itself; retry rarely."""
 READ_TIMEOUT = 0.5
+"""Read timeout for drivers that cannot be interrupted (their stop() latency)."""
 PROBLEM_QUIET_SECONDS = 600.0
 """A device-problem alarm clears after this long without a new problem."""
 
@@ -62,7 +67,7 @@ class DeviceWorker:
     def __init__(
         self,
         config: DeviceConfig,
-        out: queue.Queue[Incoming],
+        out: queue.Queue[Incoming | None],
         alarms: AlarmSet,
         *,
         opener: Callable[..., Driver[Any]] | None = None,
@@ -75,6 +80,7 @@ class DeviceWorker:
         self._stop = threading.Event()
         self._driver_lock = threading.Lock()
         self._driver: Driver[Any] | None = None
+        self._watch: DeviceWatch | None = None
         self._thread = threading.Thread(target=self._run, name=f"device-{self.name}", daemon=True)
         self.state = DeviceState.STARTING
         self.reads = 0
@@ -100,6 +106,11 @@ class DeviceWorker:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop reading, close the device and wait for the thread."""
         self._stop.set()
+        with self._driver_lock:
+            if self._driver is not None:
+                self._driver.interrupt()
+            if self._watch is not None:
+                self._watch.wake()
         self._thread.join(timeout)
         self.state = DeviceState.STOPPED
 
@@ -117,8 +128,23 @@ class DeviceWorker:
             return True
 
     def _run(self) -> None:
+        from scanfleet.drivers.hotplug import DeviceWatch
+
+        paths = [getattr(self.config, key, None) for key in ("port", "path")]
+        watch = DeviceWatch(self.config.driver, [p for p in paths if isinstance(p, str)])
+        with self._driver_lock:
+            self._watch = watch
+        try:
+            self._keep_bound(watch)
+        finally:
+            with self._driver_lock:
+                self._watch = None
+            watch.close()
+
+    def _keep_bound(self, watch: DeviceWatch) -> None:
         delays = Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         while not self._stop.is_set():
+            watch.arm()  # before the attempt: an event during it is not lost
             try:
                 driver = self._open()
             except DriverUnavailableError as err:
@@ -127,8 +153,15 @@ class DeviceWorker:
                 continue
             except (DeviceGoneError, DriverError, OSError) as err:
                 self._set_state(DeviceState.ABSENT, str(err))
-                self._stop.wait(delays.next())
+                if self._stop.is_set():
+                    return
+                failing = not isinstance(err, DeviceGoneError)
+                why = watch.wait(delays.next(), time.monotonic(), failing=failing)
+                if why is not None and why != "wake":
+                    log.debug("device %s: %s; opening", self.name, why)
+                    delays.reset()
                 continue
+            watch.disarm()
             delays.reset()
             self._set_state(DeviceState.BOUND)
             try:
@@ -153,7 +186,7 @@ class DeviceWorker:
         while not self._stop.is_set():
             self._expire_problem_alarm()
             try:
-                read = driver.read(READ_TIMEOUT)
+                read = driver.read(self._read_timeout(driver))
             except (DeviceGoneError, OSError) as err:
                 log.warning("device %s gone: %s", self.name, err)
                 self._set_state(DeviceState.ABSENT, str(err))
@@ -166,6 +199,15 @@ class DeviceWorker:
                 continue
             self.reads += 1
             self._put(Incoming(self, read))
+
+    def _read_timeout(self, driver: Driver[Any]) -> float | None:
+        """None (block) for an interruptible driver unless a problem alarm is due to clear."""
+        if not driver.interruptible:
+            return READ_TIMEOUT
+        if self._last_problem_at:
+            due = self._last_problem_at + PROBLEM_QUIET_SECONDS - time.monotonic()
+            return max(0.0, due) + 0.01
+        return None
 
     def _put(self, item: Incoming) -> None:
         # The queue is bounded; a stalled pipeline must not make the reader block

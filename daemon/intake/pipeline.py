@@ -9,6 +9,7 @@ pipeline merely wakes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -56,6 +57,12 @@ class PipelineCounters:
     failures: int = 0
     """Reads that failed unexpectedly (a store on the read path, a bug): bad-read signal."""
     last_progress: float = field(default_factory=time.monotonic)
+    waiting: bool = False
+    """True while the thread waits for a read: an idle pipeline sleeps and is not stalled."""
+
+    def progress_at(self, now: float) -> float:
+        """When the loop last turned, for the watchdog; *now* while it waits for work."""
+        return now if self.waiting else self.last_progress
 
 
 class Pipeline:
@@ -71,7 +78,8 @@ class Pipeline:
         clock: ClockState | None = None,
     ) -> None:
         self.journal = journal
-        self.queue: queue.Queue[Incoming] = queue.Queue(QUEUE_SIZE)
+        self.queue: queue.Queue[Incoming | None] = queue.Queue(QUEUE_SIZE)
+        """Reads from the device workers; None only wakes the thread (stop)."""
         self.counters = PipelineCounters()
         self._config = config
         self._alarms = alarms
@@ -111,8 +119,11 @@ class Pipeline:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish the reads already queued (within *timeout*), then stop."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
-        self._thread.join(timeout)
+        with contextlib.suppress(queue.Full):  # full: the thread is busy and sees _stop
+            self.queue.put(None, timeout=timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.error("pipeline did not finish within %.1f s", timeout)
 
@@ -128,12 +139,13 @@ class Pipeline:
 
     def _run(self) -> None:
         while True:
-            try:
-                incoming = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                self.counters.last_progress = time.monotonic()
-                if self._stop.is_set():
-                    return
+            if self._stop.is_set() and self.queue.empty():
+                return
+            self.counters.waiting = True
+            incoming = self.queue.get()  # no timeout: an idle pipeline sleeps
+            self.counters.waiting = False
+            self.counters.last_progress = time.monotonic()
+            if incoming is None:
                 continue
             try:
                 self.handle(incoming)

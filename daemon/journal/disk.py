@@ -56,7 +56,6 @@ class DiskSpace:
         self.full = False
         self.refused = 0
         self._next_spare = 0.0
-        self.ensure_spare()
 
     def ensure_spare(self, *, force: bool = False) -> None:
         """Allocate the spare file when it is missing (at most every RESPARE_INTERVAL)."""

@@ -29,6 +29,36 @@ ALARM_QUARANTINED = "journal_quarantined"
 ALARM_LOSS = "journal_loss"
 
 
+def open_or_rebuild(
+    path: Path,
+    head_file: HeadFile,
+    device: str,
+    max_bytes: int,
+    retention_days: int,
+    clock: Callable[[], datetime],
+) -> tuple[Opened, Recovery | None]:
+    """Open the journal's writer connection, rebuilding a damaged file first."""
+    pending_rebuild(path)
+    head = head_file.load()
+    if head is not None and head.device != device:
+        head = None
+    seen = head.head_seq if head is not None else 0
+    try:
+        return open_writer(path, device, max_bytes, retention_days, clock(), head_seq=seen), None
+    except JournalDamagedError as err:
+        log.error("journal %s is damaged (%s): rebuilding it", path, err.reason)  # noqa: TRY400 - the reason is the message
+        recovery = rebuild(
+            path,
+            device,
+            head,
+            err.reason,
+            clock(),
+            meta_extra={"budget_bytes": str(max_bytes), "retention_days": str(retention_days)},
+        )
+    opened = open_writer(path, device, max_bytes, retention_days, clock())
+    return opened, recovery
+
+
 class HeadKeeping:
     """Opening (and if need be rebuilding) the file, the seq reservation, declared gaps."""
 
@@ -44,31 +74,6 @@ class HeadKeeping:
     _last_hash: str
     _delivered: int
     lost: list[tuple[int, int]]
-
-    def _open(
-        self, device: str, max_bytes: int, retention_days: int
-    ) -> tuple[Opened, Recovery | None]:
-        pending_rebuild(self.path)
-        head = self._head_file.load()
-        if head is not None and head.device != device:
-            head = None
-        seen = head.head_seq if head is not None else 0
-        try:
-            return open_writer(
-                self.path, device, max_bytes, retention_days, self._clock(), head_seq=seen
-            ), None
-        except JournalDamagedError as err:
-            log.error("journal %s is damaged (%s): rebuilding it", self.path, err.reason)  # noqa: TRY400 - the reason is the message
-            recovery = rebuild(
-                self.path,
-                device,
-                head,
-                err.reason,
-                self._clock(),
-                meta_extra={"budget_bytes": str(max_bytes), "retention_days": str(retention_days)},
-            )
-        opened = open_writer(self.path, device, max_bytes, retention_days, self._clock())
-        return opened, recovery
 
     def _raise_recovery_alarms(self, recovery: Recovery) -> None:
         loss = recovery.loss

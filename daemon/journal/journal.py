@@ -44,7 +44,12 @@ from scanfleet.daemon.journal.codec import (
     train_dictionary,
 )
 from scanfleet.daemon.journal.disk import DiskSpace, is_disk_full
-from scanfleet.daemon.journal.heads import ALARM_LOSS, ALARM_QUARANTINED, HeadKeeping
+from scanfleet.daemon.journal.heads import (
+    ALARM_LOSS,
+    ALARM_QUARANTINED,
+    HeadKeeping,
+    open_or_rebuild,
+)
 from scanfleet.daemon.journal.reader import (
     JournalReader,
     JournalStats,
@@ -52,7 +57,7 @@ from scanfleet.daemon.journal.reader import (
     VerifyResult,
     open_readonly,
 )
-from scanfleet.daemon.journal.recovery import HeadFile, lost_ranges
+from scanfleet.daemon.journal.recovery import Head, HeadFile, lost_ranges
 from scanfleet.daemon.journal.space import ALARM_PRUNED, SpacePolicy
 from scanfleet.daemon.journal.store import (
     Checkpointer,
@@ -65,6 +70,7 @@ __all__ = [
     "ALARM_PRUNED",
     "ALARM_QUARANTINED",
     "Journal",
+    "JournalFiles",
     "JournalReader",
     "JournalStats",
     "Record",
@@ -97,6 +103,24 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class JournalFiles:
+    """What :meth:`Journal.open` opened and read; :meth:`Journal.close` closes it."""
+
+    lock: WriterLock
+    head_file: HeadFile
+    head: Head | None
+    """The head file's content at open (the seq reservation)."""
+    conn: sqlite3.Connection
+    meta: dict[str, str]
+    space: DiskSpace
+    reader: JournalReader
+    page_size: int
+    dictionaries: list[tuple[int, bytes]]
+    checkpointer: Checkpointer
+    """Not started yet: :meth:`Journal.open` starts it."""
+
+
 @dataclass(slots=True)
 class _Pending:
     encoded: Encoded
@@ -113,12 +137,14 @@ class Journal(SpacePolicy, HeadKeeping):
         self,
         path: Path,
         device: str,
+        files: JournalFiles,
         *,
         max_bytes: int = 256 << 20,
         retention_days: int = 100,
         alarms: AlarmSet | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        """Wire a journal around *files*, opened by :meth:`open` (no I/O here)."""
         self.path = Path(path)
         self.device = device
         self._device_json = encode_device(device)
@@ -126,25 +152,12 @@ class Journal(SpacePolicy, HeadKeeping):
         self.retention = timedelta(days=retention_days)
         self.alarms = alarms if alarms is not None else AlarmSet()
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = WriterLock(self.path)
-        self._head_file = HeadFile(self.path)
-        try:
-            opened, recovery = self._open(device, max_bytes, retention_days)
-        except BaseException:
-            self._lock.release()
-            raise
-        self._conn = opened.conn
-        self._space = DiskSpace(self.path, self.alarms)
-        try:
-            self._reader = JournalReader(self.path)
-        except BaseException:
-            self._conn.close()
-            self._lock.release()
-            raise
-        meta = opened.meta
-        if recovery is not None:
-            self._raise_recovery_alarms(recovery)
+        self._lock = files.lock
+        self._head_file = files.head_file
+        self._conn = files.conn
+        self._space = files.space
+        self._reader = files.reader
+        meta = files.meta
         self._last_seq = int(meta["head_seq"])
         self._last_hash = meta["head_hash"]
         self._delivered = int(meta["delivered_seq"])
@@ -154,18 +167,15 @@ class Journal(SpacePolicy, HeadKeeping):
         self.lost = lost_ranges(meta)
         """Declared lost seq ranges (after a rebuild): the publisher steps over them."""
         self._reserved = 0
-        head = self._head_file.load()
+        head = files.head
         if head is not None and head.epoch == self._epoch and head.device == device:
             self._reserved = head.reserved_seq
-        if self._reserved <= self._last_seq:
-            self._reserve(self._last_seq)
-        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+        self._page_size = files.page_size
         self._codec = Codec()
-        for dict_id, data in self._conn.execute("SELECT id, data FROM dictionaries"):
-            self._codec.add(int(dict_id), bytes(data))
+        for dict_id, data in files.dictionaries:
+            self._codec.add(dict_id, data)
         self._recent: collections.deque[bytes] = collections.deque(maxlen=TRAIN_SAMPLE)
-        self._conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
-        self._checkpointer = Checkpointer(self.path)
+        self._checkpointer = files.checkpointer
         self._write_lock = threading.Lock()
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
@@ -181,10 +191,79 @@ class Journal(SpacePolicy, HeadKeeping):
         self._queue: list[_Pending] = []
         self._leader = False
         self._closed = False
+        self._wakeups = 0
         self._next_retention_prune = 0.0
         self.commits = 0
         """Append transactions committed since open (group commit makes it < appends)."""
-        self.prune()
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        device: str,
+        *,
+        max_bytes: int = 256 << 20,
+        retention_days: int = 100,
+        alarms: AlarmSet | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> Journal:
+        """Open (create, migrate, or rebuild when damaged) the journal at *path* for writing.
+
+        Takes the writer lock, opens the connections, raises the alarms of a rebuild,
+        reserves seqs, starts the checkpointer and prunes; closes what it opened when
+        a step fails.
+        """
+        path = Path(path)
+        alarms = alarms if alarms is not None else AlarmSet()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as undo:
+            lock = WriterLock(path)
+            undo.callback(lock.release)
+            head_file = HeadFile(path)
+            undo.callback(head_file.close)
+            opened, recovery = open_or_rebuild(
+                path, head_file, device, max_bytes, retention_days, clock
+            )
+            conn = opened.conn
+            undo.callback(conn.close)
+            space = DiskSpace(path, alarms)
+            space.ensure_spare()
+            reader = JournalReader(path)
+            undo.callback(reader.close)
+            files = JournalFiles(
+                lock=lock,
+                head_file=head_file,
+                head=head_file.load(),
+                conn=conn,
+                meta=opened.meta,
+                space=space,
+                reader=reader,
+                page_size=int(conn.execute("PRAGMA page_size").fetchone()[0]),
+                dictionaries=[
+                    (int(dict_id), bytes(data))
+                    for dict_id, data in conn.execute("SELECT id, data FROM dictionaries")
+                ],
+                checkpointer=Checkpointer(path),
+            )
+            journal = cls(
+                path,
+                device,
+                files,
+                max_bytes=max_bytes,
+                retention_days=retention_days,
+                alarms=alarms,
+                clock=clock,
+            )
+            if recovery is not None:
+                journal._raise_recovery_alarms(recovery)
+            if journal._reserved <= journal._last_seq:
+                journal._reserve(journal._last_seq)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
+            files.checkpointer.start()
+            undo.callback(files.checkpointer.stop)
+            journal.prune()
+            undo.pop_all()
+        return journal
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -503,12 +582,23 @@ class Journal(SpacePolicy, HeadKeeping):
             self.prune()
 
     def wait_for_records(self, after_seq: int, timeout: float) -> bool:
-        """Block until a record with seq > *after_seq* exists (True) or *timeout* passes."""
+        """Block until a record with seq > *after_seq* exists (True), *timeout* passes or
+        :meth:`wake_waiters` is called (False)."""
         with self._cond:
+            wakeups = self._wakeups
             return (
-                self._cond.wait_for(lambda: self._last_seq > after_seq or self._closed, timeout)
+                self._cond.wait_for(
+                    lambda: self._last_seq > after_seq or self._closed or self._wakeups != wakeups,
+                    timeout,
+                )
                 and self._last_seq > after_seq
             )
+
+    def wake_waiters(self) -> None:
+        """End every :meth:`wait_for_records` now (a stopping publisher's watcher)."""
+        with self._cond:
+            self._wakeups += 1
+            self._cond.notify_all()
 
     # -- reading ---------------------------------------------------------------------
 

@@ -328,15 +328,24 @@ class Checkpointer:
     """Commits (each ~2 WAL pages) after which a checkpoint runs even without a pause."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = connect_writer(path)
-        self._conn.execute("PRAGMA synchronous = FULL")
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._pending = 0
         self._seen = 0
         self._failing = False
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._poked = threading.Event()
+        """Set while commits wait for a checkpoint: an idle journal's thread sleeps."""
+
+    def start(self) -> None:
+        """Open the checkpointing connection and start the thread."""
+        conn = connect_writer(self.path)
+        self._conn = conn
+        conn.execute("PRAGMA synchronous = FULL")
         self._thread = threading.Thread(
-            target=self._run, name=f"journal-checkpoint:{path.name}", daemon=True
+            target=self._run, args=(conn,), name=f"journal-checkpoint:{self.path.name}", daemon=True
         )
         self._thread.start()
 
@@ -344,19 +353,27 @@ class Checkpointer:
         """Count one commit (called after each)."""
         with self._lock:
             self._pending += 1
+            self._poked.set()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.INTERVAL):
+    def _run(self, conn: sqlite3.Connection) -> None:
+        while not self._stop.is_set():
+            self._poked.wait()  # nothing committed since the last checkpoint: sleep
+            if self._stop.wait(self.INTERVAL):
+                return
             with self._lock:
                 pending, idle = self._pending, self._pending == self._seen
                 self._seen = pending
+                if pending == 0:
+                    self._poked.clear()
             if pending == 0 or not (idle or pending >= self.COMMITS):
                 continue
             with self._lock:
                 self._pending -= pending
                 self._seen = self._pending
+                if self._pending == 0:
+                    self._poked.clear()
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as err:
                 # A failed checkpoint loses nothing (the WAL keeps the frames); retry
                 # later, and say so once, not every half second (a full disk).
@@ -372,6 +389,8 @@ class Checkpointer:
     def stop(self) -> None:
         """Stop the thread and close its connection (idempotent)."""
         self._stop.set()
-        if self._thread.is_alive():
+        self._poked.set()
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join()
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()

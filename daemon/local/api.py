@@ -106,14 +106,16 @@ class LocalApi:
         config: LocalApiConfig,
         state_dir: Path,
         *,
+        token: str,
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """Set up (no I/O: *token* is :func:`read_token`'s; :meth:`start` binds)."""
         self.station = station
         self.config = config
         self.socket_path = config.socket or state_dir / SOCKET_FILE
         self.websocket_port: int | None = None
         """The WebSocket's bound port once started (config 0: any free port)."""
-        self._token = read_token(config)
+        self._token = token
         self._status = status or dict
         self._clients: set[_Client] = set()
         self._closing: set[asyncio.Future[None]] = set()

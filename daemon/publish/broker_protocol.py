@@ -50,7 +50,15 @@ class ProtocolMemory:
         self.reprobe_interval = reprobe_interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._known: dict[str, dict[str, Any]] = self._load()
+        self._loaded: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def _known(self) -> dict[str, dict[str, Any]]:
+        # Read at the first use (the publisher's first connection), not when built;
+        # callers hold self._lock.
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if self.path is None:

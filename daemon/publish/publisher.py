@@ -71,6 +71,13 @@ ALARM_ERROR = "publisher_error"
 ALARM_BROKER_REFUSED = "broker_refused"
 LIVE_WINDOW = 2
 """Most live-lane batches awaiting their PUBACK at once."""
+BUSY_PUMP = 0.5
+"""Seconds one pump of the connection may sleep while something is in flight."""
+IDLE_PUMP = 5.0
+"""…and while nothing is (also capped at half the keepalive, for paho's PINGREQ): an
+idle publisher wakes at this pace, well inside the watchdog's allowance."""
+WATCH_IDLE = 60.0
+"""The journal watcher's wait; appends and stop() end it at once."""
 
 
 Outgoing = tuple[str, bytes, bool, Properties | None]
@@ -218,6 +225,8 @@ class Publisher:
         """Start the publishing thread (and the one that wakes it on appends)."""
         if self._thread is not None:
             raise RuntimeError("publisher already started")
+        if self._status is not None:
+            self._status.prepare()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._watcher = threading.Thread(target=self._watch, name="publisher-watch", daemon=True)
         self._thread.start()
@@ -234,6 +243,7 @@ class Publisher:
         self._stop_deadline = time.monotonic() + timeout
         self._stopped.set()
         self.wake()
+        self.journal.wake_waiters()
         self._thread.join(timeout + self.connect_timeout + 5.0)
         if self._watcher is not None:
             self._watcher.join(5.0)
@@ -441,7 +451,7 @@ class Publisher:
                 # A working connection: the backoff after it starts small again. A broker
                 # that accepts the connection but refuses every batch never gets here.
                 self._healthy = True
-            conn.pump(0.5, self._wake_r)
+            conn.pump(self._pump_timeout(), self._wake_r)
             self._settle()
             self.last_progress = time.monotonic()
             if self._tracker.refusals:
@@ -459,6 +469,16 @@ class Publisher:
             protocol=protocol,
         )
         return self._conn
+
+    def _pump_timeout(self) -> float:
+        """How long one pump may sleep: short while anything is in flight or stopping,
+        else until the keepalive needs a look (journal appends, state changes, control
+        messages and stop() wake it through the wake socket at once)."""
+        if self._stopped.is_set() or self._state_mids or self._tracker.inflight:
+            return BUSY_PUMP
+        if self._tracker.live_inflight:
+            return BUSY_PUMP
+        return min(IDLE_PUMP, self.broker.keepalive / 2)
 
     def _reprobe_due(self) -> bool:
         return (
@@ -690,7 +710,7 @@ class Publisher:
         # so live scans go out even when the caller never calls wake().
         seen = self.journal.last_seq
         while not self._stopped.is_set():
-            if self.journal.wait_for_records(seen, 1.0):
+            if self.journal.wait_for_records(seen, WATCH_IDLE):
                 seen = self.journal.last_seq
                 self.wake()
             else:

@@ -42,7 +42,14 @@ class StatusFile:
         self._last_content: dict[str, Any] | None = None
         self._failed = False
         self._slot = SlotFile(slot_path(path), slot_size=SLOT_SIZE, mode=0o640)
-        _remove_stale_tmp(path)
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Remove a stale temporary file and preallocate the slot (once; before a full disk)."""
+        if self._prepared:
+            return
+        self._prepared = True
+        _remove_stale_tmp(self.path)
         try:
             self._slot.preallocate()  # now, while there is space
         except OSError as err:
@@ -53,6 +60,7 @@ class StatusFile:
 
         *force* skips the rate limit (state transitions, shutdown).
         """
+        self.prepare()
         now = time.monotonic()
         elapsed = float("inf") if self._last_write is None else now - self._last_write
         changed = content != self._last_content

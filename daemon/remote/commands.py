@@ -13,14 +13,24 @@ from __future__ import annotations
 import collections
 import logging
 import platform
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.core.errors import EnrollmentError, ScanfleetError
+from scanfleet.daemon.core.identity import Identity
 from scanfleet.daemon.publish.envelope import build_batch, scans_topic
 from scanfleet.daemon.remote.control import CommandError
-from scanfleet.daemon.remote.host import CommandHost
+from scanfleet.daemon.remote.host import (
+    AlarmDesk,
+    BrokerView,
+    JournalReplay,
+    OverlayVersion,
+    SecretFilter,
+    StationDesk,
+    Supervisor,
+)
 from scanfleet.daemon.station.station import StationError
 
 log = logging.getLogger(__name__)
@@ -63,10 +73,32 @@ def _int(args: dict[str, Any], key: str) -> int:
 
 
 class RemoteCommands:
-    """Carries out commands against the running daemon (a :class:`CommandHost`)."""
+    """Carries out commands against the running daemon, through narrow views of its parts."""
 
-    def __init__(self, daemon: CommandHost, recent_log: RecentLog | None = None) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        supervisor: Supervisor,
+        journal: JournalReplay,
+        alarms: AlarmDesk,
+        station: StationDesk,
+        overlay: OverlayVersion,
+        broker: BrokerView,
+        publish: Callable[[str, bytes], None],
+        redactor: SecretFilter,
+        recent_log: RecentLog | None = None,
+    ) -> None:
+        """Wire the views (no I/O); *publish* sends on the control channel (``resend``)."""
+        self.identity = identity
+        self.supervisor = supervisor
+        self.journal = journal
+        self.alarms = alarms
+        self._station = station
+        self.overlay = overlay
+        self.broker = broker
+        self._publish = publish
+        self.redactor = redactor
         self.recent_log = recent_log
         self._handlers = {
             "status": self.status,
@@ -92,32 +124,31 @@ class RemoteCommands:
         if handler is None:
             raise CommandError("unknown_command", f"unknown command {name[:64]!r}")
         try:
-            reply: dict[str, Any] = self.daemon.redactor.data(handler(args))
+            reply: dict[str, Any] = self.redactor.data(handler(args))
         except CommandError as err:
-            raise CommandError(err.code, self.daemon.redactor.text(err.message)) from err
+            raise CommandError(err.code, self.redactor.text(err.message)) from err
         return reply
 
     # -- read-only --------------------------------------------------------------------------
 
     def status(self, args: dict[str, Any]) -> dict[str, Any]:
         """Versions, broker, journal, alarms, config version, station context."""
-        d = self.daemon
-        stats = d.journal.stats()
+        stats = self.journal.stats()
         return {
             "version": __version__,
-            "site": d.identity.site,
-            "device": d.identity.device,
-            "broker": str(d.publisher.broker_state),
+            "site": self.identity.site,
+            "device": self.identity.device,
+            "broker": str(self.broker.broker_state),
             "journal": {
                 "last_seq": stats.last_seq,
                 "delivered_seq": stats.delivered_seq,
                 "depth": stats.depth,
                 "pruned_through_seq": stats.pruned_through_seq,
             },
-            "alarms": [a.as_json() for a in d.alarms.active()],
-            "config_version": d.remote.version,
-            "station": d.station.snapshot(),
-            "devices": {n: str(s) for n, s in d.device_states().items()},
+            "alarms": [a.as_json() for a in self.alarms.active()],
+            "config_version": self.overlay.version,
+            "station": self._station.snapshot(),
+            "devices": {n: str(s) for n, s in self.supervisor.device_states().items()},
         }
 
     def ack(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -125,16 +156,16 @@ class RemoteCommands:
         code = args.get("code")
         if not isinstance(code, str) or not code:
             raise CommandError("bad_request", 'ack needs {"code": "<alarm code>"}')
-        if not self.daemon.alarms.ack(code):
+        if not self.alarms.ack(code):
             raise CommandError("not_found", f"no active alarm {code[:64]!r}")
         return {"acknowledged": code}
 
     def devices(self, args: dict[str, Any]) -> dict[str, Any]:
         """Configured devices: driver, state, reads, problems."""
-        configured = {dev.name: dev for dev in self.daemon.config.devices}
+        configured = {dev.name: dev for dev in self.supervisor.config.devices}
         out: dict[str, Any] = {}
         for name, dev in configured.items():
-            worker = self.daemon.workers.get(name)
+            worker = self.supervisor.workers.get(name)
             out[name] = {
                 "driver": dev.driver,
                 "state": str(worker.state) if worker else "stopped",
@@ -146,9 +177,8 @@ class RemoteCommands:
 
     def diagnostics(self, args: dict[str, Any]) -> dict[str, Any]:
         """A bounded bundle: versions, running config (secrets out), log lines, journal stats."""
-        d = self.daemon
-        config = d.config.model_dump(mode="json")  # redacted with the whole reply by run()
-        stats = d.journal.stats()
+        config = self.supervisor.config.model_dump(mode="json")  # redacted by run()
+        stats = self.journal.stats()
         lines = list(self.recent_log.lines) if self.recent_log else []
         bundle: dict[str, Any] = {
             "versions": {
@@ -157,7 +187,7 @@ class RemoteCommands:
                 "platform": platform.platform(),
             },
             "config": config,
-            "config_version": d.remote.version,
+            "config_version": self.overlay.version,
             "journal": {
                 "last_seq": stats.last_seq,
                 "delivered_seq": stats.delivered_seq,
@@ -178,26 +208,26 @@ class RemoteCommands:
     def resend(self, args: dict[str, Any]) -> dict[str, Any]:
         """Publish records ``from_seq`` … ``to_seq`` again from the journal (gap repair)."""
         first, last = _int(args, "from_seq"), _int(args, "to_seq")
-        d = self.daemon
-        newest = d.journal.last_seq
+        newest = self.journal.last_seq
         if first < 1 or last < first:
             raise CommandError("bad_request", "need 1 <= from_seq <= to_seq")
         if last - first + 1 > MAX_RESEND:
             raise CommandError("bad_request", f"at most {MAX_RESEND} records per request")
         last = min(last, newest)
-        topic = scans_topic(d.identity.site, d.identity.device)
+        topic = scans_topic(self.identity.site, self.identity.device)
         sent = batches = 0
         first_sent: int | None = None
         after = first - 1
         while after < last:
-            records = d.journal.read_after(
+            records = self.journal.read_after(
                 after, limit=min(RESEND_BATCH, last - after), max_bytes=RESEND_BATCH_BYTES
             )
             records = [r for r in records if r.seq <= last]
             if not records:
                 break
-            d.control.publish(
-                topic, build_batch(d.identity.device, records[0].seq, [r.payload for r in records])
+            self._publish(
+                topic,
+                build_batch(self.identity.device, records[0].seq, [r.payload for r in records]),
             )
             first_sent = first_sent if first_sent is not None else records[0].seq
             sent += len(records)
@@ -219,7 +249,7 @@ class RemoteCommands:
         if name is not None and not isinstance(name, str):
             raise CommandError("bad_request", "device must be a string")
         try:
-            names = self.daemon.rebind(name)
+            names = self.supervisor.rebind(name)
         except KeyError as err:
             raise CommandError("unknown_device", f"no device {name!r} configured") from err
         return {"rebound": names}
@@ -229,12 +259,12 @@ class RemoteCommands:
         if not self._restarting:
             self._restarting = True
             # Later, so that this reply still goes out.
-            self.daemon.request_restart(delay=RESTART_DELAY)
+            self.supervisor.request_restart(delay=RESTART_DELAY)
         return {"restarting": True, "at": datetime.now(UTC).isoformat()}
 
     def rotate_cert(self, args: dict[str, Any]) -> dict[str, Any]:
         """Renew the device certificate now (early); the next reconnect uses it."""
-        d = self.daemon
+        d = self.supervisor
         if d.cert_not_after is None:
             raise CommandError("not_enrolled", "the device does not use an enrolled certificate")
         try:
@@ -245,7 +275,7 @@ class RemoteCommands:
 
     def station(self, args: dict[str, Any]) -> dict[str, Any]:
         """Change station context: ``operation``, ``operator``, ``bill``, ``end_bill``."""
-        st = self.daemon.station
+        st = self._station
         try:
             if args.get("end_bill") is True:
                 st.end_bill(origin="remote")

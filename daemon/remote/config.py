@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,12 +82,65 @@ def load_key(state_dir: Path) -> Ed25519PublicKey | None:
     return key
 
 
+@dataclass(frozen=True)
+class StoredOverlay:
+    """What the state directory holds for :class:`RemoteConfig` at a start."""
+
+    key: Ed25519PublicKey | None = None
+    """The trusted fleet config key (``fleet-config-key.pem``), when the device has one."""
+    active: DesiredConfig | None = None
+    previous: DesiredConfig | None = None
+    in_probation: bool = False
+    last_digest: str | None = None
+    last_report: ConfigReport | None = None
+
+    @property
+    def running(self) -> DesiredConfig | None:
+        """The overlay a start runs: the last good one when a restart cut a probation short."""
+        return self.previous if self.in_probation else self.active
+
+    @classmethod
+    def load(cls, state_dir: Path) -> StoredOverlay:
+        """Read the key and ``remote-config.json`` (a damaged file counts as none)."""
+        key = load_key(state_dir)
+        path = state_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                key=key,
+                active=_doc_or_none(data.get("active")),
+                previous=_doc_or_none(data.get("previous")),
+                in_probation=bool(data.get("in_probation")),
+                last_digest=data.get("last_digest"),
+                last_report=ConfigReport.model_validate(data["last_report"])
+                if data.get("last_report")
+                else None,
+            )
+        except FileNotFoundError:
+            return cls(key=key)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            # A damaged file must not stop the daemon: the file config alone runs.
+            log.error("ignoring %s: %s", path, err)  # noqa: TRY400 - no traceback wanted
+            return cls(key=key)
+
+
+def compose_stored(base: Config, overlay: DesiredConfig | None) -> Config:
+    """*base* with a stored *overlay*; the base alone when the overlay no longer fits."""
+    try:
+        return compose(base, overlay)
+    except Rejected as err:
+        version = overlay.version if overlay else None
+        log.error("stored remote config v%s no longer fits the file: %s", version, err)  # noqa: TRY400
+        return base
+
+
 class RemoteConfig:
     """Keeps the pushed overlay, applies it through the daemon and rolls back.
 
     Args:
         state_dir: where ``remote-config.json`` (and the trusted key) live.
         device: device id for reports.
+        stored: what the state directory held at the start (:meth:`StoredOverlay.load`).
         apply: makes a configuration the running one (the daemon rebinds drivers,
             changes station context and feedback, swaps the local API token); returns
             the changed settings that only a restart applies.
@@ -98,63 +152,52 @@ class RemoteConfig:
         self,
         state_dir: Path,
         device: str,
+        stored: StoredOverlay,
         *,
         apply: Callable[[Config], list[str] | None],
         bound_devices: Callable[[], set[str]],
         report: Callable[[ConfigReport], None],
     ) -> None:
+        """Take over *stored* (:meth:`StoredOverlay.load`); reads and writes nothing."""
         self.path = state_dir / STATE_FILE
         self.device = device
-        self.key = load_key(state_dir)
+        self.key = stored.key
         self._apply = apply
         self._bound = bound_devices
         self._lost = threading.Event()
         self._report = report
         self._lock = threading.Lock()
         self._generation = 0
-        stored = self._load()
-        self.active: DesiredConfig | None = stored.get("active")
-        self.last_digest: str | None = stored.get("last_digest")
-        self.last_report: ConfigReport | None = stored.get("last_report")
+        self.active: DesiredConfig | None = stored.active
+        self.last_digest: str | None = stored.last_digest
+        self.last_report: ConfigReport | None = stored.last_report
         self._in_probation = False
         self._restart: list[str] = []
         """Settings of the last applied config that wait for a restart."""
         self._previous: DesiredConfig | None = None
         """The last good overlay while a new one is in probation (the rollback target)."""
         self._announce = False
-        if stored.get("in_probation"):
+        self._unsaved = False
+        if stored.in_probation:
             # Restarted (or crashed) during probation: the new overlay never proved
             # itself, so the last good one runs; say so at the first connection.
             failed = self.active
-            self.active = stored.get("previous")
+            self.active = stored.previous
             self.last_report = self._make(
                 failed.version if failed else None,
                 "rolled_back",
                 [KeyedError(key="", message="the daemon restarted during probation")],
             )
             self._announce = True
+            self._unsaved = True
+
+    def settle(self) -> None:
+        """Write down the rollback of a restart during probation (the start's only write)."""
+        if self._unsaved:
             self._save()
+            self._unsaved = False
 
     # -- persistence ------------------------------------------------------------------------
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            return {
-                "active": _doc_or_none(data.get("active")),
-                "previous": _doc_or_none(data.get("previous")),
-                "in_probation": bool(data.get("in_probation")),
-                "last_digest": data.get("last_digest"),
-                "last_report": ConfigReport.model_validate(data["last_report"])
-                if data.get("last_report")
-                else None,
-            }
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            # A damaged file must not stop the daemon: the file config alone runs.
-            log.error("ignoring %s: %s", self.path, err)  # noqa: TRY400 - no traceback wanted
-            return {}
 
     def _save(self) -> None:
         data = {
@@ -175,11 +218,7 @@ class RemoteConfig:
 
     def compose(self, base: Config) -> Config:
         """*base* with the stored overlay; the base alone when the overlay no longer fits."""
-        try:
-            return compose(base, self.active)
-        except Rejected as err:
-            log.error("stored remote config v%s no longer fits the file: %s", self.version, err)  # noqa: TRY400
-            return base
+        return compose_stored(base, self.active)
 
     def connection_changed(self, connected: bool) -> None:
         """Told by the control channel; a loss during probation rolls back."""

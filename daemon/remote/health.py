@@ -23,8 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scanfleet.daemon import __version__
 from scanfleet.daemon.core.clock import ClockState
+from scanfleet.daemon.core.identity import Identity
 from scanfleet.daemon.publish.envelope import AlarmInfo
-from scanfleet.daemon.remote.host import HealthSource
+from scanfleet.daemon.remote.host import (
+    AlarmView,
+    ConnectionView,
+    JournalView,
+    OverlayVersion,
+    RunningState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +128,23 @@ class HealthReporter:
 
     def __init__(
         self,
-        daemon: HealthSource,
-        publish: Callable[[str, bytes], None],
         *,
+        identity: Identity,
+        state: RunningState,
+        journal: JournalView,
+        alarms: AlarmView,
+        overlay: OverlayVersion,
+        link: ConnectionView,
+        publish: Callable[[str, bytes], None],
         interval: float = DEFAULT_INTERVAL,
     ) -> None:
-        self.daemon = daemon
+        """Wire the views (no I/O, no thread: :meth:`start` starts it)."""
+        self.identity = identity
+        self.state = state
+        self.journal = journal
+        self.alarms = alarms
+        self.overlay = overlay
+        self.link = link
         self.interval = interval
         self.rate = VerdictRate()
         self._publish = publish
@@ -138,8 +156,7 @@ class HealthReporter:
 
     def compose(self) -> Health:
         """The health message now."""
-        d = self.daemon
-        stats = d.journal.stats()
+        stats = self.journal.stats()
         age = None
         if stats.oldest_undelivered_time is not None:
             age = max(0.0, (datetime.now(UTC) - stats.oldest_undelivered_time).total_seconds())
@@ -148,12 +165,12 @@ class HealthReporter:
         cpu_percent = 100.0 * (cpu - self._cpu_mark[1]) / wall if wall > 0 else 0.0
         self._cpu_mark = (now, cpu)
         try:
-            disk_free: int | None = shutil.disk_usage(d.config.paths.state_dir).free
+            disk_free: int | None = shutil.disk_usage(self.state.config.paths.state_dir).free
         except OSError:
             disk_free = None
         return Health(
-            device=d.identity.device,
-            site=d.identity.site,
+            device=self.identity.device,
+            site=self.identity.site,
             version=__version__,
             time=datetime.now(UTC),
             journal=HealthJournal(
@@ -165,8 +182,8 @@ class HealthReporter:
                 budget_bytes=stats.budget_bytes,
             ),
             scans_per_min=self.rate.per_minute(),
-            devices={n: str(s) for n, s in d.device_states().items()},
-            alarms=[AlarmInfo.model_validate(a.as_json()) for a in d.alarms.active()],
+            devices={n: str(s) for n, s in self.state.device_states().items()},
+            alarms=[AlarmInfo.model_validate(a.as_json()) for a in self.alarms.active()],
             clock=str(self._clock.sync_state()),  # type: ignore[arg-type]
             disk_free_bytes=disk_free,
             process=HealthProcess(
@@ -174,15 +191,14 @@ class HealthReporter:
                 rss_bytes=_rss_bytes(),
                 uptime_s=now - self._started,
             ),
-            cert_not_after=d.cert_not_after,
-            config_version=d.remote.version,
+            cert_not_after=self.state.cert_not_after,
+            config_version=self.overlay.version,
         )
 
     def send(self) -> None:
         """Compose and queue one health message."""
-        d = self.daemon
         payload = self.compose().model_dump_json(by_alias=True).encode()
-        self._publish(health_topic(d.identity.site, d.identity.device), payload)
+        self._publish(health_topic(self.identity.site, self.identity.device), payload)
 
     def start(self) -> None:
         """Send every *interval* seconds while connected."""
@@ -197,7 +213,7 @@ class HealthReporter:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            if not self.daemon.control.connected:
+            if not self.link.connected:
                 continue
             try:
                 self.send()

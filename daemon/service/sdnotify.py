@@ -7,11 +7,13 @@ daemon runs the same from a terminal, a container or a test.
 What the messages mean here (the point of having them):
 
 - ``READY=1`` only once the journal is open, every configured device is bound or
-  reported absent, and the publisher's loop runs (:meth:`Daemon.on_ready`).
+  reported absent, and the publisher's loop runs (:meth:`NotifySource.on_ready`).
 - ``WATCHDOG=1`` only while the pipeline *and* the publisher keep turning their loops
   (their ``last_progress``). A thread stuck in the journal (storage that hangs) or in
   the publisher stops the pings, and systemd restarts the service after
-  ``WatchdogSec=``. A thread that merely waits (no scans, no broker) still turns.
+  ``WatchdogSec=``. A thread that merely waits still counts as turning: the pipeline
+  says when it waits for reads (it sleeps then), the publisher turns at least every
+  few seconds (its keepalive pace) or every second while it waits to reconnect.
 - ``STATUS=`` one line for ``systemctl status``: devices, journal depth, broker state.
 - ``RELOADING=1`` (with ``MONOTONIC_USEC=``) before a SIGHUP reload and ``READY=1``
   after it; ``STOPPING=1`` when shutdown begins.
@@ -25,10 +27,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.intake.devices import DeviceState
+from scanfleet.daemon.publish.state import BrokerState
 
 log = logging.getLogger(__name__)
 
@@ -221,12 +223,74 @@ class Watchdog:
             self.notifier.status(text)
 
 
-def summary(daemon: Daemon) -> str:
+class JournalHead(Protocol):
+    """The journal's in-memory head and watermark (never a SQLite query)."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def delivered_seq(self) -> int: ...
+
+
+class PublisherPulse(Protocol):
+    """Where the publisher is and when its loop last turned."""
+
+    @property
+    def broker_state(self) -> BrokerState: ...
+
+    @property
+    def last_progress(self) -> float: ...
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+
+class Progress(Protocol):
+    """A loop's last turn (monotonic time)."""
+
+    def progress_at(self, now: float) -> float:
+        """When the loop last turned; *now* while it waits for work."""
+        ...
+
+
+class PipelinePulse(Protocol):
+    """The pipeline's counters, for its last turn."""
+
+    @property
+    def counters(self) -> Progress: ...
+
+
+class NotifySource(Protocol):
+    """What :class:`SystemdAdapter` reads of the running daemon and hooks into."""
+
+    @property
+    def journal(self) -> JournalHead: ...
+
+    @property
+    def publisher(self) -> PublisherPulse: ...
+
+    @property
+    def pipeline(self) -> PipelinePulse: ...
+
+    @property
+    def ready(self) -> threading.Event: ...
+
+    def device_states(self) -> dict[str, DeviceState]: ...
+
+    def on_ready(self, callback: Callable[[], None]) -> None: ...
+
+    def on_reload(self, callback: Callable[[str], None]) -> None: ...
+
+    def on_shutdown(self, callback: Callable[[], None]) -> None: ...
+
+
+def summary(daemon: NotifySource) -> str:
     """One line for STATUS=: devices, journal depth, broker state.
 
     Uses in-memory figures only (no SQLite query), so it cannot hang on the journal.
     """
-    states = [str(w.state) for w in list(daemon.workers.values())]
+    states = [str(state) for state in daemon.device_states().values()]
     counts = {s: states.count(s) for s in sorted(set(states))}
     devices = f"{len(states)} device{'s' if len(states) != 1 else ''}"
     if counts:
@@ -240,13 +304,13 @@ def summary(daemon: Daemon) -> str:
 
 
 class SystemdAdapter:
-    """Ties a :class:`Daemon`'s life cycle to systemd's notification protocol.
+    """Ties a daemon's life cycle (a :class:`NotifySource`) to systemd's notification protocol.
 
     ``attach()`` before ``serve()``: READY on readiness, the watchdog from then on,
     RELOADING/READY around reloads, STOPPING at shutdown. A no-op without systemd.
     """
 
-    def __init__(self, daemon: Daemon, notifier: Notifier | None = None) -> None:
+    def __init__(self, daemon: NotifySource, notifier: Notifier | None = None) -> None:
         self.daemon = daemon
         self.notifier = notifier or Notifier()
         wd = self.notifier.watchdog_s or 30.0
@@ -257,7 +321,11 @@ class SystemdAdapter:
         self.watchdog = Watchdog(
             self.notifier,
             [
-                Liveness("pipeline", lambda: daemon.pipeline.counters.last_progress, stall_after),
+                Liveness(
+                    "pipeline",
+                    lambda: daemon.pipeline.counters.progress_at(time.monotonic()),
+                    stall_after,
+                ),
                 Liveness(
                     "publisher",
                     lambda: publisher.last_progress,

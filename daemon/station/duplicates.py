@@ -90,20 +90,39 @@ class DuplicateIndex:
     def __init__(
         self,
         path: Path,
+        db: sqlite3.Connection,
         *,
         window_days: int,
         split_packs: Mapping[str, int] | None = None,
         enabled: bool = True,
     ) -> None:
+        """Wrap *db*, opened by :meth:`open` (no I/O here)."""
         self.path = path
         self.window_days = window_days
         self.enabled = enabled
         self._split_packs = dict(split_packs or {})
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = db
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        window_days: int,
+        split_packs: Mapping[str, int] | None = None,
+        enabled: bool = True,
+    ) -> DuplicateIndex:
+        """Open (or create) the index file at *path*."""
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, db, window_days=window_days, split_packs=split_packs, enabled=enabled)
 
     def close(self) -> None:
         """Close the index file."""
@@ -240,9 +259,13 @@ def _epoch(value: object) -> float:
 
 def open_index(state_dir: Path, journal: Journal, **policy: Any) -> DuplicateIndex:
     """Open (or create) the index in *state_dir* and bring it up to the journal."""
-    index = DuplicateIndex(state_dir / INDEX_FILE, **policy)
-    index.catch_up(journal)
-    pruned = index.prune()
+    index = DuplicateIndex.open(state_dir / INDEX_FILE, **policy)
+    try:
+        index.catch_up(journal)
+        pruned = index.prune()
+    except BaseException:
+        index.close()
+        raise
     if pruned:
         log.info(
             "duplicate index: %d scans older than %d days forgotten", pruned, index.window_days

@@ -11,9 +11,13 @@ import collections
 import shutil
 import sys
 import threading
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from scanfleet.daemon.runner import Daemon
+from scanfleet.daemon.core.alarms import Alarm
+from scanfleet.daemon.core.identity import Identity
+from scanfleet.daemon.intake.devices import DeviceState
+from scanfleet.daemon.journal.reader import JournalStats
+from scanfleet.daemon.publish.state import BrokerState
 from scanfleet.daemon.ui.stationview import record_line, station_lines
 
 _CLEAR = "\x1b[H\x1b[2J"
@@ -23,17 +27,69 @@ _BOLD = "\x1b[1m"
 _RESET = "\x1b[0m"
 
 
-class LiveView:
-    """Redraws a status screen; fed by the pipeline's record listener."""
+class JournalFigures(Protocol):
+    """The journal's figures."""
 
-    def __init__(self, daemon: Daemon, out: TextIO = sys.stdout, rows: int = 12) -> None:
+    def stats(self) -> JournalStats: ...
+
+
+class BrokerLink(Protocol):
+    """The publisher's connection as the view shows it."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def broker_state(self) -> BrokerState: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+class StationStatus(Protocol):
+    """The station context and bill progress."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class AlarmList(Protocol):
+    """The active alarms."""
+
+    def active(self) -> list[Alarm]: ...
+
+
+class ViewSource(Protocol):
+    """What the live view reads of the running daemon."""
+
+    @property
+    def identity(self) -> Identity: ...
+
+    @property
+    def journal(self) -> JournalFigures: ...
+
+    @property
+    def publisher(self) -> BrokerLink: ...
+
+    @property
+    def station(self) -> StationStatus: ...
+
+    @property
+    def alarms(self) -> AlarmList: ...
+
+    def device_states(self) -> dict[str, DeviceState]: ...
+
+
+class LiveView:
+    """Redraws a status screen; :meth:`on_record` is the pipeline's record listener."""
+
+    def __init__(self, daemon: ViewSource, out: TextIO = sys.stdout, rows: int = 12) -> None:
         self._daemon = daemon
         self._out = out
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=rows)
         self._lock = threading.Lock()
-        daemon.pipeline.add_listener(self._on_record)
 
-    def _on_record(self, record: dict[str, Any]) -> None:
+    def on_record(self, record: dict[str, Any]) -> None:
+        """Keep *record* for the next redraw (called from the pipeline's thread)."""
         with self._lock:
             self._recent.append(record)
 

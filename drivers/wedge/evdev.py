@@ -43,6 +43,7 @@ from scanfleet.drivers.base import (
     DriverProblem,
     ProblemCallback,
     Read,
+    Waker,
 )
 from scanfleet.drivers.framing import Frame
 from scanfleet.drivers.wedge.decoder import DecoderStats, EventDecoder, KeyDecoder
@@ -138,6 +139,7 @@ class EvdevWedgeDriver(Driver[WedgeDeviceConfig]):
     """The driver for ``driver = "evdev"`` devices."""
 
     driver_name = "evdev"
+    interruptible = True
 
     def __init__(
         self, config: WedgeDeviceConfig, *, on_problem: ProblemCallback | None = None
@@ -167,6 +169,7 @@ class EvdevWedgeDriver(Driver[WedgeDeviceConfig]):
         if not self._raw:
             self._keys.resync(self._held_keys(), caps=self._caps_led())
         self._reads: deque[Read] = deque()
+        self._waker = Waker()
         super().__init__(config, on_problem=on_problem)
         log.info("bound input device %s (%s, layout %s)", path, self.vid_pid, config.layout)
 
@@ -215,9 +218,12 @@ class EvdevWedgeDriver(Driver[WedgeDeviceConfig]):
             limits = [t - now for t in (deadline, self._keys.deadline()) if t is not None]
             wait = max(0.0, min(limits)) if limits else None
             try:
-                ready, _, _ = select.select([self._fd], [], [], wait)
+                ready, _, _ = select.select([self._fd, self._waker.fileno()], [], [], wait)
             except (OSError, ValueError) as err:
                 raise DeviceGoneError(f"{self.port}: select failed: {err}") from err
+            if self._waker.fileno() in ready:
+                self._waker.clear()
+                return None
             if ready:
                 self._drain()
                 continue
@@ -279,7 +285,12 @@ class EvdevWedgeDriver(Driver[WedgeDeviceConfig]):
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """End a read blocked in another thread: it returns None."""
+        self._waker.set()
+
     def _close(self) -> None:
+        self._waker.close()
         if self._dev is None:
             os.close(self._fd)
             return

@@ -124,7 +124,7 @@ def run() -> Iterator[dict[str, Any]]:
     conc_appends = conc_commits = 0
     with tempfile.TemporaryDirectory(prefix="bench-append-", dir="/var/tmp") as tmp:
         directory = Path(tmp)
-        journal = Journal(directory / "journal.sqlite3", DEVICE)
+        journal = Journal.open(directory / "journal.sqlite3", DEVICE)
         try:
             cursor = 0
             for n in range(ROUNDS):

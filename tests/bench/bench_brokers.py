@@ -61,7 +61,7 @@ def run() -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="scanfleet-bench-brokers-") as tmp:
         workdir = Path(tmp)
         backlog = workdir / "backlog.sqlite3"
-        with Journal(backlog, DEVICE, max_bytes=4 << 30) as journal:
+        with Journal.open(backlog, DEVICE, max_bytes=4 << 30) as journal:
             started = time.perf_counter()
             build_backlog(journal, N)
             print(
@@ -78,7 +78,7 @@ def run() -> Iterator[dict[str, Any]]:
                 yield {"broker": name, "skipped": f"not installed: {err}"}
                 continue
             with context as broker:
-                with Journal(copy, DEVICE, max_bytes=4 << 30) as journal:
+                with Journal.open(copy, DEVICE, max_bytes=4 << 30) as journal:
                     result = drain(journal, broker.url)
                 baseline = paho_baseline(broker.host, broker.port, payload, N)
             scans_per_s = N / result["elapsed"]

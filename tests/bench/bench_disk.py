@@ -32,7 +32,7 @@ def run() -> Iterator[dict[str, Any]]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-disk-", dir="/var/tmp") as tmp:
         path = Path(tmp) / "journal.sqlite3"
-        journal = Journal(path, DEVICE)
+        journal = Journal.open(path, DEVICE)
         payload_bytes = [0] * THREADS
 
         def worker(n: int) -> None:

@@ -196,7 +196,7 @@ def run() -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="scanfleet-bench-drain-") as tmp:
         workdir = Path(tmp)
         first, second = workdir / "journal.sqlite3", workdir / "journal-copy.sqlite3"
-        with Journal(first, DEVICE, max_bytes=4 << 30) as journal:
+        with Journal.open(first, DEVICE, max_bytes=4 << 30) as journal:
             t = time.perf_counter()
             build_backlog(journal, N)
             print(
@@ -207,9 +207,9 @@ def run() -> Iterator[dict[str, Any]]:
         # close() checkpointed the WAL: the file alone is the whole journal.
         shutil.copyfile(first, second)
         with running_mosquitto(mosquitto_executable(), workdir / "broker") as broker:
-            with Journal(first, DEVICE, max_bytes=4 << 30) as journal:
+            with Journal.open(first, DEVICE, max_bytes=4 << 30) as journal:
                 strict = drain(journal, broker.url)
-            with Journal(second, DEVICE, max_bytes=4 << 30) as journal:
+            with Journal.open(second, DEVICE, max_bytes=4 << 30) as journal:
                 lane = drain(journal, broker.url, live_lane=True)
             baseline = paho_baseline(broker.host, broker.port, payload, N)
     scans_per_s = N / strict["elapsed"]

@@ -80,7 +80,7 @@ def publisher_case(workdir: Path, broker: Mosquitto) -> dict[str, Any]:
                 acked.setdefault(seq, now)
 
     defaults = PublisherConfig()
-    with Journal(workdir / "journal.sqlite3", DEVICE, max_bytes=1 << 30) as journal:
+    with Journal.open(workdir / "journal.sqlite3", DEVICE, max_bytes=1 << 30) as journal:
         publisher = Publisher(
             journal,
             BrokerConfig(url=broker.url),

@@ -206,7 +206,7 @@ def help_cost() -> dict[str, Any]:
 def child(directory: Path, url: str, count: int) -> dict[str, Any]:
     """Build, drain, measure; runs in the child process."""
     alarms = AlarmSet()
-    with Journal(directory / "journal.sqlite3", DEVICE, max_bytes=4 << 30, alarms=alarms) as j:
+    with Journal.open(directory / "journal.sqlite3", DEVICE, max_bytes=4 << 30, alarms=alarms) as j:
         baseline_mb = _proc_status_mb("VmRSS")
         build_backlog(j, count)
         publisher = Publisher(j, BrokerConfig(url=url), Identity(SITE, DEVICE), alarms)

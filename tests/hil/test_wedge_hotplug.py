@@ -81,8 +81,8 @@ def type_on_gadget(hidg: str, text: str) -> None:
         os.close(fd)
 
 
-def receive_scan(port: int, code: str, timeout: float = 60.0) -> str:
-    """In the guest: subscribe to the daemon's topics; return the message carrying *code*."""
+def receive_scan(port: int, code: str, timeout: float = 60.0, device: str = "wedge") -> str:
+    """In the guest: subscribe to *device*'s topics; return the message carrying *code*."""
     import queue
     import threading
 
@@ -92,14 +92,14 @@ def receive_scan(port: int, code: str, timeout: float = 60.0) -> str:
     from hil.agent import notify
 
     got: queue.Queue[str] = queue.Queue()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hil-wedge-{code[-4:]}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hil-{device}-{code[-4:]}")
     client.on_message = lambda _c, _u, m: got.put(m.payload.decode("utf-8", "replace"))
     subscribed = threading.Event()
     client.on_subscribe = lambda *_a: subscribed.set()
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        client.subscribe("scanfleet/v1/hil/wedge/#", qos=1)
+        client.subscribe(f"scanfleet/v1/hil/{device}/#", qos=1)
         if not subscribed.wait(30):
             raise TimeoutError("no SUBACK from the guest's mosquitto")
         notify("subscribed")  # from this call's thread: the agent tracks calls per thread

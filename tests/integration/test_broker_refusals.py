@@ -38,7 +38,7 @@ WRONG = "wrong"  # a wrong password on purpose
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal(tmp_path / "state" / "journal.sqlite3", DEVICE) as j:
+    with Journal.open(tmp_path / "state" / "journal.sqlite3", DEVICE) as j:
         rng = random.Random(18)
         for i in range(10):
             j.append(make_scan_body(i, rng))

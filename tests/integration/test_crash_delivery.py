@@ -107,7 +107,7 @@ def test_every_acknowledged_scan_arrives_despite_kills_and_broker_restarts(
 
         # A last, clean run drains whatever the killed children left undelivered.
         alarms = AlarmSet()
-        with Journal(journal_path, DEVICE, alarms=alarms) as journal:
+        with Journal.open(journal_path, DEVICE, alarms=alarms) as journal:
             publisher = Publisher(
                 journal,
                 BrokerConfig(url=broker.url),

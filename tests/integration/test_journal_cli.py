@@ -40,7 +40,7 @@ def scanfleet(*args: str, stderr: int = subprocess.PIPE) -> subprocess.Completed
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     rng = random.Random(4)
-    with Journal(tmp_path / "journal.sqlite3", DEVICE) as journal:
+    with Journal.open(tmp_path / "journal.sqlite3", DEVICE) as journal:
         for i in range(N):
             journal.append(make_scan_body(i, rng))
     return tmp_path
@@ -151,7 +151,7 @@ def test_export_sqlite_writes_a_plain_table_for_inspection(
 
 
 def test_export_reads_while_the_daemon_holds_the_journal(state_dir: Path) -> None:
-    with Journal(state_dir / "journal.sqlite3", DEVICE) as journal:
+    with Journal.open(state_dir / "journal.sqlite3", DEVICE) as journal:
         journal.append(make_scan_body(N, random.Random(1)))
         done = scanfleet("export", "--state-dir", str(state_dir))
     assert done.returncode == 0, done.stderr

@@ -27,7 +27,7 @@ CHILD = textwrap.dedent(
     from scanfleet.daemon.journal.journal import Journal
     from support.scans import make_scan_body
 
-    journal = Journal(Path(sys.argv[1]), sys.argv[2])
+    journal = Journal.open(Path(sys.argv[1]), sys.argv[2])
     lock = threading.Lock()
     print("ready", journal.last_seq, flush=True)
 
@@ -80,7 +80,7 @@ def test_every_acknowledged_append_survives_sigkill_and_restart(tmp_path: Path) 
             acknowledged[int(seq)] = digest
         child.stdout.close()
 
-    with Journal(path, DEVICE) as journal:
+    with Journal.open(path, DEVICE) as journal:
         stored = {r.seq: r.as_dict()["hash"] for r in journal.reader.iter_records()}
         assert sorted(stored) == list(range(1, journal.last_seq + 1))  # no gaps
         missing = [seq for seq in acknowledged if stored.get(seq) != acknowledged[seq]]

@@ -51,7 +51,7 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rng = random.Random(15)
     bodies = [make_scan_body(i, rng) for i in range(RECORDS)]
     closed = base / "closed" / "journal.sqlite3"
-    with Journal(closed, DEVICE, clock=clock) as j:
+    with Journal.open(closed, DEVICE, clock=clock) as j:
         for body in bodies:
             j.append(body)
         j.mark_delivered(DELIVERED)
@@ -59,7 +59,7 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     interval = Checkpointer.INTERVAL
     Checkpointer.INTERVAL = 3600.0  # keep every frame in the WAL, as after a SIGKILL
     try:
-        with Journal(walled, DEVICE, clock=clock) as j:
+        with Journal.open(walled, DEVICE, clock=clock) as j:
             for body in bodies:
                 j.append(body)
             j.mark_delivered(DELIVERED)
@@ -86,7 +86,7 @@ def test_damage_is_salvaged_declared_and_never_reuses_an_id(
     smash(path, pattern)
 
     alarms = AlarmSet()
-    with Journal(path, DEVICE, alarms=alarms, clock=clock) as j:
+    with Journal.open(path, DEVICE, alarms=alarms, clock=clock) as j:
         assert "journal_quarantined" in alarms
         stored = {r.seq: r.payload for r in j.read_after(0, limit=10**6, max_bytes=1 << 40)}
         loss_seq = max(stored)
@@ -157,7 +157,7 @@ def test_a_lost_journal_file_continues_after_the_head_file(
     shutil.copytree(originals["closed"].parent, tmp_path / "state")
     path = tmp_path / "state" / "journal.sqlite3"
     path.unlink()  # replaced SD card image, operator "reset": the seq must not restart
-    with Journal(path, DEVICE, clock=clock) as j:
+    with Journal.open(path, DEVICE, clock=clock) as j:
         (record,) = j.read_after(0, limit=10, max_bytes=1 << 20)
         loss = record.as_dict()
         assert loss["type"] == "journal_loss"
@@ -173,7 +173,7 @@ def test_without_a_head_file_the_chain_restarts_under_a_new_epoch(
     path = tmp_path / "state" / "journal.sqlite3"
     (tmp_path / "state" / "journal.sqlite3.head").unlink()
     smash(path, "header")
-    with Journal(path, DEVICE, clock=clock) as j:
+    with Journal.open(path, DEVICE, clock=clock) as j:
         loss = j.read_after(RECORDS + 1, limit=10, max_bytes=1 << 20)[-1].as_dict()
         assert loss["type"] == "journal_loss"
         assert (loss["epoch"], loss["anchor_seq"]) == (1, 0)

@@ -119,7 +119,7 @@ def test_an_unexpected_failure_costs_one_read_and_a_dead_thread_is_replaced(
     assert "pipeline_error" in daemon.alarms
     virtual.inject(channel, DATAMATRIX + b"\r")  # this one kills the thread
     assert _wait(lambda: not pipeline.running)
-    assert pipeline.ensure_running()  # what the supervisor's loop does every 0.5 s
+    assert pipeline.ensure_running()  # what the supervisor's loop does every few seconds
     assert "thread_died" in daemon.alarms
     record, signal = read(daemon, channel, b"]d2010950110102091717270630101234A\x1d21SN0002")
     assert record is not None
@@ -140,7 +140,7 @@ def test_a_device_worker_that_dies_is_noticed_and_rebound(
     monkeypatch.setattr(worker, "_out", _DeadEnd())
     virtual.inject(channel, DATAMATRIX + b"\r")
     assert _wait(lambda: worker.died)
-    daemon.supervise()  # what serve() does every 0.5 s
+    daemon.supervise()  # what serve() does every few seconds
     assert "thread_died" in daemon.alarms
     assert daemon.workers["scanner"] is not worker
     assert _wait(lambda: str(daemon.workers["scanner"].state) == "bound")

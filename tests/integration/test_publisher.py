@@ -48,7 +48,7 @@ def broker(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
     """An empty journal file for DEVICE."""
-    with Journal(tmp_path / "state" / "journal.sqlite3", DEVICE) as j:
+    with Journal.open(tmp_path / "state" / "journal.sqlite3", DEVICE) as j:
         yield j
 
 

@@ -107,7 +107,7 @@ def test_batches_lost_in_a_partition_stay_undelivered_and_are_resent_after_recon
     link, broker = relay
     collector = Collector(broker.host, broker.port, "scanfleet/#", client_id="backend-part")
     rng = random.Random(11)
-    with Journal(tmp_path / "journal.sqlite3", DEVICE) as journal:
+    with Journal.open(tmp_path / "journal.sqlite3", DEVICE) as journal:
         for i in range(20):
             journal.append(make_scan_body(i, rng))
         publisher = Publisher(

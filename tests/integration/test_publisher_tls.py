@@ -31,7 +31,7 @@ DEVICE = "sf-00000000a7e5"
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal(tmp_path / "state" / "journal.sqlite3", DEVICE) as j:
+    with Journal.open(tmp_path / "state" / "journal.sqlite3", DEVICE) as j:
         rng = random.Random(3)
         for i in range(40):
             j.append(make_scan_body(i, rng))

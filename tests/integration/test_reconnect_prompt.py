@@ -42,7 +42,7 @@ def test_publisher_reconnects_within_5_s_of_the_broker_listening_again(
     broker = mosquitto_factory()
     backoff = Backoff()
     alarms = AlarmSet()
-    with Journal(tmp_path / "journal.sqlite3", "sf-00000000beef") as journal:
+    with Journal.open(tmp_path / "journal.sqlite3", "sf-00000000beef") as journal:
         publisher = Publisher(
             journal,
             BrokerConfig(url=broker.url),

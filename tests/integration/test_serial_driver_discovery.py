@@ -23,6 +23,7 @@ def build_tree(root: Path) -> tuple[Path, Path]:
     (usb / "idVendor").write_text("1a86\n")
     (usb / "idProduct").write_text("7523\n")
     (usb / "product").write_text("USB Serial\n")
+    (iface.parent / "bInterfaceNumber").write_text("00\n")
     drivers = sys_root / "bus/usb-serial/drivers/ch341-uart"
     drivers.mkdir(parents=True)
     (iface / "driver").symlink_to(drivers)
@@ -50,6 +51,7 @@ def test_a_ch340_bridge_is_listed_with_its_by_id_link_and_resolved_by_vid_pid(
     assert usb.looks_like_scanner
     assert "CH340" in usb.reason
     assert usb.name == "ch341-uart"
+    assert usb.extra == {"interface": "00"}
     assert usb.links == (str(dev / "serial/by-id/usb-1a86_USB_Serial-if00-port0"),)
     assert discovery.resolve_usb("1A86:7523") == usb.links[0]
     assert discovery.resolve_usb("1a86:7523:nope") is None

@@ -169,6 +169,8 @@ def test_ready_comes_only_after_the_device_is_bound_and_journal_and_publisher_ru
         daemon.start()
         try:
             assert notify_socket.wait_for(_ready, 30) >= 0, daemon.log()
+            # The daemon logs that it told systemd after the datagram left: wait for it.
+            assert daemon.wait_log("told systemd READY=1", 10), daemon.log()
             log = daemon.log()
             ready = notify_socket.with_field("READY", "1")[0]
             # READY's own STATUS line tells what was set up when it was sent.

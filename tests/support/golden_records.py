@@ -127,7 +127,7 @@ def journal_payloads(directory: Path) -> list[bytes]:
     )
     config = _config(directory / "state", manifests)
     alarms = AlarmSet()
-    journal = Journal(directory / "journal.sqlite3", DEVICE, alarms=alarms)
+    journal = Journal.open(directory / "journal.sqlite3", DEVICE, alarms=alarms)
     try:
         pipeline = Pipeline(journal, config, alarms, clock=_FixedClock())
         pipeline._boot_id = BOOT_ID  # the machine's boot id would change the bytes

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     rng = random.Random(seed)
     alarms = AlarmSet()
-    journal = Journal(journal_path, DEVICE, alarms=alarms)
+    journal = Journal.open(journal_path, DEVICE, alarms=alarms)
     publisher = Publisher(
         journal,
         BrokerConfig(url=url, keepalive=5),

@@ -11,13 +11,13 @@ def test_a_sticky_alarm_survives_a_restart_and_ends_only_when_acknowledged(
     tmp_path: Path,
 ) -> None:
     store = tmp_path / "alarms.json"
-    first = AlarmSet(store)
+    first = AlarmSet.load(store)
     first.raise_("journal_quarantined", "set aside", Severity.CRITICAL, file="x")
     first.raise_("broker_unreachable", "no broker", Severity.WARNING)
     first.clear("journal_quarantined")  # only an acknowledgement ends it
     assert "journal_quarantined" in first
 
-    again = AlarmSet(store)  # the next start
+    again = AlarmSet.load(store)  # the next start
     assert "journal_quarantined" in again
     assert "broker_unreachable" not in again
     (alarm,) = again.active()
@@ -31,8 +31,8 @@ def test_a_sticky_alarm_survives_a_restart_and_ends_only_when_acknowledged(
 
 
 def test_ack_ends_any_active_alarm_and_says_when_there_was_none(tmp_path: Path) -> None:
-    alarms = AlarmSet(tmp_path / "alarms.json")
+    alarms = AlarmSet.load(tmp_path / "alarms.json")
     alarms.raise_("journal_loss", "3 seqs lost", Severity.CRITICAL)
     assert alarms.ack("journal_loss")
     assert not alarms.ack("journal_loss")
-    assert "journal_loss" not in AlarmSet(tmp_path / "alarms.json")
+    assert "journal_loss" not in AlarmSet.load(tmp_path / "alarms.json")

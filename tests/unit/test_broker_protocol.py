@@ -140,7 +140,6 @@ def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
     import logging
 
     from scanfleet.daemon.core.config import Config
-    from scanfleet.daemon.remote.commands import RemoteCommands
     from scanfleet.daemon.runner import build_daemon
 
     config = Config.model_validate(
@@ -153,7 +152,7 @@ def test_diagnostics_never_carry_the_broker_password(tmp_path: Path) -> None:
     daemon = build_daemon(config)
     try:
         # The path a remote "diagnostics" command takes: run() redacts the whole reply.
-        bundle = RemoteCommands(daemon).run("diagnostics", {})
+        bundle = daemon.commands.run("diagnostics", {})
         assert "hunter2" not in json.dumps(bundle)
         assert bundle["config"]["broker"]["password"] == "<redacted>"  # noqa: S105
     finally:

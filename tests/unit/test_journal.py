@@ -37,7 +37,7 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def journal(path: Path) -> Iterator[Journal]:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         yield j
 
 
@@ -100,9 +100,9 @@ def test_a_body_carrying_journal_fields_is_rejected_without_using_a_seq(journal:
 
 
 def test_chain_continues_across_reopen(path: Path) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         last = [j.append(b) for b in bodies(5)][-1]
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         assert j.last_seq == 5
         nxt = j.append(bodies(1, seed=3)[0])
         assert nxt["seq"] == 6
@@ -111,18 +111,18 @@ def test_chain_continues_across_reopen(path: Path) -> None:
 
 
 def test_a_journal_belongs_to_one_device(path: Path) -> None:
-    Journal(path, DEVICE).close()
+    Journal.open(path, DEVICE).close()
     with pytest.raises(JournalError, match="journal of device"):
-        Journal(path, "sf-ffffffffffff")
+        Journal.open(path, "sf-ffffffffffff")
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_journal(
     journal: Journal, path: Path
 ) -> None:
     with pytest.raises(JournalError, match="in use"):
-        Journal(path, DEVICE)
+        Journal.open(path, DEVICE)
     journal.close()
-    Journal(path, DEVICE).close()
+    Journal.open(path, DEVICE).close()
 
 
 def test_read_after_honours_limit_and_byte_bound_but_returns_at_least_one(
@@ -146,7 +146,7 @@ def test_read_after_honours_limit_and_byte_bound_but_returns_at_least_one(
 
 
 def test_delivered_watermark_is_monotonic_and_persisted(path: Path) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         for b in bodies(10):
             j.append(b)
         j.mark_delivered(7)
@@ -158,7 +158,7 @@ def test_delivered_watermark_is_monotonic_and_persisted(path: Path) -> None:
         assert (stats.last_seq, stats.delivered_seq, stats.depth) == (10, 7, 3)
         eighth = j.read_after(7, limit=1, max_bytes=1 << 20)[0]
         assert stats.oldest_undelivered_time == eighth.time
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         assert j.delivered_seq == 7
 
 
@@ -167,6 +167,15 @@ def test_wait_for_records_is_woken_by_an_append(journal: Journal) -> None:
     timer = threading.Timer(0.1, lambda: journal.append(bodies(1)[0]))
     timer.start()
     assert journal.wait_for_records(0, timeout=30) is True
+    timer.join()
+
+
+def test_wake_waiters_ends_a_long_wait_for_records_at_once(journal: Journal) -> None:
+    timer = threading.Timer(0.1, journal.wake_waiters)
+    timer.start()
+    started = time.monotonic()
+    assert journal.wait_for_records(0, timeout=30) is False
+    assert time.monotonic() - started < 5
     timer.join()
 
 
@@ -240,7 +249,7 @@ def test_records_cannot_be_rewritten_in_place(journal: Journal, path: Path) -> N
 
 
 def test_verify_names_a_tampered_record(path: Path) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         for b in bodies(12):
             j.append(b)
     _tamper(path, 7, {"value": "81234560000000000000"})
@@ -252,7 +261,7 @@ def test_verify_names_a_tampered_record(path: Path) -> None:
 
 
 def test_verify_names_a_tampered_record_whose_hash_was_recomputed(path: Path) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         for b in bodies(12):
             j.append(b)
         record = j.read_after(6, limit=1, max_bytes=1 << 20)[0].as_dict()
@@ -268,7 +277,7 @@ def test_verify_names_a_tampered_record_whose_hash_was_recomputed(path: Path) ->
 
 @pytest.mark.parametrize("victim", [5, 1, 12])
 def test_verify_names_a_deleted_record(path: Path, victim: int) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         for b in bodies(12):
             j.append(b)
     with sql(path) as conn:
@@ -279,12 +288,12 @@ def test_verify_names_a_deleted_record(path: Path, victim: int) -> None:
 
 
 def test_a_journal_from_a_newer_scanfleet_is_refused_untouched(path: Path) -> None:
-    Journal(path, DEVICE).close()
+    Journal.open(path, DEVICE).close()
     with sql(path) as conn:
         conn.execute("PRAGMA user_version = 2")
     before = path.read_bytes()
     with pytest.raises(JournalSchemaError, match="newer"):
-        Journal(path, DEVICE)
+        Journal.open(path, DEVICE)
     with pytest.raises(JournalSchemaError):
         Journal.open_readonly(path)
     assert path.read_bytes() == before
@@ -292,13 +301,13 @@ def test_a_journal_from_a_newer_scanfleet_is_refused_untouched(path: Path) -> No
 
 
 def test_a_garbage_file_is_quarantined_and_a_new_journal_started(path: Path) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         for b in bodies(50):
             j.append(b)
     size = path.stat().st_size
     path.write_bytes(random.Random(1).randbytes(size))
     alarms = AlarmSet()
-    with Journal(path, DEVICE, alarms=alarms, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, alarms=alarms, clock=fixed_clock) as j:
         assert "journal_quarantined" in alarms
         set_aside = list(path.parent.glob("journal.sqlite3.corrupt-*Z"))  # not -wal/-shm
         assert len(set_aside) == 1
@@ -316,7 +325,7 @@ def test_a_garbage_file_is_quarantined_and_a_new_journal_started(path: Path) -> 
 def test_a_damaged_page_is_quarantined_and_the_new_journal_continues_the_seq(
     path: Path,
 ) -> None:
-    with Journal(path, DEVICE, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
         for b in bodies(400):
             j.append(b)
         last = j.last_seq
@@ -325,7 +334,7 @@ def test_a_damaged_page_is_quarantined_and_the_new_journal_continues_the_seq(
         f.seek(path.stat().st_size // 2 // 4096 * 4096)
         f.write(b"\xa5" * 4096)
     alarms = AlarmSet()
-    with Journal(path, DEVICE, alarms=alarms, clock=fixed_clock) as j:
+    with Journal.open(path, DEVICE, alarms=alarms, clock=fixed_clock) as j:
         assert "journal_quarantined" in alarms
         records = j.read_after(0, limit=1000, max_bytes=1 << 30)
         loss = records[-1].as_dict()
@@ -366,7 +375,21 @@ def test_a_foreign_sqlite_database_is_refused_not_quarantined(path: Path) -> Non
     with sql(path) as conn:
         conn.execute("CREATE TABLE inventory (sku TEXT)")
     with pytest.raises(JournalSchemaError, match="not a journal"):
-        Journal(path, DEVICE)
+        Journal.open(path, DEVICE)
     with sql(path) as conn:
         assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("inventory",)]
     assert not list(path.parent.glob("*.corrupt-*"))
+
+
+def test_a_failed_open_releases_what_it_opened(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    head = path.with_name(path.name + ".head")
+    head.mkdir()  # the seq reservation cannot be written: open fails after the SQLite open
+    threads = {t.name for t in threading.enumerate()}
+    with pytest.raises(JournalError):
+        Journal.open(path, DEVICE)
+    assert {t.name for t in threading.enumerate()} <= threads  # no checkpointer left behind
+    head.rmdir()
+    # The writer lock and the connections were released: the same process opens it again.
+    with Journal.open(path, DEVICE, clock=fixed_clock) as j:
+        assert j.last_seq == 0

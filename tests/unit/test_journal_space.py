@@ -56,7 +56,7 @@ def test_small_budget_keeps_undelivered_prunes_delivered_and_refuses_only_when_f
     path = tmp_path / "journal.sqlite3"
     alarms = AlarmSet()
     rng = random.Random(5)
-    journal = Journal(
+    journal = Journal.open(
         path, DEVICE, max_bytes=BUDGET, alarms=alarms, clock=Clock(EPOCH + timedelta(days=1))
     )
     with journal:
@@ -102,7 +102,7 @@ def test_small_budget_keeps_undelivered_prunes_delivered_and_refuses_only_when_f
 def test_retention_prunes_old_delivered_records_and_gives_space_back(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     rng = random.Random(9)
-    with Journal(path, DEVICE, clock=Clock(EPOCH + timedelta(days=1))) as journal:
+    with Journal.open(path, DEVICE, clock=Clock(EPOCH + timedelta(days=1))) as journal:
         for i in range(2000):  # 2.5 s apart: EPOCH .. EPOCH + 83 min
             journal.append(make_scan_body(i, rng))
         journal.mark_delivered(1500)
@@ -110,7 +110,7 @@ def test_retention_prunes_old_delivered_records_and_gives_space_back(tmp_path: P
 
     alarms = AlarmSet()
     later = Clock(EPOCH + timedelta(days=100, minutes=30))
-    with Journal(path, DEVICE, alarms=alarms, clock=later) as journal:
+    with Journal.open(path, DEVICE, alarms=alarms, clock=later) as journal:
         stats = journal.stats()
         # Records older than EPOCH + 30 min (body 720 on) are past retention.
         assert stats.pruned_through_seq == 720
@@ -129,7 +129,7 @@ def test_retention_never_drops_undelivered_records(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     rng = random.Random(3)
     clock = Clock(EPOCH)
-    with Journal(path, DEVICE, retention_days=1, clock=clock) as journal:
+    with Journal.open(path, DEVICE, retention_days=1, clock=clock) as journal:
         for i in range(100):
             journal.append(make_scan_body(i, rng))
         clock.now = EPOCH + timedelta(days=365)

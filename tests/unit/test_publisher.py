@@ -30,7 +30,7 @@ DEVICE = "sf-0123456789ab"
 def journal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journal]:
     """A real journal file holding 1 200 realistic scan records (only read by the tests)."""
     rng = random.Random(7)
-    with Journal(tmp_path_factory.mktemp("journal") / "journal.sqlite3", DEVICE) as j:
+    with Journal.open(tmp_path_factory.mktemp("journal") / "journal.sqlite3", DEVICE) as j:
         for i in range(1200):
             j.append(make_scan_body(i, rng))
         yield j

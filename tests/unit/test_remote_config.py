@@ -21,7 +21,7 @@ from scanfleet.daemon.core.desired_config import (
     merge,
     parse_document,
 )
-from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig
+from scanfleet.daemon.remote.config import KEY_FILE, RemoteConfig, StoredOverlay
 from scanfleet.drivers.virtual import VirtualDeviceConfig
 
 
@@ -51,10 +51,12 @@ class Harness:
         self.remote = RemoteConfig(
             tmp_path,
             "dev-1",
+            StoredOverlay.load(tmp_path),
             apply=self.applied.append,
             bound_devices=lambda: set(self.bound),
             report=self.reports.append,
         )
+        self.remote.settle()
 
     def wait_report(self, result: str, timeout: float = 30.0) -> ConfigReport:
         deadline = time.monotonic() + timeout

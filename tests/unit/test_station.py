@@ -27,7 +27,7 @@ OTHER = "83711700200000000052"
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
-    with Journal(tmp_path / "journal.sqlite3", "dev-1") as j:
+    with Journal.open(tmp_path / "journal.sqlite3", "dev-1") as j:
         yield j
 
 
