@@ -7,7 +7,7 @@ links, watermarks, gaps). N ingest workers that received messages of the same de
 store records in parallel and serialise only on the short bookkeeping; whichever of
 two neighbouring batches takes the lock second sees the other's committed records and
 checks the link between them. Uniqueness is PostgreSQL's: ``record_ids`` holds the
-key (inserted in ``(device, seq)`` order, so two batches never wait on each other's
+key (inserted in id order, so two batches never wait on each other's
 keys in a cycle), ``records`` (the month-partitioned table) only rows whose bytes
 match the key's hash.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,10 @@ _COLS = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
 # Binary: the client sends bytes, integers and times as they are instead of formatting
 # (and the server parsing) text, hex-escaped payloads included; ~1.5 µs a row instead of ~5.
 _COPY_RECORDS = sql.SQL("COPY records ({}) FROM STDIN (FORMAT BINARY)").format(_COLS)
+_COPY_KEYS = "COPY record_ids (id, device, seq, time, hash) FROM STDIN (FORMAT BINARY)"
+_KEY_TYPES = ("text", "text", "int8", "timestamptz", "text")
+_key_values = operator.attrgetter("id", "device", "seq", "time", "hash")
+_row_id = operator.attrgetter("id")
 _INSERT_RECORD = sql.SQL("INSERT INTO records ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     _COLS, sql.SQL(", ").join([sql.Placeholder()] * len(COPY_COLUMNS))
 )
@@ -92,8 +97,25 @@ def alert(
     )
 
 
+class _KnownKey(Exception):
+    """The key COPY met an id already held: the batch goes the ``ON CONFLICT`` way."""
+
+
 def store(conn: Conn, batch: Batch) -> StoreResult:
-    """Store *batch* in one transaction (the caller acks its messages after this returns)."""
+    """Store *batch* in one transaction (the caller acks its messages after this returns).
+
+    First as if every record were new (the keys COPYed, the cheapest way in); when one
+    was not (a redelivery, a repeat within the batch), that transaction holds nothing
+    else yet, so it is rolled back and the batch stored again the way that sorts out
+    known ids.
+    """
+    try:
+        return _store(conn, batch, all_new=True)
+    except _KnownKey:
+        return _store(conn, batch, all_new=False)
+
+
+def _store(conn: Conn, batch: Batch, *, all_new: bool) -> StoreResult:
     result = StoreResult()
     good = [r for r in batch.rows if r.hash_ok]
     if good:
@@ -105,7 +127,7 @@ def store(conn: Conn, batch: Batch) -> StoreResult:
                     "SELECT hub_ensure_partition(%s)", (f"{month[0]:04d}-{month[1]:02d}-01Z",)
                 )
     with conn.transaction():
-        inserted = _insert_rows(conn, good, result) if good else []
+        inserted = _insert_rows(conn, good, result, all_new=all_new) if good else []
         devices = {r.device: r.site for r in batch.rows}
         devices.update({t.device: t.site for t, _ in batch.states + batch.healths})
         if devices:
@@ -177,14 +199,32 @@ def _advance(conn: Conn, devices: dict[str, str], new: dict[str, list[Row]]) -> 
         )
 
 
-def _insert_rows(conn: Conn, rows: Sequence[Row], result: StoreResult) -> list[Row]:
+def _insert_rows(
+    conn: Conn, rows: Sequence[Row], result: StoreResult, *, all_new: bool
+) -> list[Row]:
     """Insert the rows whose id is new (or whose stored row went missing); the stored rows.
 
-    The common case, all ids new, is one multi-row INSERT of the keys and one COPY of
-    the rows straight into ``records``; only a batch holding ids already known looks
-    further (an identical redelivery, a conflict, a row deleted behind the hub's back).
+    The common case, all ids new, is one COPY of the keys into ``record_ids`` and one
+    COPY of the rows into ``records`` (*all_new*: :class:`_KnownKey` when an id is held
+    already); otherwise a multi-row ``INSERT … ON CONFLICT`` of the keys, and the ids
+    already known are looked at further (an identical redelivery, a conflict, a row
+    deleted behind the hub's back).
     """
-    ordered = sorted(rows, key=lambda r: (r.device, r.seq))
+    # Keys in id order, the same total order in every worker: two batches never wait on
+    # each other's keys in a cycle.
+    ordered = sorted(rows, key=_row_id)
+    if all_new:
+        try:
+            with conn.cursor() as cur, cur.copy(_COPY_KEYS) as copy:
+                copy.set_types(_KEY_TYPES)
+                for row in ordered:
+                    copy.write_row(_key_values(row))
+        except psycopg.errors.UniqueViolation as err:
+            raise _KnownKey from err
+        stored_rows = _copy_records(conn, ordered)
+        result.inserted += len(stored_rows)
+        result.duplicates += len(rows) - len(stored_rows)
+        return stored_rows
     first: dict[str, Row] = {}
     repeats: list[Row] = []
     for row in ordered:
@@ -321,15 +361,14 @@ def _check_links(conn: Conn, rows: Sequence[Row]) -> int:
     devices = sorted({r.device for r in rows})
     # Most links run between records of the same batch: only the ends of each device's
     # run need the database.
-    held: dict[tuple[str, int], tuple[str, str, str]] = {
-        (r.device, r.seq): (r.hash, r.prev_hash, r.type) for r in rows
-    }
-    wanted = {
-        (row.device, seq)
-        for row in rows
-        for seq in (row.link_seq, row.seq + 1)
-        if seq is not None and (row.device, seq) not in held
-    }
+    mine = {(r.device, r.seq): r for r in rows}
+    wanted: set[tuple[str, int]] = set()
+    for row in rows:
+        if row.link_seq is not None and (row.device, row.link_seq) not in mine:
+            wanted.add((row.device, row.link_seq))
+        if (row.device, row.seq + 1) not in mine:
+            wanted.add((row.device, row.seq + 1))
+    held: dict[tuple[str, int], tuple[str, str, str]] = {}
     if wanted:
         for device, seq, rhash, prev, kind in conn.execute(
             "SELECT r.device, r.seq, r.hash, r.prev_hash, r.type FROM records r"
@@ -345,12 +384,18 @@ def _check_links(conn: Conn, rows: Sequence[Row]) -> int:
 
     breaks = 0
     for row in rows:
-        if row.link_seq is not None and (row.device, row.link_seq) in held:
-            expected = held[(row.device, row.link_seq)][0]
-            if expected != row.prev_hash and not (
-                row.type != "journal_loss" and near_loss(row.device, row.seq)
+        if row.link_seq is not None:
+            key = (row.device, row.link_seq)
+            prior = mine.get(key)
+            expected = prior.hash if prior is not None else held.get(key, (None,))[0]
+            if (
+                expected is not None
+                and expected != row.prev_hash
+                and not (row.type != "journal_loss" and near_loss(row.device, row.seq))
             ):
                 breaks += _break(conn, row, "link_mismatch", expected, row.prev_hash, None)
+        # A following record of this batch checks its own link above (the same break:
+        # same record, kind and value); only a held one is checked from this side.
         following = held.get((row.device, row.seq + 1))
         if (
             following
