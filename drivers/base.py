@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import ClassVar, Generic, Self, TypeVar
+from typing import Annotated, ClassVar, Generic, Self, TypeVar
+
+from pydantic import AfterValidator, Field
 
 from scanfleet.daemon.core.config import DeviceConfigBase
 
@@ -147,6 +149,10 @@ ConfigT = TypeVar("ConfigT", bound=DeviceConfigBase)
 
 USB_MATCH_PATTERN = r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}(:[^\s]+)?$"
 """``vid:pid[:serial]``: how a config binds a USB device by id instead of a path."""
+
+UsbMatch = Annotated[str, Field(pattern=USB_MATCH_PATTERN), AfterValidator(str.lower)]
+"""A config field holding a :data:`USB_MATCH_PATTERN` (stored lower-case, as sysfs and udev
+spell ids)."""
 
 
 class Waker:

@@ -21,19 +21,19 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import discovery, ssi
 from scanfleet.drivers.base import (
-    USB_MATCH_PATTERN,
     DeviceInfo,
     Driver,
     DriverProblem,
     ProblemCallback,
     Read,
     Signal,
+    UsbMatch,
     Waker,
 )
 from scanfleet.drivers.feedback import HONEYWELL_MENU_PREFIX, FeedbackPreset, preset_for
@@ -71,7 +71,7 @@ class SerialDeviceConfig(DeviceConfigBase):
     driver: Literal["serial"]
     port: str | None = None
     """Device path; prefer a stable one under /dev/serial/by-id/ or /dev/serial/by-path/."""
-    usb: Annotated[str | None, Field(pattern=USB_MATCH_PATTERN)] = None
+    usb: UsbMatch | None = None
     """Bind by USB ``vid:pid[:serial]`` instead of a path."""
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 9600
     bytesize: Literal[7, 8] = 8
@@ -91,11 +91,6 @@ class SerialDeviceConfig(DeviceConfigBase):
     bad_read_hex: HexBytes = None
     silence_scanner_beep: bool = True
     """At bind time send the preset's command that turns the scanner's own decode beep off."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.lower() if value else value
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> SerialDeviceConfig:

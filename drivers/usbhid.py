@@ -31,18 +31,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
 from scanfleet.drivers.base import (
-    USB_MATCH_PATTERN,
     Driver,
     DriverProblem,
     ProblemCallback,
     Read,
     Signal,
+    UsbMatch,
 )
 from scanfleet.drivers.framing import Frame
 from scanfleet.drivers.wedge.decoder import KEY_DOWN, KEY_UP, DecoderStats, KeyDecoder
@@ -258,7 +258,7 @@ class UsbHidDeviceConfig(DeviceConfigBase):
     """A USB scanner read directly through libusb (pyusb): boot keyboard or HID POS."""
 
     driver: Literal["usbhid"]
-    usb: Annotated[str, Field(pattern=USB_MATCH_PATTERN)]
+    usb: UsbMatch
     """``vid:pid[:serial]`` of the scanner."""
     mode: Literal["keyboard", "hidpos"] = "keyboard"
     """``keyboard``: 8-byte boot reports decoded through ``layout``; ``hidpos``: usage page
@@ -269,11 +269,6 @@ class UsbHidDeviceConfig(DeviceConfigBase):
     idle_timeout_ms: Annotated[int, Field(ge=5, le=5000)] = 100
     feedback: Literal["none", "honeywell"] = "none"
     """``honeywell``: enable HID POS with feature report FE 01 and beep with ``FD`` reports."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
 
 
 class UsbHidDriver(Driver[UsbHidDeviceConfig]):

@@ -31,18 +31,18 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from scanfleet.daemon.core.config import DeviceConfigBase
 from scanfleet.daemon.core.errors import DeviceGoneError, DriverError, DriverUnavailableError
 from scanfleet.drivers import keymaps as km
 from scanfleet.drivers.base import (
-    USB_MATCH_PATTERN,
     DeviceInfo,
     Driver,
     DriverProblem,
     ProblemCallback,
     Read,
+    UsbMatch,
     Waker,
 )
 from scanfleet.drivers.framing import Frame
@@ -64,7 +64,7 @@ class WedgeDeviceConfig(DeviceConfigBase):
     driver: Literal["evdev"]
     path: str | None = None
     """Event device; prefer /dev/input/by-id/…-event-kbd (a FIFO replays a raw trace)."""
-    usb: Annotated[str | None, Field(pattern=USB_MATCH_PATTERN)] = None
+    usb: UsbMatch | None = None
     """Bind by USB ``vid:pid[:serial]`` instead of a path."""
     name_pattern: str | None = None
     """Bind the first keyboard whose input device name matches this regular expression."""
@@ -78,11 +78,6 @@ class WedgeDeviceConfig(DeviceConfigBase):
     """Reject key sequences with a slower gap between keys as human typing (shared keyboards)."""
     grab: bool = True
     """EVIOCGRAB: no keystroke of this device reaches any other application."""
-
-    @field_validator("usb")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.lower() if value else value
 
     @model_validator(mode="after")
     def _one_binding(self) -> WedgeDeviceConfig:
