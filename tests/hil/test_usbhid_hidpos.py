@@ -21,6 +21,27 @@ DESCRIPTOR = bytes.fromhex(
 GS1 = b"0106901234567892\x1d17260131\x1d10LOT42\x1d21SER0001" * 3  # 3 reports
 
 
+def _open_when_listed(driver_class: Any, config: Any, timeout: float = 10.0) -> Any:
+    """In the guest: open the driver once libusb lists the device.
+
+    The hidraw node exists before libusb's device list has caught up with the plug
+    (seen once in a full run on a loaded machine: "no USB device"); the daemon retries
+    such an open on the next hotplug wake-up, this test retries it here.
+    """
+    import time
+
+    from scanfleet.daemon.core.errors import DeviceGoneError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return driver_class(config)
+        except DeviceGoneError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def scan_and_beep(hidg: str, vid: int, pid: int, data: bytes) -> dict[str, Any]:
     """In the guest: gadget sends *data* as HID POS reports; the driver reads it and beeps."""
     import threading
@@ -35,7 +56,7 @@ def scan_and_beep(hidg: str, vid: int, pid: int, data: bytes) -> dict[str, Any]:
     gadget = os.open(hidg, os.O_RDWR | os.O_NONBLOCK)
     out: list[bytes] = []
     try:
-        with usbhid.UsbHidDriver(config) as driver:
+        with _open_when_listed(usbhid.UsbHidDriver, config) as driver:
             result: list[Any] = []
             reader = threading.Thread(target=lambda: result.append(driver.read(20)))
             reader.start()
