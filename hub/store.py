@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from scanfleet.daemon.core.errors import ScanfleetError
 from scanfleet.hub.gaps import reconcile_device
 from scanfleet.hub.records import COPY_COLUMNS, COPY_TYPES, Row, Topic, message_time
 
@@ -97,7 +98,7 @@ def alert(
     )
 
 
-class _KnownKey(Exception):
+class _KnownKey(ScanfleetError):
     """The key COPY met an id already held: the batch goes the ``ON CONFLICT`` way."""
 
 
